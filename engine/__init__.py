@@ -1,0 +1,1 @@
+"""The networks, datasets, training, ONNX export and inference backends."""

@@ -1,0 +1,1 @@
+"""Refinement of the ROI: area filtering, the Chan–Vese level set, contours and segmentation metrics."""

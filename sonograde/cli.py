@@ -1,0 +1,65 @@
+"""The ``sonograde`` command line.
+
+Every subcommand lives in its own module under ``sonograde.commands`` with two functions,
+``add_arguments(parser)`` and ``run(args) -> int``. Modules import heavy dependencies (torch, onnxruntime,
+numba kernels) inside ``run`` so that ``sonograde --help`` stays fast and works without the ``train`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sonograde import RESEARCH_USE_ONLY, __version__
+
+# (name, module, one-line help). ``bench`` and ``calibrate`` take a second word, handled by their modules.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("bench", "sonograde.commands.bench", "measure speed: refine, phantom, pipeline"),
+]
+
+EPILOG = f"""\
+{RESEARCH_USE_ONLY}.
+Run `sonograde COMMAND --help` for the options of one command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sonograde",
+        description="Real-time two-stage CNN BI-RADS grading of breast ultrasound "
+        "(ROI-CNN -> area filter + Chan-Vese refinement -> G-CNN).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sonograde {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(
+            name,
+            help=help_text,
+            description=(module.__doc__ or help_text).strip(),
+            epilog=RESEARCH_USE_ONLY,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Measure speed, side by side with what we compare against, in one run.
+
+Examples:
+  sonograde bench refine            # Numba Chan-Vese against scikit-image
+  sonograde bench refine --json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sonograde.commands.nested import add_nested_commands
+
+BENCHMARKS: list[tuple[str, str, str]] = [
+    ("refine", "sonograde.benchmarks.refine", "Chan-Vese: ours (Numba) against scikit-image"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_nested_commands(parser, BENCHMARKS)
+
+
+def run(args: argparse.Namespace) -> int:  # pragma: no cover - dispatch replaces it with the child's run
+    raise SystemExit("choose a benchmark: " + ", ".join(name for name, _, _ in BENCHMARKS))

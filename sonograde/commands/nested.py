@@ -1,0 +1,24 @@
+"""Commands that take a second word (``sonograde bench refine``, ``sonograde calibrate int8``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from sonograde import RESEARCH_USE_ONLY
+
+
+def add_nested_commands(parser: argparse.ArgumentParser, table: list[tuple[str, str, str]]) -> None:
+    """Register ``(name, module, help)`` entries as sub-subcommands; each module has add_arguments/run."""
+    sub = parser.add_subparsers(dest="subcommand", metavar="WHAT", required=True)
+    for name, module_name, help_text in table:
+        module = importlib.import_module(module_name)
+        child = sub.add_parser(
+            name,
+            help=help_text,
+            description=(module.__doc__ or help_text).strip(),
+            epilog=RESEARCH_USE_ONLY,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(child)
+        child.set_defaults(_run=module.run)
