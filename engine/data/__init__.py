@@ -1,0 +1,1 @@
+"""Datasets: manifest folders (the ``../shared/data`` format) and the synthetic phantom."""
