@@ -1,0 +1,132 @@
+"""ONNX Runtime backend: the default, on the CPU, or on CUDA / TensorRT execution providers where present.
+
+Threads are set explicitly. The live pipeline runs the ROI-CNN, the refinement and the G-CNN in
+separate threads on a small CPU, so each session gets few intra-op threads (``DEFAULT_THREADS``) and one
+inter-op thread; more threads per session only make the stages fight for the same cores (measured in
+``docs/inference.md``). ONNX Runtime releases the GIL while it runs, so stages really overlap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from engine.backends.base import InferenceBackend, ModelLoadError
+
+# One intra-op thread per session: with two stages running concurrently on two cores this gave the best
+# pipeline throughput (see docs/inference.md); a lone `sonograde grade` may pass threads=2.
+DEFAULT_THREADS = 1
+
+# Preference order; only those the installed onnxruntime build offers are used.
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+_ONNX_TYPES: dict[str, np.dtype] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(bool)": np.dtype(np.bool_),
+}
+
+HOW_TO_FIX = (
+    "reinstall sonograde (or `git checkout models/`) to get the shipped models back, or re-export your "
+    "own with `sonograde export` (see `sonograde export --help`)"
+)
+
+
+def default_providers() -> list[str]:
+    """GPU execution providers present in this onnxruntime build, then the CPU provider."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    return [p for p in _GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+
+
+def check_model_file(path: Path) -> None:
+    """Raise ModelLoadError for a missing, empty or Git-LFS-pointer model file (cheap checks first)."""
+    if not path.exists():
+        raise ModelLoadError(f"model file not found: {path}. {HOW_TO_FIX}")
+    if not path.is_file():
+        raise ModelLoadError(f"model path is not a file: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"model file is empty (0 bytes): {path}. {HOW_TO_FIX}")
+    with path.open("rb") as f:
+        head = f.read(64)
+    if head.startswith(b"version https://git-lfs"):
+        raise ModelLoadError(
+            f"model file is a Git LFS pointer, not the model: {path}. Run `git lfs pull`, or {HOW_TO_FIX}"
+        )
+
+
+class OnnxRuntimeBackend(InferenceBackend):
+    """One ``onnxruntime.InferenceSession`` behind the engine interface.
+
+    Parameters
+    ----------
+    path : the ``.onnx`` file.
+    threads : intra-op threads (default ``DEFAULT_THREADS``); inter-op is always 1 (sequential graph).
+    providers : execution providers in preference order (default: TensorRT, CUDA where the installed
+        onnxruntime has them, then CPU). ``providers_used`` says what the session actually got.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
+                 providers: Sequence[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        check_model_file(self.path)
+        self.threads = int(threads) if threads is not None else DEFAULT_THREADS
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning worker threads burn a core between runs; on a 2-core cart that core is needed by the
+        # other stages, so threads sleep when idle.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3  # errors only: missing-CUDA warnings are noise for CPU users
+        wanted = list(providers) if providers is not None else default_providers()
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"cannot load model {self.path} ({self.path.stat().st_size} bytes): it is truncated, corrupt "
+                f"or not an ONNX model (onnxruntime: {detail[:300]}). {HOW_TO_FIX}"
+            ) from exc
+        self.providers_used: tuple[str, ...] = tuple(self.session.get_providers())
+
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelLoadError(
+                f"model {self.path} has {len(inputs)} inputs ({[i.name for i in inputs]}); "
+                "sonograde models have exactly one"
+            )
+        spec = inputs[0]
+        if spec.type not in _ONNX_TYPES:
+            raise ModelLoadError(f"model {self.path}: unsupported input type {spec.type}")
+        self.input_name = spec.name
+        # ONNX dims are ints, symbolic names (str) or None; everything not a positive int is dynamic.
+        self.input_shape = tuple(d if isinstance(d, int) and d > 0 else None for d in spec.shape)
+        self.input_dtype = _ONNX_TYPES[spec.type]
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        batch = self.check_input(batch)
+        outputs = self.session.run(None, {self.input_name: batch})
+        return dict(zip(self.output_names, outputs, strict=True))
+
+    def describe(self) -> str:
+        return f"{super().describe()} [{self.providers_used[0]}, {self.threads} thread(s)]"
