@@ -1,0 +1,179 @@
+"""Step 3: the accuracy gate. Compares a candidate model (INT8, FP16, or a TensorRT engine) with the FP32
+reference on the same inputs, in one run, and measures the speed of both.
+
+ROI-CNN: the lesion mask of each frame (probability >= ``threshold``, 0.5, on the 288 x 288 grid) from
+the candidate against the reference's, as a Dice similarity coefficient (DSC); frames where both masks
+are empty agree (DSC 1). Also reported: the DSC of the area-filtered ROI-stage masks (the mask the
+pipeline hands to refinement), for information. Grader: top-1 agreement (same most probable category)
+and the largest absolute difference of any category probability.
+
+Speed: every input runs through both models at batch 1, interleaved (reference then candidate, then the
+other order on the next input) so that both see the same machine load; the median wall time per frame is
+reported, with the thread count (same for both).
+
+Pass rule (``GateThresholds``): mean DSC agreement >= 0.98 (ROI), top-1 agreement >= 0.97 (grader);
+optional minimum-DSC and maximum-probability-difference limits. Speed does not decide the gate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from calibration.inputs import ModelInputs
+
+DEFAULT_DSC_MEAN = 0.98
+DEFAULT_TOP1 = 0.97
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """Pass limits. dsc_mean / top1 always apply to their model kind; dsc_min and max_prob_diff only
+    when set (None: reported, not gated)."""
+
+    dsc_mean: float = DEFAULT_DSC_MEAN
+    top1: float = DEFAULT_TOP1
+    dsc_min: float | None = None
+    max_prob_diff: float | None = None
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The gate's result. Times in milliseconds per frame (median, batch 1)."""
+
+    model: str
+    n: int
+    threads: int | None
+    reference_ms: float
+    candidate_ms: float
+    passed: bool
+    reason: str = ""
+    dsc_agreement_mean: float | None = None
+    dsc_agreement_min: float | None = None
+    roi_stage_dsc_mean: float | None = None
+    top1_agreement: float | None = None
+    max_prob_diff: float | None = None
+    reference: str = ""
+    candidate: str = ""
+    data: str = ""
+    skipped: int = 0
+    thresholds: GateThresholds = field(default_factory=GateThresholds)
+
+    @property
+    def speedup(self) -> float:
+        return self.reference_ms / self.candidate_ms if self.candidate_ms > 0 else float("nan")
+
+    def as_dict(self) -> dict:
+        """JSON-ready, with only the fields that apply to the model kind."""
+        out: dict = {"model": self.model, "n": self.n}
+        if self.model == "roi":
+            out.update(dsc_agreement_mean=_r(self.dsc_agreement_mean),
+                       dsc_agreement_min=_r(self.dsc_agreement_min),
+                       roi_stage_dsc_mean=_r(self.roi_stage_dsc_mean))
+        else:
+            out.update(top1_agreement=_r(self.top1_agreement), max_prob_diff=_r(self.max_prob_diff))
+        out.update(reference_ms=round(self.reference_ms, 3), candidate_ms=round(self.candidate_ms, 3),
+                   speedup=round(self.speedup, 3), threads=self.threads, passed=self.passed)
+        if self.reason:
+            out["reason"] = self.reason
+        t = self.thresholds
+        out["thresholds"] = ({"dsc_agreement_mean": t.dsc_mean, "dsc_agreement_min": t.dsc_min}
+                             if self.model == "roi" else
+                             {"top1_agreement": t.top1, "max_prob_diff": t.max_prob_diff})
+        out.update(reference=self.reference, candidate=self.candidate, data=self.data)
+        if self.skipped:
+            out["skipped_no_lesion"] = self.skipped
+        return out
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def dice_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """DSC of two bool masks; 1.0 when both are empty (they agree that there is no lesion)."""
+    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.count_nonzero(a & b)) / total
+
+
+def run_interleaved(reference, candidate, batch: np.ndarray, *, warmup: int = 3
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run every row of ``batch`` through both backends (``run(batch) -> array``) at batch 1, alternating
+    which goes first. Returns (reference outputs, candidate outputs, reference ms, candidate ms)."""
+    for _ in range(warmup):
+        reference.run(batch[:1])
+        candidate.run(batch[:1])
+    ref_out, cand_out, ref_ms, cand_ms = [], [], [], []
+
+    def timed(backend, row):
+        t0 = time.perf_counter()
+        out = backend.run(row)
+        return out, (time.perf_counter() - t0) * 1e3
+
+    for index in range(len(batch)):
+        row = batch[index:index + 1]
+        if index % 2 == 0:
+            (r, tr), (c, tc) = timed(reference, row), timed(candidate, row)
+        else:
+            (c, tc), (r, tr) = timed(candidate, row), timed(reference, row)
+        ref_out.append(np.asarray(r, dtype=np.float32)[0])
+        cand_out.append(np.asarray(c, dtype=np.float32)[0])
+        ref_ms.append(tr)
+        cand_ms.append(tc)
+    return np.stack(ref_out), np.stack(cand_out), np.asarray(ref_ms), np.asarray(cand_ms)
+
+
+def roi_stage_masks(probs: np.ndarray, threshold: float) -> list[np.ndarray]:
+    """Area-filtered masks (the pipeline's ROI stage) of (N, 1, S, S) or (N, S, S) probability maps."""
+    from refine.area_filter import area_filter
+
+    maps = probs.reshape(len(probs), probs.shape[-2], probs.shape[-1])
+    return [np.asarray(area_filter(p, threshold=threshold), dtype=bool) for p in maps]
+
+
+def verify(kind: str, reference, candidate, inputs: ModelInputs, *, thresholds: GateThresholds | None = None,
+           threshold: float = 0.5, threads: int | None = None, warmup: int = 3, reference_name: str = "",
+           candidate_name: str = "", data: str = "") -> VerifyReport:
+    """Compare ``candidate`` with ``reference`` (backends with ``run``) on ``inputs``; see module docstring.
+
+    kind: "roi" or "grader". threshold: ROI probability threshold (0.5, as the pipeline).
+    """
+    thresholds = thresholds or GateThresholds()
+    if kind not in ("roi", "grader"):
+        raise ValueError(f"model kind must be 'roi' or 'grader', got {kind!r}")
+    ref, cand, ref_ms, cand_ms = run_interleaved(reference, candidate, inputs.batch, warmup=warmup)
+    if ref.shape != cand.shape:
+        raise ValueError(f"reference output {ref.shape} and candidate output {cand.shape} differ in shape: "
+                         "are these two versions of the same model?")
+    common = dict(model=kind, n=len(inputs), threads=threads, reference_ms=float(np.median(ref_ms)),
+                  candidate_ms=float(np.median(cand_ms)), reference=reference_name, candidate=candidate_name,
+                  data=data, skipped=len(inputs.skipped), thresholds=thresholds)
+    reasons = []
+    if kind == "roi":
+        dsc = np.array([dice_agreement(r >= threshold, c >= threshold)
+                        for r, c in zip(ref, cand, strict=True)])
+        try:
+            stage = [dice_agreement(a, b) for a, b in zip(roi_stage_masks(ref, threshold),
+                                                             roi_stage_masks(cand, threshold), strict=True)]
+            stage_mean: float | None = float(np.mean(stage))
+        except ImportError:  # refine not installed: the gate itself does not need it
+            stage_mean = None
+        mean, low = float(dsc.mean()), float(dsc.min())
+        if mean < thresholds.dsc_mean:
+            reasons.append(f"mean mask DSC agreement {mean:.4f} < {thresholds.dsc_mean}")
+        if thresholds.dsc_min is not None and low < thresholds.dsc_min:
+            reasons.append(f"minimum mask DSC agreement {low:.4f} < {thresholds.dsc_min}")
+        return VerifyReport(passed=not reasons, reason="; ".join(reasons), dsc_agreement_mean=mean,
+                            dsc_agreement_min=low, roi_stage_dsc_mean=stage_mean, **common)
+    top1 = float(np.mean(ref.argmax(axis=1) == cand.argmax(axis=1)))
+    diff = float(np.abs(ref - cand).max())
+    if top1 < thresholds.top1:
+        reasons.append(f"top-1 agreement {top1:.4f} < {thresholds.top1}")
+    if thresholds.max_prob_diff is not None and diff > thresholds.max_prob_diff:
+        reasons.append(f"maximum probability difference {diff:.4f} > {thresholds.max_prob_diff}")
+    return VerifyReport(passed=not reasons, reason="; ".join(reasons), top1_agreement=top1,
+                        max_prob_diff=diff, **common)
