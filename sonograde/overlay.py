@@ -1,0 +1,321 @@
+"""Draw a published result over its frame, and show, record or snapshot it.
+
+The picture follows the paper's Fig. 5: the ROI-CNN contour in blue, the refined contour (area
+filtering + Chan–Vese) in red. Beside the image a panel shows the smoothed BI-RADS category in large
+type, a bar chart of the five smoothed probabilities with the raw per-frame value as a tick, the lesion
+size in mm where the pixel size is known, latency and frame rate, and the source state. A banner on top
+says research use only, not for diagnosis; it is drawn on every frame, recorded ones included.
+
+Drawing is pure (``OverlayRenderer.render`` returns a BGR image); ``OverlaySink`` owns the window, the
+video recorder and snapshots.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sonograde import RESEARCH_USE_ONLY
+from sonograde.messages import CATEGORIES, Message
+
+# BGR colours. Blue and red as in the paper's Fig. 5; fully saturated so they stand out on grey speckle.
+ROI_BLUE = (255, 80, 0)
+REFINED_RED = (0, 0, 255)
+_PANEL_BG = (38, 34, 32)
+_TEXT = (235, 235, 235)
+_DIM = (150, 150, 150)
+_BANNER_BG = (0, 190, 255)  # amber
+_BANNER_FG = (0, 0, 0)
+_BAR_BG = (70, 66, 62)
+# Category accents, only for the large label and the chosen bar (a cue, the number is the information).
+_CATEGORY_COLOURS = {"3": (120, 200, 120), "4A": (80, 220, 230), "4B": (60, 170, 255), "4C": (40, 120, 255),
+                     "5": (70, 70, 255)}
+_FONT = cv2.FONT_HERSHEY_DUPLEX
+_FONT_PLAIN = cv2.FONT_HERSHEY_SIMPLEX
+
+
+@dataclass(frozen=True)
+class OverlayStyle:
+    """Layout in output pixels: image area height (the frame is scaled to fit), side panel width,
+    banner height. Defaults make a 1040 x 680 picture for a 4:3 frame."""
+
+    image_height: int = 640
+    panel_width: int = 340
+    banner_height: int = 40
+    contour_thickness: int = 2
+
+
+class RateMeter:
+    """Frames per second over the last ``window_s`` seconds of arrival times (monotonic ns)."""
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self.window_ns = int(window_s * 1e9)
+        self._times: deque[int] = deque()
+
+    def tick(self, t_ns: int | None = None) -> None:
+        now = time.monotonic_ns() if t_ns is None else t_ns
+        self._times.append(now)
+        while self._times and now - self._times[0] > self.window_ns:
+            self._times.popleft()
+
+    @property
+    def fps(self) -> float | None:
+        if len(self._times) < 2:
+            return None
+        span = (self._times[-1] - self._times[0]) / 1e9
+        return (len(self._times) - 1) / span if span > 0 else None
+
+
+def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.55,
+          colour: tuple[int, int, int] = _TEXT, thickness: int = 1, font: int = _FONT_PLAIN) -> None:
+    cv2.putText(img, text, org, font, scale, colour, thickness, cv2.LINE_AA)
+
+
+def _polygon(points: list | None, scale: float, dx: int, dy: int) -> np.ndarray | None:
+    if not points or len(points) < 2:
+        return None
+    array = np.asarray(points, dtype=np.float64) * scale + 0.5 * scale - 0.5  # pixel centres
+    array += (dx, dy)
+    return np.rint(array).astype(np.int32).reshape(-1, 1, 2)
+
+
+def mm_size(header: dict) -> tuple[float, float] | None:
+    """Lesion bbox width x height in mm where the pixel size is known, else None."""
+    pixel = header.get("pixel_size_mm")
+    bbox = header.get("bbox")
+    if not pixel or not bbox:
+        return None
+    return bbox[2] * pixel, bbox[3] * pixel
+
+
+class OverlayRenderer:
+    """Renders results into BGR pictures of a fixed size (so a recorder can take every one)."""
+
+    def __init__(self, style: OverlayStyle | None = None, frame_aspect: float = 4.0 / 3.0) -> None:
+        self.style = style or OverlayStyle()
+        self.image_width = round(self.style.image_height * frame_aspect)
+        self.width = self.image_width + self.style.panel_width
+        self.height = self.style.banner_height + self.style.image_height
+
+    # --------------------------------------------------------------------------------- image area
+    def _draw_image(self, canvas: np.ndarray, result: Message | None, stale: bool) -> None:
+        st = self.style
+        top = st.banner_height
+        area = canvas[top:top + st.image_height, :self.image_width]
+        area[:] = 0
+        if result is None or result.frame is None:
+            message = "waiting for results..." if result is None else "frame not sent (--send-frames off)"
+            _text(area, message, (24, st.image_height // 2), 0.8, _DIM)
+            if result is None:
+                return
+            frame_h, frame_w = result.header["image_size"]
+        else:
+            frame_h, frame_w = result.frame.shape
+        scale = min(self.image_width / frame_w, st.image_height / frame_h)
+        out_w, out_h = round(frame_w * scale), round(frame_h * scale)
+        dx, dy = (self.image_width - out_w) // 2, (st.image_height - out_h) // 2
+        if result.frame is not None:
+            resized = cv2.resize(result.frame, (out_w, out_h),
+                                 interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
+            area[dy:dy + out_h, dx:dx + out_w] = resized[:, :, None]
+        header = result.header
+        for key, colour in (("roi_contour", ROI_BLUE), ("refined_contour", REFINED_RED)):
+            polygon = _polygon(header.get(key), scale, dx, dy)
+            if polygon is not None:
+                cv2.polylines(area, [polygon], True, colour, st.contour_thickness, cv2.LINE_AA)
+        # Legend, bottom left of the image.
+        y = st.image_height - 16
+        for label, colour in (("ROI-CNN", ROI_BLUE), ("refined", REFINED_RED)):
+            cv2.line(area, (16, y - 5), (44, y - 5), colour, 3, cv2.LINE_AA)
+            _text(area, label, (52, y), 0.5, _TEXT)
+            y -= 22
+        _text(area, f"frame {header['frame_index']}", (self.image_width - 130, st.image_height - 14),
+              0.45, _DIM)
+        if stale:
+            shade = area.copy()
+            shade[:] = (0, 0, 0)
+            cv2.addWeighted(area, 0.45, shade, 0.55, 0, dst=area)
+
+    # --------------------------------------------------------------------------------- side panel
+    def _draw_panel(self, canvas: np.ndarray, result: Message | None, status: Message | None,
+                    fps: float | None) -> None:
+        st = self.style
+        top = st.banner_height
+        panel = canvas[top:, self.image_width:]
+        panel[:] = _PANEL_BG
+        x = 20
+        _text(panel, "BI-RADS (smoothed)", (x, 32), 0.55, _DIM)
+        header = result.header if result is not None else None
+        category = header.get("smoothed_category") if header else None
+        if header and header["lesion_found"] and category is None:
+            category = header.get("category")
+        if category:
+            colour = _CATEGORY_COLOURS.get(category, _TEXT)
+            _text(panel, category, (x, 100), 2.4, colour, 3, _FONT)
+            track = header.get("track") or {}
+            raw = header.get("category")
+            detail = f"this frame: {raw}" if raw else "this frame: no lesion"
+            if track:
+                detail += f"   track {track.get('id')} ({track.get('age')} fr)"
+            _text(panel, detail, (x, 128), 0.45, _DIM)
+        else:
+            _text(panel, "no lesion", (x, 92), 1.2, _DIM, 2, _FONT)
+            _text(panel, "in view" if header else "", (x, 124), 0.55, _DIM)
+
+        # Probability bars: smoothed value as the bar, raw per-frame value as a white tick.
+        smoothed = (header or {}).get("smoothed_probabilities") or (header or {}).get("probabilities") or {}
+        raw_probs = (header or {}).get("probabilities") or {}
+        bar_x, bar_w, y = x + 44, st.panel_width - x - 44 - 64, 162
+        for name in CATEGORIES:
+            value = float(smoothed.get(name, 0.0))
+            _text(panel, name, (x, y + 15), 0.55, _TEXT)
+            cv2.rectangle(panel, (bar_x, y), (bar_x + bar_w, y + 20), _BAR_BG, -1)
+            colour = _CATEGORY_COLOURS[name] if name == category else (185, 170, 150)
+            cv2.rectangle(panel, (bar_x, y), (bar_x + round(bar_w * value), y + 20), colour, -1)
+            if name in raw_probs:
+                tick = bar_x + round(bar_w * float(raw_probs[name]))
+                cv2.line(panel, (tick, y - 3), (tick, y + 23), (255, 255, 255), 2)
+            if smoothed:
+                _text(panel, f"{100 * value:4.0f}%", (bar_x + bar_w + 8, y + 15), 0.5, _TEXT)
+            y += 30
+        _text(panel, "bar: smoothed   tick: this frame", (x, y + 6), 0.4, _DIM)
+
+        # Size.
+        y += 40
+        if header and header["lesion_found"]:
+            size = mm_size(header)
+            if size is not None:
+                _text(panel, f"size  {size[0]:.1f} x {size[1]:.1f} mm", (x, y), 0.55, _TEXT)
+                if header.get("area_mm2") is not None:
+                    _text(panel, f"area  {header['area_mm2']:.1f} mm^2", (x, y + 24), 0.55, _TEXT)
+            elif header.get("area_px") is not None:
+                _text(panel, f"area  {header['area_px']:.0f} px", (x, y), 0.55, _TEXT)
+                _text(panel, "(no pixel size: pass --geometry)", (x, y + 24), 0.42, _DIM)
+        y += 64
+
+        # Timing and state.
+        latency = result.latency_ms if result is not None else None
+        lines = [
+            f"latency  {latency:5.1f} ms" if latency is not None else "latency    -",
+            f"fps      {fps:5.1f}" if fps is not None else "fps        -",
+        ]
+        if header:
+            timings = header.get("timings_ms") or {}
+            stages = [f"{k} {v:.0f}" for k, v in timings.items() if k in ("locate", "refine", "classify")]
+            if stages:
+                lines.append("ms: " + "  ".join(stages))
+        state = (status or result).header["source_state"] if (status or result) else "no publisher yet"
+        lines.append(f"source   {state}")
+        for line in lines:
+            _text(panel, line, (x, y), 0.5, _TEXT if not line.startswith("ms:") else _DIM)
+            y += 24
+        if header and header.get("model_ids"):
+            ids = ", ".join(str(v) for v in header["model_ids"].values())
+            _text(panel, f"models {ids}"[:44], (x, st.image_height - 14), 0.38, _DIM)
+
+    def _draw_banner(self, canvas: np.ndarray) -> None:
+        st = self.style
+        canvas[:st.banner_height] = _BANNER_BG
+        (tw, th), _ = cv2.getTextSize(RESEARCH_USE_ONLY, _FONT, 0.7, 2)
+        _text(canvas, RESEARCH_USE_ONLY, ((self.width - tw) // 2, (st.banner_height + th) // 2), 0.7,
+              _BANNER_FG, 2, _FONT)
+
+    def render(self, result: Message | None, status: Message | None = None,
+               fps: float | None = None) -> np.ndarray:
+        """Picture (H, W, 3) uint8 BGR for the latest result, the latest status message (for the source
+        state while no results arrive) and the receive rate."""
+        canvas = np.zeros((self.height, self.width, 3), dtype=np.uint8)
+        state = (status.header["source_state"] if status is not None
+                 and (result is None or status.header["t_publish_ns"] > result.header["t_publish_ns"])
+                 else result.header["source_state"] if result is not None else None)
+        stale = state is not None and state != "connected"
+        self._draw_banner(canvas)
+        self._draw_image(canvas, result, stale)
+        self._draw_panel(canvas, result, status if stale else None, fps)
+        if stale:
+            top = self.style.banner_height
+            label = f"SOURCE {state.upper()}"
+            (tw, _), _ = cv2.getTextSize(label, _FONT, 1.1, 2)
+            _text(canvas, label, ((self.image_width - tw) // 2, top + self.style.image_height // 2), 1.1,
+                  (0, 190, 255), 2, _FONT)
+        return canvas
+
+
+def display_available() -> tuple[bool, str]:
+    """Whether an OpenCV highgui window can be opened here, and why not.
+
+    Checked without opening a window: OpenCV's Qt backend aborts the whole process when there is no
+    display server, so a missing ``$DISPLAY``/``$WAYLAND_DISPLAY`` means no window.
+    """
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False, "no display ($DISPLAY is not set)"
+    info = cv2.getBuildInformation()
+    gui = info.split("GUI:", 1)[1].split("\n", 1)[0].strip() if "GUI:" in info else ""
+    if gui.upper() in ("", "NONE"):
+        return False, "this OpenCV build has no GUI (opencv-python-headless?)"
+    return True, ""
+
+
+class OverlaySink:
+    """Where rendered pictures go: a window (when ``window`` and a display exist), an MP4 recording,
+    and a snapshot PNG of the last picture (written on ``close``).
+
+    record : MP4 path (``mp4v`` codec) at ``record_fps`` (the live rate is variable; frames are written
+        as they come, so playback speed matches the pipeline's rate when that is near ``record_fps``).
+    """
+
+    WINDOW = "Sonograde overlay (research use only)"
+
+    def __init__(self, *, window: bool = True, record: Path | None = None, snapshot: Path | None = None,
+                 record_fps: float = 30.0) -> None:
+        self.window = False
+        self.window_note = ""
+        if window:
+            self.window, self.window_note = display_available()
+        self.record_path = record
+        self.snapshot_path = snapshot
+        self.record_fps = record_fps
+        self._writer: cv2.VideoWriter | None = None
+        self._last: np.ndarray | None = None
+        self.frames_written = 0
+        self.quit_requested = False
+
+    def show(self, picture: np.ndarray) -> None:
+        """Show/record one picture; a window's q or Esc key sets ``quit_requested``."""
+        self._last = picture
+        if self.record_path is not None:
+            if self._writer is None:
+                self.record_path.parent.mkdir(parents=True, exist_ok=True)
+                writer = cv2.VideoWriter(str(self.record_path), cv2.VideoWriter_fourcc(*"mp4v"),
+                                         self.record_fps, (picture.shape[1], picture.shape[0]))
+                if not writer.isOpened():
+                    raise OSError(f"cannot open {self.record_path} for recording (OpenCV VideoWriter, mp4v)")
+                self._writer = writer
+            self._writer.write(picture)
+            self.frames_written += 1
+        if self.window:
+            cv2.imshow(self.WINDOW, picture)
+            key = cv2.waitKey(1) & 0xFF
+            if key in (ord("q"), 27):
+                self.quit_requested = True
+
+    def close(self) -> Path | None:
+        """Finish the recording, write the snapshot (returns its path), close the window."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        written = None
+        if self.snapshot_path is not None and self._last is not None:
+            self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(self.snapshot_path), self._last):
+                raise OSError(f"cannot write snapshot {self.snapshot_path}")
+            written = self.snapshot_path
+        if self.window:
+            cv2.destroyAllWindows()
+        return written
