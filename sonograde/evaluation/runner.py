@@ -1,0 +1,224 @@
+"""Run the two-stage grader over manifest records and collect per-case results.
+
+For every image (any size) the shipped pipeline runs as in ``TwoStageGrader.grade``: ROI-CNN + area filter
+(``locate``), Chan–Vese refinement (``refine``), G-CNN on the refined ROI (``classify``). Beside it, the
+paper's "No ROI-CNN" variant segments the image with Chan–Vese alone (see :func:`no_roi_cnn_mask`).
+The three masks of the paper's identification variants are then:
+
+- ``no_roi_cnn``: Chan–Vese alone from a checkerboard start, 1000 iterations;
+- ``roi_cnn``: the ROI-CNN mask after the area filter, not refined;
+- ``refined``: the pipeline's refined mask.
+
+All three are compared with the ground truth at the image's own size (masks from the 288 x 288 grid are
+upsampled by nearest neighbour, as the pipeline does) and each is also handed to the G-CNN, which gives
+Fig. 4's per-variant ROC curves. Per-case results keep contours, not masks, so memory stays small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from sonograde.evaluation.labels import CATEGORIES, Birads2Policy, grading_label
+from sonograde.evaluation.summary import VARIANTS, GradedCase, SegmentationScores
+
+if TYPE_CHECKING:
+    from engine.data.manifest import ManifestRecord
+    from engine.grader import TwoStageGrader
+
+NO_ROI_SIZE = 288
+"""Default grid of the "No ROI-CNN" Chan–Vese: the paper scaled every input to 288 x 288 first."""
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationOptions:
+    """What to evaluate.
+
+    no_roi_cnn : run the slow "No ROI-CNN" variant (Chan–Vese from a checkerboard). Default True.
+    no_roi_size : grid it runs on (pixels, square); 0 means the image's own size. Default 288.
+    no_roi_iterations : its Chan–Vese iterations at most (paper: 1000).
+    birads2 : what BI-RADS 2 becomes in grading: ``"as3"`` (default, as the shipped G-CNN was trained) or
+        ``"exclude"``.
+    keep_contours : keep contours per case (needed for the report's case grid).
+    """
+
+    no_roi_cnn: bool = True
+    no_roi_size: int = NO_ROI_SIZE
+    no_roi_iterations: int = 1000
+    birads2: Birads2Policy = "as3"
+    keep_contours: bool = True
+
+
+@dataclass(slots=True)
+class CaseResult:
+    """One image through the evaluation.
+
+    has_lesion_mask : the manifest gives a non-empty mask (segmentation is scored only then).
+    segmentation : variant -> scores (only variants that ran, only with a lesion mask).
+    probabilities : variant -> 5 G-CNN probabilities in CATEGORIES order, or None where that variant
+        found no lesion (the G-CNN is not run on an empty ROI).
+    lesion_found : variant -> whether its mask is non-empty.
+    contours : "truth" / variant -> list of (N, 2) int32 polygons in image pixels (for the case grid).
+    timings_ms : "pipeline" (locate + refine + classify) and "no_roi_cnn" wall times.
+    """
+
+    dataset: str
+    id: str
+    image_path: str
+    shape: tuple[int, int]
+    pixel_size_mm: float | None
+    birads: str | None
+    label: str | None
+    pathology: str | None
+    has_lesion_mask: bool
+    segmentation: dict[str, SegmentationScores] = field(default_factory=dict)
+    probabilities: dict[str, tuple[float, float, float, float, float] | None] = field(default_factory=dict)
+    lesion_found: dict[str, bool] = field(default_factory=dict)
+    contours: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def graded(self, variant: str = "refined") -> GradedCase:
+        """This case as a :class:`GradedCase` for ``variant`` (label None if it is not graded)."""
+        return GradedCase(id=self.id, label=self.label, probabilities=self.probabilities.get(variant),
+                          pathology=self.pathology if self.has_lesion_mask or self.label else None)
+
+
+def mask_contours(mask: np.ndarray) -> list[np.ndarray]:
+    """Outer contours of a bool mask as (N, 2) int32 polygons (x, y); empty list for an empty mask."""
+    if not mask.any():
+        return []
+    found, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1, 2).astype(np.int32) for c in found]
+
+
+def _upsample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if mask.shape == shape:
+        return mask.astype(bool, copy=False)
+    resized = cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return resized.astype(bool)
+
+
+def no_roi_cnn_mask(gray: np.ndarray, *, size: int = NO_ROI_SIZE, max_iterations: int = 1000,
+                    threshold: float = 0.5, min_fraction: float = 0.4) -> tuple[np.ndarray, int]:
+    """The paper's "No ROI-CNN" segmentation of a uint8 image, at the image's size; also iterations run.
+
+    Chan–Vese (mu1 = mu2 = alpha = 1) from scikit-image's checkerboard start for up to ``max_iterations``
+    on the image resized to ``size`` x ``size`` (0: at its own size). Chan–Vese splits the image into two
+    phases without saying which is the lesion; we take the darker one (breast lesions are mostly
+    hypoechoic) and then apply the pipeline's own area filter (components >= 40 % of the largest, the
+    one nearest the centre), so that, like the other variants, it yields one region to grade.
+    """
+    from refine.area_filter import area_filter
+
+    from refine.chan_vese import segment_image
+
+    small = gray
+    if size and gray.shape != (size, size):
+        interpolation = cv2.INTER_AREA if min(gray.shape) > size else cv2.INTER_LINEAR
+        small = cv2.resize(gray, (size, size), interpolation=interpolation)
+    result = segment_image(small, max_iterations=max_iterations)
+    inside = np.asarray(result.mask, dtype=bool)
+    if inside.any() and (~inside).any():
+        values = small.astype(np.float64)
+        if values[inside].mean() > values[~inside].mean():
+            inside = ~inside
+    mask = area_filter(inside.astype(np.float32), threshold=threshold, min_fraction=min_fraction)
+    return _upsample(np.asarray(mask, dtype=bool), gray.shape), int(result.iterations)
+
+
+def segmentation_scores(pred: np.ndarray, truth: np.ndarray,
+                        pixel_size_mm: float | None) -> SegmentationScores:
+    """Score one predicted mask against the truth with ``refine.metrics`` (empty prediction: DSC 0, no
+    distances)."""
+    from refine.metrics import segmentation_metrics
+
+    if not pred.any():
+        return SegmentationScores(dsc=0.0, hd95=None, avg_dist=None, empty=True)
+    m = segmentation_metrics(pred, truth, pixel_size_mm=pixel_size_mm)
+
+    def finite(name: str) -> float | None:
+        value = getattr(m, name, None)
+        return float(value) if value is not None and np.isfinite(value) else None
+
+    return SegmentationScores(dsc=float(m.dsc), hd95=finite("hd95"), avg_dist=finite("avg_dist"),
+                              hd_max=finite("hd_max"), hd95_mm=finite("hd95_mm"),
+                              avg_dist_mm=finite("avg_dist_mm"))
+
+
+def evaluate_case(grader: TwoStageGrader, record: ManifestRecord, options: EvaluationOptions) -> CaseResult:
+    """Run one manifest record (``engine.data.manifest.ManifestRecord``) through every variant."""
+    from engine.data.manifest import load_gray, load_mask
+
+    gray = load_gray(record.image)
+    truth = load_mask(record)
+    if truth is not None and truth.shape != gray.shape:
+        raise ValueError(f"{record.dataset}/{record.id}: mask {record.mask} is "
+                         f"{truth.shape[1]}x{truth.shape[0]} but the image is "
+                         f"{gray.shape[1]}x{gray.shape[0]}; fix the manifest")
+    has_lesion = truth is not None and bool(truth.any())
+    case = CaseResult(
+        dataset=record.dataset, id=record.id, image_path=str(record.image),
+        shape=(int(gray.shape[0]), int(gray.shape[1])), pixel_size_mm=record.pixel_size_mm,
+        birads=record.birads, label=grading_label(record.birads, options.birads2),
+        pathology=record.pathology if record.pathology in ("benign", "malignant") else None,
+        has_lesion_mask=has_lesion,
+    )
+    t0 = time.perf_counter()
+    roi = grader.locate(gray)
+    refined = grader.refine(gray, roi)
+    classified = grader.classify(gray, refined)
+    case.timings_ms["pipeline"] = (time.perf_counter() - t0) * 1e3
+    masks: dict[str, np.ndarray] = {"roi_cnn": refined.raw_mask, "refined": refined.refined_mask}
+    probs: dict[str, np.ndarray | None] = {"refined": classified.probabilities}
+    if options.no_roi_cnn:
+        t1 = time.perf_counter()
+        masks["no_roi_cnn"], _ = no_roi_cnn_mask(gray, size=options.no_roi_size,
+                                                 max_iterations=options.no_roi_iterations)
+        case.timings_ms["no_roi_cnn"] = (time.perf_counter() - t1) * 1e3
+    # The G-CNN on the other variants' masks (Fig. 4): same frame, the variant's mask as the ROI.
+    for variant in ("roi_cnn", "no_roi_cnn"):
+        if variant in masks:
+            mask = masks[variant]
+            stand_in = dataclasses.replace(refined, refined_mask=mask, lesion_found=bool(mask.any()))
+            probs[variant] = grader.classify(gray, stand_in).probabilities
+    for variant in VARIANTS:
+        if variant not in masks:
+            continue
+        mask = masks[variant]
+        case.lesion_found[variant] = bool(mask.any())
+        p = probs.get(variant)
+        case.probabilities[variant] = None if p is None else _ordered(p, grader)
+        if has_lesion:
+            case.segmentation[variant] = segmentation_scores(mask, truth, record.pixel_size_mm)
+        if options.keep_contours:
+            case.contours[variant] = mask_contours(mask)
+    if options.keep_contours and has_lesion:
+        case.contours["truth"] = mask_contours(truth)
+    return case
+
+
+def _ordered(probabilities: np.ndarray, grader: TwoStageGrader) -> tuple[float, float, float, float, float]:
+    """The grader's probabilities reordered to CATEGORIES (a model may declare another order)."""
+    order = tuple(getattr(grader, "categories", CATEGORIES))
+    values = dict(zip(order, (float(p) for p in probabilities), strict=True))
+    missing = [c for c in CATEGORIES if c not in values]
+    if missing:
+        raise ValueError(f"the grader's categories {order} lack {missing}; expected {CATEGORIES}")
+    return tuple(values[c] for c in CATEGORIES)  # type: ignore[return-value]
+
+
+def evaluate_records(grader: TwoStageGrader, records: Sequence[ManifestRecord], options: EvaluationOptions,
+                     progress: bool = True) -> list[CaseResult]:
+    """Evaluate every record in order, with a tqdm progress bar on stderr when ``progress``."""
+    from tqdm import tqdm
+
+    iterator: Iterable = records
+    if progress:
+        iterator = tqdm(records, desc="evaluate", unit="img", dynamic_ncols=True)
+    return [evaluate_case(grader, record, options) for record in iterator]
