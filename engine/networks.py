@@ -1,0 +1,283 @@
+"""The paper's networks in plain torch: ROI-CNN (lesion identification), G-CNN (grading) and the
+comparison classifiers VGG16 and ResNet50, each with a width multiplier.
+
+Width multiplier ``width`` scales every channel count (``width=1.0`` is the paper's configuration).
+The shipped edge models use ``width=0.25``: small enough for two CPU cores.
+
+ROI-CNN (paper, "The identification model"): a VGG16 backbone with four max poolings (288 -> 18),
+VGG block 5 at 18x18, a 3x3 atrous convolution with dilation 2, a 1x1 transitional convolution (512
+filters at full width), then FCN-16s-style fusion: the deep 18x18 features are upsampled x2 and
+concatenated with the shallower conv4_3 features (36x36, 512 channels at full width, which is why the
+transitional layer has 512 filters: it balances the two sides of the concatenation), a 1x1 scoring
+convolution, and bilinear upsampling x8 to a 288x288 map. ``forward`` returns logits; ``RoiProbability``
+wraps it with the sigmoid for export.
+
+G-CNN (paper, "The grading model"), 18 convolutions in 9 blocks:
+- blocks 1-4 (encode path): two 3x3 convs + 2x2 max pool each, channels c, 2c, 4c, 8c (c = 64 * width);
+- block 5: three 3x3 convs, 16c channels, at S/16;
+- blocks 6-9 (concatenate path) at S/16: block 6 concatenates block 5 with the block-4 output (already
+  S/16), blocks 7, 8, 9 concatenate the previous block with the outputs of blocks 3, 2, 1, each first
+  brought to S/16 by one 3x3 conv and a max pool (the paper's "followed by a convolution layer and a max
+  pooling layer", 3 convs), then one 3x3 conv (8c channels). 8 + 3 + 3 + 4 = 18 convolutions.
+- batch norm after the top (last) convolution of each block and after the first two FC layers;
+- FC 4096 -> 1024 -> 5 (scaled by ``width`` in the edge configuration) and softmax.
+Head ``"flatten"`` (paper) flattens the S/16 x S/16 maps into the first FC layer; head ``"gap"`` (edge)
+uses global average pooling first, which keeps the model a few MB and independent of S.
+``forward`` returns logits; ``GraderProbabilities`` adds the softmax for export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as nnf
+
+GRADER_CATEGORIES = ("3", "4A", "4B", "4C", "5")
+
+
+def _ch(channels: int, width: float) -> int:
+    """Channels at width multiplier ``width`` (at least 4, multiple of 4 where possible for fast kernels)."""
+    return max(4, round(channels * width / 4.0) * 4)
+
+
+def _conv(cin: int, cout: int, *, bn: bool = False, dilation: int = 1) -> nn.Sequential:
+    """3x3 conv (padding keeps size) + optional batch norm + ReLU."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=not bn)]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+# ------------------------------------------------------------------------------------------------ ROI-CNN
+
+
+@dataclass(frozen=True)
+class RoiConfig:
+    """ROI-CNN configuration: width multiplier, input channels, batch norm in the backbone (not in the
+    paper, whose backbone was ImageNet-initialised; without pretraining it makes training from scratch
+    on a few thousand images converge)."""
+
+    width: float = 0.25
+    in_channels: int = 1
+    batch_norm: bool = True
+
+
+class RoiCNN(nn.Module):
+    """FCN-16s-style ROI-CNN; input (N, C, H, W) with H, W multiples of 16; output logits (N, 1, H, W)."""
+
+    def __init__(self, config: RoiConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or RoiConfig()
+        w, bn = self.config.width, self.config.batch_norm
+        c1, c2, c3, c4 = _ch(64, w), _ch(128, w), _ch(256, w), _ch(512, w)
+        self.block1 = nn.Sequential(_conv(self.config.in_channels, c1, bn=bn), _conv(c1, c1, bn=bn))
+        self.block2 = nn.Sequential(_conv(c1, c2, bn=bn), _conv(c2, c2, bn=bn))
+        self.block3 = nn.Sequential(_conv(c2, c3, bn=bn), _conv(c3, c3, bn=bn), _conv(c3, c3, bn=bn))
+        self.block4 = nn.Sequential(_conv(c3, c4, bn=bn), _conv(c4, c4, bn=bn), _conv(c4, c4, bn=bn))
+        self.block5 = nn.Sequential(_conv(c4, c4, bn=bn), _conv(c4, c4, bn=bn), _conv(c4, c4, bn=bn))
+        self.atrous = _conv(c4, _ch(1024, w), bn=bn, dilation=2)
+        self.transition = nn.Sequential(nn.Conv2d(_ch(1024, w), c4, 1), nn.ReLU(inplace=True))
+        self.score = nn.Conv2d(2 * c4, 1, 1)
+        self.pool = nn.MaxPool2d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        x = self.pool(self.block1(x))  # /2
+        x = self.pool(self.block2(x))  # /4
+        x = self.pool(self.block3(x))  # /8
+        shallow = self.block4(x)  # /8, conv4_3
+        deep = self.block5(self.pool(shallow))  # /16 (18x18 at 288)
+        deep = self.transition(self.atrous(deep))
+        deep = nnf.interpolate(deep, size=shallow.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.score(torch.cat([deep, shallow], dim=1))
+        return nnf.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class RoiProbability(nn.Module):
+    """Export wrapper: sigmoid lesion probability (N, 1, H, W)."""
+
+    def __init__(self, net: RoiCNN) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(image))
+
+
+# ------------------------------------------------------------------------------------------------ G-CNN
+
+
+@dataclass(frozen=True)
+class GraderConfig:
+    """G-CNN configuration.
+
+    width: channel and FC multiplier (1.0 = paper). in_channels: 1 (ROI) or 2 (ROI + mask).
+    input_size: S, multiple of 16. head: "flatten" (paper) or "gap" (edge). scale_fc: scale the FC
+    widths 4096/1024 by ``width`` (edge). dropout: before each FC layer (0 disables).
+    """
+
+    width: float = 0.25
+    in_channels: int = 1
+    input_size: int = 128
+    head: str = "gap"
+    scale_fc: bool = True
+    dropout: float = 0.3
+    num_classes: int = 5
+
+
+class GCNN(nn.Module):
+    """The paper's G-CNN (see the module docstring); input (N, C, S, S), output logits (N, 5)."""
+
+    def __init__(self, config: GraderConfig | None = None) -> None:
+        super().__init__()
+        cfg = self.config = config or GraderConfig()
+        if cfg.input_size % 16:
+            raise ValueError(f"G-CNN input_size must be a multiple of 16, got {cfg.input_size}")
+        if cfg.head not in ("flatten", "gap"):
+            raise ValueError(f"G-CNN head must be 'flatten' or 'gap', got {cfg.head!r}")
+        w = cfg.width
+        c = [_ch(64, w), _ch(128, w), _ch(256, w), _ch(512, w)]
+        c5, cc = _ch(1024, w), _ch(512, w)
+        cin = cfg.in_channels
+        encoders = []
+        for ch in c:  # blocks 1-4: two convs, BN at the top conv, then max pool
+            encoders.append(nn.Sequential(_conv(cin, ch), _conv(ch, ch, bn=True), nn.MaxPool2d(2, 2)))
+            cin = ch
+        self.encoders = nn.ModuleList(encoders)
+        self.block5 = nn.Sequential(_conv(c[3], c5), _conv(c5, c5), _conv(c5, c5, bn=True))
+        # Bridges bring the outputs of blocks 3, 2, 1 (S/8, S/4, S/2) to S/16: one conv + one max pool.
+        self.bridges = nn.ModuleList(
+            nn.Sequential(_conv(c[i], c[i]), nn.MaxPool2d(2 ** (3 - i), 2 ** (3 - i))) for i in (2, 1, 0)
+        )
+        self.block6 = _conv(c5 + c[3], cc, bn=True)
+        self.block7 = _conv(cc + c[2], cc, bn=True)
+        self.block8 = _conv(cc + c[1], cc, bn=True)
+        self.block9 = _conv(cc + c[0], cc, bn=True)
+        f1, f2 = (_ch(4096, w), _ch(1024, w)) if cfg.scale_fc else (4096, 1024)
+        side = cfg.input_size // 16
+        features = cc if cfg.head == "gap" else cc * side * side
+        self.head = nn.Sequential(
+            nn.Dropout(cfg.dropout), nn.Linear(features, f1, bias=False), nn.BatchNorm1d(f1), nn.ReLU(True),
+            nn.Dropout(cfg.dropout), nn.Linear(f1, f2, bias=False), nn.BatchNorm1d(f2), nn.ReLU(True),
+            nn.Linear(f2, cfg.num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            levels.append(x)  # S/2, S/4, S/8, S/16
+        x = self.block6(torch.cat([self.block5(x), levels[3]], dim=1))
+        x = self.block7(torch.cat([x, self.bridges[0](levels[2])], dim=1))
+        x = self.block8(torch.cat([x, self.bridges[1](levels[1])], dim=1))
+        x = self.block9(torch.cat([x, self.bridges[2](levels[0])], dim=1))
+        x = x.mean(dim=(2, 3)) if self.config.head == "gap" else torch.flatten(x, 1)
+        return self.head(x)
+
+
+class GraderProbabilities(nn.Module):
+    """Export wrapper: softmax over the categories ("3", "4A", "4B", "4C", "5"), shape (N, 5)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(image), dim=1)
+
+
+# ------------------------------------------------------------------------------- comparison classifiers
+
+
+class VGG16(nn.Module):
+    """VGG16 classifier (13 convs in 5 blocks + FC 4096-4096-classes), BN optional, global pooling head
+    option for small inputs. Channels and FC widths scale with ``width``."""
+
+    def __init__(self, width: float = 1.0, in_channels: int = 1, num_classes: int = 5, *,
+                 batch_norm: bool = True, head: str = "gap", input_size: int = 224) -> None:
+        super().__init__()
+        plan = [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for channels, repeats in plan:
+            for _ in range(repeats):
+                layers.append(_conv(cin, _ch(channels, width), bn=batch_norm))
+                cin = _ch(channels, width)
+            layers.append(nn.MaxPool2d(2, 2))
+        self.features = nn.Sequential(*layers)
+        self.head_kind = head
+        fc = _ch(4096, width)
+        features = cin if head == "gap" else cin * (input_size // 32) ** 2
+        self.classifier = nn.Sequential(
+            nn.Linear(features, fc), nn.ReLU(True), nn.Dropout(0.5),
+            nn.Linear(fc, fc), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(fc, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = x.mean(dim=(2, 3)) if self.head_kind == "gap" else torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+class _Bottleneck(nn.Module):
+    def __init__(self, cin: int, mid: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(True),
+            nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(True),
+            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.shortcut = (
+            nn.Identity() if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nnf.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet50(nn.Module):
+    """ResNet50 (bottleneck blocks 3-4-6-3, stem 7x7/2 + max pool, global pooling, FC); channels scale
+    with ``width``."""
+
+    def __init__(self, width: float = 1.0, in_channels: int = 1, num_classes: int = 5) -> None:
+        super().__init__()
+        stem = _ch(64, width)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, stem, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(stem),
+            nn.ReLU(True), nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        blocks: list[nn.Module] = []
+        cin = stem
+        for stage, (mid, repeats) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)]):
+            m, out = _ch(mid, width), _ch(mid * 4, width)
+            for index in range(repeats):
+                blocks.append(_Bottleneck(cin, m, out, 2 if index == 0 and stage > 0 else 1))
+                cin = out
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.layers(self.stem(x)).mean(dim=(2, 3)))
+
+
+def build(kind: str, config: dict) -> nn.Module:
+    """Build a network from its kind ("roi", "grader", "vgg16", "resnet50") and a config dict (as stored
+    in checkpoints)."""
+    if kind == "roi":
+        return RoiCNN(RoiConfig(**config))
+    if kind == "grader":
+        return GCNN(GraderConfig(**config))
+    if kind == "vgg16":
+        return VGG16(**config)
+    if kind == "resnet50":
+        return ResNet50(**config)
+    raise ValueError(f"unknown network kind {kind!r}; expected roi, grader, vgg16 or resnet50")
+
+
+def config_dict(net: nn.Module) -> dict:
+    """The config dict of a ROI-CNN or G-CNN, for checkpoints."""
+    return asdict(net.config)

@@ -1,0 +1,1 @@
+"""Training of the ROI-CNN and the G-CNN (needs the ``train`` extra: torch)."""

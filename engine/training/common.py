@@ -1,0 +1,181 @@
+"""Training machinery shared by the ROI-CNN and the G-CNN: configuration, optimizer and learning-rate
+schedule, checkpoints (last + best, resumable), metrics CSV and plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+
+class TrainingError(ValueError):
+    """A training request that cannot run (bad data folder, nothing to train on, bad resume)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in every checkpoint).
+
+    kind: "roi" or "grader". data: manifest folders. out: run folder (checkpoints, metrics).
+    epochs: passes over the training set. width: network width multiplier. batch_size: images per step.
+    lr: learning rate (None = the optimizer's default here: SGD as the paper, 1e-4 ROI / 1e-3 grader
+    with momentum 0.9; AdamW 1e-3 for both). optimizer: "sgd" or "adamw". weight_decay: L2 (SGD) or
+    decoupled decay (AdamW). seed: seeds the split, initialisation and augmentation. max_steps: stop
+    after this many optimizer steps in total (smoke runs). phantom: number of phantom samples to add
+    (used alone when no data folder is given). cache_dir: where decoded arrays are cached (outside the
+    repository). threads: torch intra-op threads. loss (ROI): "dice" or "dice+bce".
+    input_size, margin, mask_channel (grader): what the G-CNN sees, see engine.preprocess.grader_input.
+    test_fold, val_fraction, test_fraction: the split, see engine.splits.
+    """
+
+    kind: str
+    data: list[str] = field(default_factory=list)
+    out: str = "runs/train"
+    epochs: int = 20
+    width: float = 0.25
+    batch_size: int = 16
+    lr: float | None = None
+    optimizer: str = "sgd"
+    weight_decay: float = 1e-4
+    seed: int = 0
+    max_steps: int | None = None
+    phantom: int = 0
+    cache_dir: str | None = None
+    threads: int = 2
+    loss: str = "dice+bce"
+    input_size: int = 128
+    margin: float = 0.25
+    mask_channel: bool = False
+    test_fold: int = 1
+    val_fraction: float = 0.1
+    test_fraction: float = 0.3
+    five_way_weight: float = 1.0
+    progress: bool = True
+
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        if self.optimizer == "adamw":
+            return 1e-3
+        return 1e-4 if self.kind == "roi" else 1e-3
+
+
+def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    """SGD with momentum 0.9 (the paper) or AdamW."""
+    lr = config.learning_rate()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    raise TrainingError(f"unknown optimizer {config.optimizer!r}; use sgd or adamw")
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """Learning rate for an epoch (0-based). SGD: the paper's schedules (ROI constant, grader x0.9 per
+    epoch); AdamW: cosine from lr to lr/50 over the epochs."""
+    base = config.learning_rate()
+    if config.optimizer == "sgd":
+        return base if config.kind == "roi" else base * 0.9 ** epoch
+    progress = min(1.0, epoch / max(1, config.epochs - 1))
+    return base * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@dataclass
+class RunState:
+    """Progress of a run: completed epochs, optimizer steps, best validation score and its epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float = -math.inf
+    best_epoch: int = -1
+
+
+def save_checkpoint(path: Path, *, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    config: TrainConfig, net_config: dict, state: RunState) -> None:
+    """Write a checkpoint atomically (a crash never leaves a half-written ``last.pt``)."""
+    payload = {
+        "format": "sonograde-checkpoint-1",
+        "kind": config.kind,
+        "net_config": net_config,
+        "train_config": asdict(config),
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "state": asdict(state),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint written by ``save_checkpoint``; TrainingError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for corrupt files
+        raise TrainingError(f"cannot read checkpoint {path}: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != "sonograde-checkpoint-1":
+        raise TrainingError(f"{path} is not a sonograde training checkpoint")
+    return payload
+
+
+class MetricsLog:
+    """Per-epoch metrics: ``metrics.csv`` (one row per epoch, appended; survives resume) and
+    ``metrics.png`` (every numeric column against the epoch)."""
+
+    def __init__(self, out: Path) -> None:
+        self.csv = out / "metrics.csv"
+        self.png = out / "metrics.png"
+
+    def rows(self) -> list[dict[str, str]]:
+        if not self.csv.is_file():
+            return []
+        with self.csv.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def append(self, row: dict[str, float]) -> None:
+        rows = [r for r in self.rows() if int(float(r["epoch"])) < int(row["epoch"])]
+        rows.append({k: f"{v:.6g}" if isinstance(v, float) else str(v) for k, v in row.items()})
+        keys = list(rows[-1])
+        with self.csv.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        self.plot(rows, keys)
+
+    def plot(self, rows: list[dict[str, str]], keys: list[str]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt
+
+        series = [k for k in keys if k not in ("epoch", "step", "lr", "seconds")]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        epochs = [float(r["epoch"]) for r in rows]
+        for key in series:
+            values = [float(r.get(key) or "nan") for r in rows]
+            axis = axes[0] if "loss" in key else axes[1]
+            axis.plot(epochs, values, marker="o", label=key)
+        for axis, title in zip(axes, ("loss", "validation metrics"), strict=True):
+            axis.set_xlabel("epoch")
+            axis.set_title(title)
+            axis.legend(fontsize=8)
+            axis.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(self.png, dpi=80)
+        plt.close(fig)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=1, sort_keys=True))

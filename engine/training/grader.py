@@ -1,0 +1,228 @@
+"""G-CNN training: cross-entropy over the five categories "3", "4A", "4B", "4C", "5", on lesion crops made
+by ``engine.preprocess.grader_input`` from the ground-truth masks, with the paper's translation and
+horizontal-flip augmentation.
+
+Coarse labels keep their information: a BUS-BRA "4" (sub-category unknown) is trained with the negative
+log of the summed probability of 4A, 4B and 4C; a five-way label is plain cross-entropy (both are
+``-log sum_{k allowed} softmax_k``). BI-RADS 2 is merged into "3" (see engine.data.datasets). Samples of
+datasets that carry the five-way labels are repeated ``FINE_REPEAT`` times per epoch: they are few (about
+a hundred) against ~1,300 coarse BUS-BRA lesions, and only they teach 4A/4B/4C apart.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.augment import GraderAugment, jitter_box
+from engine.data.datasets import (
+    GRADER_CATEGORIES,
+    GraderSample,
+    load_grader_samples,
+    load_records,
+    phantom_grader_samples,
+)
+from engine.networks import GCNN, GraderConfig, config_dict
+from engine.preprocess import grader_input, mask_bbox
+from engine.splits import SplitConfig, make_split
+from engine.training.common import (
+    MetricsLog,
+    RunState,
+    TrainConfig,
+    TrainingError,
+    load_checkpoint,
+    lr_at,
+    make_optimizer,
+    save_checkpoint,
+    set_lr,
+    write_json,
+)
+from engine.training.metrics import macro_auc, roc_auc
+
+FINE_REPEAT = 4
+FINE_CATEGORIES = (1, 2, 3)  # 4A, 4B, 4C: a dataset with any of these one-hot labels is "five-way"
+
+
+def allowed_set_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Mean of ``-log(sum of softmax over the allowed categories)``; equals cross-entropy for one-hot."""
+    log_all = torch.logsumexp(logits, dim=1)
+    log_allowed = torch.logsumexp(logits.masked_fill(allowed <= 0, float("-inf")), dim=1)
+    return (log_all - log_allowed).mean()
+
+
+def sample_input(sample: GraderSample, config: TrainConfig, rng: np.random.Generator | None) -> np.ndarray:
+    """The G-CNN input for one sample: with ``rng``, randomly translated and horizontally flipped."""
+    image, mask = sample.image, sample.mask
+    box = mask_bbox(mask)
+    assert box is not None
+    if rng is not None:
+        if rng.random() < GraderAugment().flip:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+            box = (image.shape[1] - box[0] - box[2], box[1], box[2], box[3])
+        box = jitter_box(box, rng)
+    return grader_input(np.ascontiguousarray(image), np.ascontiguousarray(mask), size=config.input_size,
+                        margin=config.margin, mask_channel=config.mask_channel, box=box)
+
+
+def fine_datasets(samples: list[GraderSample]) -> set[str]:
+    """Names of datasets whose labels include a one-hot 4A, 4B or 4C."""
+    names = set()
+    for s in samples:
+        if s.allowed.sum() == 1 and int(np.argmax(s.allowed)) in FINE_CATEGORIES:
+            names.add(s.id.split("/")[0])
+    return names
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, samples: list[GraderSample], config: TrainConfig) -> np.ndarray:
+    """Softmax probabilities (N, 5) for samples, no augmentation."""
+    net.eval()
+    out = []
+    for start in range(0, len(samples), 64):
+        x = np.stack([sample_input(s, config, None) for s in samples[start:start + 64]])
+        out.append(torch.softmax(net(torch.from_numpy(x)), dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(GRADER_CATEGORIES)), np.float32)
+
+
+def grader_metrics(probs: np.ndarray, samples: list[GraderSample], fine: set[str], prefix: str) -> dict:
+    """Loss on all samples; five-way accuracy and macro AUC on five-way datasets; 3/4/5 accuracy on
+    coarse samples; malignancy AUC (P(4C)+P(5)... weighted sum, see ``malignancy_score``)."""
+    if not samples:
+        return {}
+    allowed = torch.from_numpy(np.stack([s.allowed for s in samples]))
+    logp = torch.log(torch.from_numpy(probs).clamp_min(1e-7))
+    row = {f"{prefix}_loss": float(allowed_set_loss(logp, allowed))}
+    is_fine = np.array([s.id.split("/")[0] in fine for s in samples])
+    if is_fine.any():
+        labels = np.array([int(np.argmax(s.allowed)) for s in samples])[is_fine]
+        row[f"{prefix}_fine_acc"] = float((probs[is_fine].argmax(1) == labels).mean())
+        row[f"{prefix}_fine_macro_auc"] = macro_auc(probs[is_fine], labels)
+    if (~is_fine).any():
+        coarse = np.array([[p[0], p[1:4].sum(), p[4]] for p in probs[~is_fine]])
+        truth = np.array([0 if s.allowed[0] else (2 if s.allowed[4] else 1) for s, f
+                          in zip(samples, is_fine, strict=True) if not f])
+        row[f"{prefix}_coarse_acc"] = float((coarse.argmax(1) == truth).mean())
+    malignant = np.array([s.malignant for s in samples])
+    known = malignant >= 0
+    if known.any():
+        row[f"{prefix}_malignancy_auc"] = roc_auc(malignancy_score(probs[known]), malignant[known] == 1)
+    return row
+
+
+def malignancy_score(probs: np.ndarray) -> np.ndarray:
+    """A scalar malignancy score from the five probabilities: the expected BI-RADS likelihood of
+    malignancy, using the midpoints of the ACR ranges (3: 1 %, 4A: 6 %, 4B: 30 %, 4C: 72 %, 5: 97 %)."""
+    return probs @ np.array([0.01, 0.06, 0.30, 0.72, 0.97])
+
+
+def prepare_grader_data(config: TrainConfig,
+                        out: Path) -> tuple[list[GraderSample], list[GraderSample], dict]:
+    """Train and validation lesions from the data folders (split by patient) plus phantom samples."""
+    train: list[GraderSample] = []
+    val: list[GraderSample] = []
+    info: dict = {}
+    if config.data:
+        records = load_records(config.data)
+        split = make_split(records, SplitConfig(config.test_fold, config.val_fraction, config.test_fraction,
+                                                config.seed))
+        info = {"summary": split.summary(), "test_fold": config.test_fold,
+                "val_ids": [f"{r.dataset}/{r.id}" for r in split.val],
+                "test_ids": [f"{r.dataset}/{r.id}" for r in split.test]}
+        train = load_grader_samples(split.train, cache_dir=config.cache_dir, progress=config.progress)
+        val = load_grader_samples(split.val, cache_dir=config.cache_dir, progress=config.progress)
+    if config.phantom:
+        phantom = phantom_grader_samples(config.phantom, seed=config.seed)
+        cut = max(1, len(phantom) // 5) if not val else 0
+        val += phantom[:cut]
+        train += phantom[cut:]
+    if not train:
+        raise TrainingError("nothing to train the grader on: give --data DIR with lesion masks and BI-RADS "
+                            "categories 2-5, or --phantom N")
+    write_json(out / "split.json", info)
+    return train, val, info
+
+
+def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
+    """Train (or resume) a G-CNN into ``config.out``; returns the final run state."""
+    from tqdm import tqdm
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    net_config = GraderConfig(width=config.width, in_channels=2 if config.mask_channel else 1,
+                              input_size=config.input_size)
+    state = RunState()
+    payload = None
+    if resume:
+        payload = load_checkpoint(out / "last.pt")
+        if payload["kind"] != "grader":
+            raise TrainingError(f"{out / 'last.pt'} is a {payload['kind']} checkpoint, not grader")
+        net_config = GraderConfig(**payload["net_config"])
+        state = RunState(**payload["state"])
+    net = GCNN(net_config)
+    optimizer = make_optimizer(config, net.parameters())
+    if payload is not None:
+        net.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+    train, val, _ = prepare_grader_data(config, out)
+    fine = fine_datasets(train + val)
+    weights = np.array([FINE_REPEAT if s.id.split("/")[0] in fine else 1 for s in train])
+    pool = np.repeat(np.arange(len(train)), weights)
+    print(f"G-CNN width {config.width} S={config.input_size} margin={config.margin} "
+          f"mask_channel={config.mask_channel}: {len(train)} training lesions ({len(pool)} per epoch with "
+          f"five-way x{FINE_REPEAT}), {len(val)} validation; five-way datasets: {sorted(fine)}",
+          file=sys.stderr)
+    log = MetricsLog(out)
+    while state.epoch < config.epochs:
+        if config.max_steps is not None and state.step >= config.max_steps:
+            break
+        epoch = state.epoch
+        set_lr(optimizer, lr_at(config, epoch))
+        rng = np.random.default_rng([config.seed, epoch])
+        order = rng.permutation(pool)
+        steps = max(1, len(order) // config.batch_size)
+        net.train()
+        started, losses = time.perf_counter(), []
+        bar = tqdm(range(steps), desc=f"grader epoch {epoch + 1}/{config.epochs}",
+                   disable=not config.progress)
+        for step in bar:
+            batch = [train[i] for i in order[step * config.batch_size:(step + 1) * config.batch_size]]
+            if len(batch) < 2:  # batch norm needs two samples
+                continue
+            x = torch.from_numpy(np.stack([sample_input(s, config, rng) for s in batch]))
+            allowed = torch.from_numpy(np.stack([s.allowed for s in batch]))
+            loss = allowed_set_loss(net(x), allowed)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state.step += 1
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            if config.max_steps is not None and state.step >= config.max_steps:
+                break
+        bar.close()
+        state.epoch += 1
+        row: dict = {"epoch": state.epoch, "step": state.step, "lr": lr_at(config, epoch),
+                     "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                     "seconds": time.perf_counter() - started}
+        if val:
+            row.update(grader_metrics(predict(net, val, config), val, fine, "val"))
+        score = -row.get("val_loss", row["train_loss"])
+        improved = score > state.best
+        if improved:
+            state.best, state.best_epoch = score, state.epoch
+        saved = config_dict(net)
+        save_checkpoint(out / "last.pt", net=net, optimizer=optimizer, config=config, net_config=saved,
+                        state=state)
+        if improved:
+            save_checkpoint(out / "best.pt", net=net, optimizer=optimizer, config=config, net_config=saved,
+                            state=state)
+        log.append(row)
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+              file=sys.stderr, flush=True)
+    return state

@@ -1,0 +1,193 @@
+"""ROI-CNN training: Dice (+ BCE) loss on 288x288 lesion masks, the paper's augmentation, per-epoch
+validation DSC on held-out patients, checkpoints and resume."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as nnf
+
+from engine.augment import augment_roi
+from engine.data.datasets import RoiArrays, load_records, load_roi_arrays, phantom_roi_arrays
+from engine.networks import RoiCNN, RoiConfig, config_dict
+from engine.preprocess import ROI_INPUT_SIZE, standardize
+from engine.splits import SplitConfig, make_split
+from engine.training.common import (
+    MetricsLog,
+    RunState,
+    TrainConfig,
+    TrainingError,
+    load_checkpoint,
+    lr_at,
+    make_optimizer,
+    save_checkpoint,
+    set_lr,
+    write_json,
+)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss over the whole batch (so images without a lesion do not divide by zero)."""
+    prob = torch.sigmoid(logits)
+    intersection = (prob * target).sum()
+    return 1.0 - (2.0 * intersection + eps) / (prob.sum() + target.sum() + eps)
+
+
+def roi_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """"dice" or "dice+bce" (Dice plus binary cross-entropy, which gives gradients far from the lesion)."""
+    loss = dice_loss(logits, target)
+    if kind == "dice+bce":
+        loss = loss + nnf.binary_cross_entropy_with_logits(logits, target)
+    elif kind != "dice":
+        raise TrainingError(f"unknown ROI loss {kind!r}; use dice or dice+bce")
+    return loss
+
+
+def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
+    """DSC of two bool masks; 1.0 when both are empty."""
+    total = int(pred.sum()) + int(truth.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(pred, truth).sum()) / total
+
+
+def batch_tensors(images: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    x = np.stack([standardize(image) for image in images])[:, None]
+    y = masks[:, None].astype(np.float32)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+@torch.no_grad()
+def predict_probabilities(net: torch.nn.Module, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Sigmoid maps (N, S, S) float32 for uint8 images (N, S, S), in eval mode."""
+    net.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.stack([standardize(i) for i in images[start:start + batch_size]])[:, None])
+        out.append(torch.sigmoid(net(x))[:, 0].numpy())
+    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.float32)
+
+
+def evaluate_arrays(net: torch.nn.Module, arrays: RoiArrays, loss_kind: str) -> dict[str, float]:
+    """Validation loss and per-image DSC (threshold 0.5) at the network's input size."""
+    probs = predict_probabilities(net, arrays.images)
+    dices = [dice_score(p > 0.5, m) for p, m in zip(probs, arrays.masks, strict=True)]
+    logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6))[:, None]
+    loss = float(roi_loss(logits, torch.from_numpy(arrays.masks[:, None].astype(np.float32)), loss_kind))
+    return {"val_loss": loss, "val_dice_mean": float(np.mean(dices)),
+            "val_dice_median": float(np.median(dices))}
+
+
+def _subset(arrays: RoiArrays, index: np.ndarray) -> RoiArrays:
+    return RoiArrays(arrays.images[index], arrays.masks[index], [arrays.ids[i] for i in index])
+
+
+def _concat(parts: list[RoiArrays]) -> RoiArrays:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return RoiArrays(np.zeros((0, ROI_INPUT_SIZE, ROI_INPUT_SIZE), np.uint8),
+                         np.zeros((0, ROI_INPUT_SIZE, ROI_INPUT_SIZE), bool), [])
+    return RoiArrays(np.concatenate([p.images for p in parts]), np.concatenate([p.masks for p in parts]),
+                     [i for p in parts for i in p.ids])
+
+
+def prepare_roi_data(config: TrainConfig, out: Path) -> tuple[RoiArrays, RoiArrays, dict]:
+    """Train and validation arrays from the data folders (split by patient) plus phantom samples."""
+    train_parts, val_parts, split_info = [], [], {}
+    if config.data:
+        records = load_records(config.data)
+        split = make_split(records, SplitConfig(config.test_fold, config.val_fraction, config.test_fraction,
+                                                config.seed))
+        split_info = {"summary": split.summary(), "test_fold": config.test_fold,
+                      "val_ids": [f"{r.dataset}/{r.id}" for r in split.val],
+                      "test_ids": [f"{r.dataset}/{r.id}" for r in split.test]}
+        if not split.train:
+            raise TrainingError("the data folders give no training images")
+        train_parts.append(load_roi_arrays(split.train, cache_dir=config.cache_dir, progress=config.progress))
+        if split.val:
+            val_parts.append(load_roi_arrays(split.val, cache_dir=config.cache_dir, progress=config.progress))
+    if config.phantom:
+        phantom = phantom_roi_arrays(config.phantom, seed=config.seed)
+        cut = max(1, len(phantom) // 5) if not val_parts else 0
+        val_parts.append(_subset(phantom, np.arange(cut)))
+        train_parts.append(_subset(phantom, np.arange(cut, len(phantom))))
+    if not train_parts:
+        raise TrainingError("nothing to train on: give --data DIR (a folder with manifest.csv) "
+                            "or --phantom N")
+    write_json(out / "split.json", split_info)
+    return _concat(train_parts), _concat(val_parts), split_info
+
+
+def train_roi(config: TrainConfig, *, resume: bool = False) -> RunState:
+    """Train (or resume) a ROI-CNN into ``config.out``; returns the final run state."""
+    from tqdm import tqdm
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    net = RoiCNN(RoiConfig(width=config.width))
+    optimizer = make_optimizer(config, net.parameters())
+    state = RunState()
+    last = out / "last.pt"
+    if resume:
+        payload = load_checkpoint(last)
+        if payload["kind"] != "roi":
+            raise TrainingError(f"{last} is a {payload['kind']} checkpoint, not roi")
+        net = RoiCNN(RoiConfig(**payload["net_config"]))
+        net.load_state_dict(payload["model"])
+        optimizer = make_optimizer(config, net.parameters())
+        optimizer.load_state_dict(payload["optimizer"])
+        state = RunState(**payload["state"])
+    train, val, _ = prepare_roi_data(config, out)
+    print(f"ROI-CNN width {config.width}: {len(train)} training, {len(val)} validation images; "
+          f"{sum(p.numel() for p in net.parameters())} parameters", file=sys.stderr)
+    log = MetricsLog(out)
+    target = torch.zeros(1)
+    while state.epoch < config.epochs:
+        if config.max_steps is not None and state.step >= config.max_steps:
+            break
+        epoch = state.epoch
+        set_lr(optimizer, lr_at(config, epoch))
+        rng = np.random.default_rng([config.seed, epoch])  # per-epoch stream: resume repeats it exactly
+        order = rng.permutation(len(train))
+        steps = len(order) // config.batch_size or 1
+        net.train()
+        started, losses = time.perf_counter(), []
+        bar = tqdm(range(steps), desc=f"roi epoch {epoch + 1}/{config.epochs}", disable=not config.progress)
+        for step in bar:
+            index = order[step * config.batch_size:(step + 1) * config.batch_size]
+            pairs = [augment_roi(train.images[i], train.masks[i], rng) for i in index]
+            x, target = batch_tensors(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+            loss = roi_loss(net(x), target, config.loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state.step += 1
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            if config.max_steps is not None and state.step >= config.max_steps:
+                break
+        bar.close()
+        state.epoch += 1
+        row: dict = {"epoch": state.epoch, "step": state.step, "lr": lr_at(config, epoch),
+                     "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - started}
+        if len(val):
+            row.update(evaluate_arrays(net, val, config.loss))
+        score = row.get("val_dice_mean", -row["train_loss"])
+        improved = score > state.best
+        if improved:
+            state.best, state.best_epoch = score, state.epoch
+        net_config = config_dict(net)
+        save_checkpoint(last, net=net, optimizer=optimizer, config=config, net_config=net_config, state=state)
+        if improved:
+            save_checkpoint(out / "best.pt", net=net, optimizer=optimizer, config=config,
+                            net_config=net_config, state=state)
+        log.append(row)
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+              file=sys.stderr, flush=True)
+    return state

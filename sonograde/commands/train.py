@@ -1,0 +1,85 @@
+"""Train the ROI-CNN or the G-CNN on manifest folders and/or phantom data.
+
+Examples:
+  sonograde train roi --data ../shared/data/busbra --data ../shared/data/busi --out runs/roi \\
+      --epochs 20 --optimizer adamw --cache-dir ~/.cache/sonograde
+  sonograde train grader --data ../shared/data/busbra --data ../shared/data/breast_lesions_usg \\
+      --out runs/grader --epochs 30
+  sonograde train roi --phantom 64 --out /tmp/smoke --max-steps 5      # smoke run, no real data
+  sonograde train roi --data ... --out runs/roi --resume               # continue from runs/roi/last.pt
+
+Splits are by patient (BUS-BRA: official fold --test-fold held out as test, validation by patient from
+the other folds; BUSI: training only; folders without folds: stratified --test-fraction held out).
+Writes OUT/last.pt, OUT/best.pt (best validation score), OUT/metrics.csv, OUT/metrics.png and
+OUT/split.json. Export a checkpoint with `sonograde export`. Runs long on a CPU: start it with nohup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", choices=["roi", "grader"], help="which network to train")
+    parser.add_argument("--data", action="append", default=[], metavar="DIR",
+                        help="dataset folder with a manifest.csv (repeatable; see docs/data.md)")
+    parser.add_argument("--out", required=True, help="run folder for checkpoints and metrics")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
+    parser.add_argument("--width", type=float, default=0.25,
+                        help="width multiplier (default 0.25, paper 1.0)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per step (default 16, the paper)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: SGD 1e-4 roi / 1e-3 grader as the paper; AdamW 1e-3)")
+    parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                        help="sgd (momentum 0.9, the paper; default) or adamw")
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="L2 / weight decay (default 1e-4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for split, init and augmentation")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke)")
+    parser.add_argument("--phantom", type=int, default=0, metavar="N", help="add N phantom samples")
+    parser.add_argument("--cache-dir", default=None,
+                        help="cache decoded arrays here (keep it outside the repository; default: none)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--loss", choices=["dice", "dice+bce"], default="dice+bce", help="ROI-CNN loss")
+    parser.add_argument("--input-size", type=int, default=128, help="G-CNN input side S (default 128)")
+    parser.add_argument("--margin", type=float, default=0.25,
+                        help="G-CNN crop margin, fraction of the lesion box side (default 0.25)")
+    parser.add_argument("--mask-channel", action="store_true", help="G-CNN sees the mask as channel 2")
+    parser.add_argument("--test-fold", type=int, default=1, help="BUS-BRA official fold held out (default 1)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share of patients")
+    parser.add_argument("--test-fraction", type=float, default=0.3,
+                        help="test share of cases in folders without folds (default 0.3)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from engine.data.manifest import ManifestError
+        from engine.training.common import TrainConfig, TrainingError
+    except ImportError as error:
+        print(f"training needs the train extra (pip install 'sonograde[train]'): {error}", file=sys.stderr)
+        return 2
+    config = TrainConfig(
+        kind=args.model, data=list(args.data), out=args.out, epochs=args.epochs, width=args.width,
+        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        seed=args.seed, max_steps=args.max_steps, phantom=args.phantom, cache_dir=args.cache_dir,
+        threads=args.threads, loss=args.loss, input_size=args.input_size, margin=args.margin,
+        mask_channel=args.mask_channel, test_fold=args.test_fold, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, progress=not args.no_progress,
+    )
+    try:
+        if args.model == "roi":
+            from engine.training.roi import train_roi
+
+            state = train_roi(config, resume=args.resume)
+        else:
+            from engine.training.grader import train_grader
+
+            state = train_grader(config, resume=args.resume)
+    except (ManifestError, TrainingError, RuntimeError) as error:
+        print(f"sonograde train: {error}", file=sys.stderr)
+        return 2
+    print(f"done: {state.epoch} epochs, {state.step} steps, best {state.best:.4f} at epoch "
+          f"{state.best_epoch}; checkpoints in {args.out}")
+    return 0
