@@ -1,0 +1,296 @@
+"""The two-stage grader of the paper: frame -> ROI-CNN -> area filter + Chan–Vese -> G-CNN -> result.
+
+>>> grader = TwoStageGrader.from_models_dir()          # the shipped models, ONNX Runtime, FP32
+>>> grader.warm_up()
+>>> result = grader.grade(gray_u8_frame)               # any size, gray or BGR uint8
+>>> result.category, result.probabilities, result.bbox
+
+The live pipeline runs the three stages in separate threads, so they are exposed separately:
+``locate`` (ROI-CNN + area filter on the 288 x 288 grid), ``refine`` (Chan–Vese on the same grid, then
+masks, contours, bbox and area mapped back to the frame's pixels) and ``classify`` (G-CNN on the frame at
+its own resolution with the refined mask). Each returns a small frozen dataclass (``engine.results``) and
+keeps no per-frame state, so the stages may run concurrently on different frames. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine.backends import InferenceBackend, ModelLoadError, load_backend
+from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input, to_gray_u8
+from engine.results import (
+    CATEGORIES,
+    EMPTY_CONTOUR,
+    ClassifyStageResult,
+    GradeResult,
+    RefineStageResult,
+    RoiStageResult,
+)
+from refine import area_filter as area_filtering
+from refine import chan_vese, contours
+
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+PRECISIONS = ("fp32", "int8", "fp16")
+MODEL_STEMS = {"roi": "roi_cnn", "grader": "g_cnn"}
+
+
+@dataclass(frozen=True, slots=True)
+class GraderConfig:
+    """Refinement parameters (the paper's values by default).
+
+    threshold : ROI probability threshold of the area filter (0.5).
+    min_fraction : components smaller than this fraction of the largest are dropped (0.4).
+    cv_margin : Chan–Vese crop margin around the raw ROI, in pixels of the 288 grid (16).
+    cv_max_iterations : Chan–Vese iterations at most (50).
+    mu1, mu2, alpha : Chan–Vese inside / outside data weights and contour-length weight (1, 1, 1).
+    """
+
+    threshold: float = 0.5
+    min_fraction: float = 0.4
+    cv_margin: int = 16
+    cv_max_iterations: int = 50
+    mu1: float = 1.0
+    mu2: float = 1.0
+    alpha: float = 1.0
+
+
+def model_path(models_dir: str | os.PathLike, kind: str, precision: str = "fp32",
+               backend: str = "auto") -> Path:
+    """File name convention: ``roi_cnn.onnx`` / ``g_cnn.onnx`` (fp32), ``roi_cnn.int8.onnx``,
+    ``g_cnn.fp16.onnx``, ...; for the TensorRT backend the same stems with ``.plan``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    stem = MODEL_STEMS[kind] + ("" if precision == "fp32" else f".{precision}")
+    return Path(models_dir) / (stem + (".plan" if backend == "tensorrt" else ".onnx"))
+
+
+def _how_to_make(path: Path, kind: str, precision: str, backend: str) -> str:
+    """The command that creates a missing model file."""
+    fp32 = model_path(path.parent, kind, "fp32")
+    if backend == "tensorrt":
+        onnx_path = model_path(path.parent, kind, precision)
+        return f"build it with `sonograde build-engine --onnx {onnx_path} --out {path}`"
+    if precision == "int8":
+        return f"make it with `sonograde calibrate int8 --model {fp32} --data DATA_DIR --out {path}`"
+    if precision == "fp16":
+        return f"make it with `sonograde calibrate fp16 --model {fp32} --out {path}`"
+    return ("the shipped models come with the repository's models/ folder (reinstall, or "
+            "`git checkout models/`), or export your own with `sonograde export`")
+
+
+def _parse_number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def _parse_categories(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return CATEGORIES
+    text = text.strip()
+    if text.startswith("["):
+        return tuple(str(c) for c in json.loads(text))
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+class TwoStageGrader:
+    """ROI-CNN + refinement + G-CNN on one frame at a time.
+
+    Parameters
+    ----------
+    roi : backend of the ROI-CNN: float32 (N, 1, 288, 288) standardized frame -> (N, 1, 288, 288) sigmoid.
+    grader : backend of the G-CNN: float32 (N, C, S, S) from ``engine.preprocess.grader_input`` -> (N, 5)
+        softmax. Its metadata gives S (``sonograde.input_size``), the ROI margin
+        (``sonograde.roi_margin``), whether the mask is a second channel (``sonograde.mask_channel``) and
+        the category order (``sonograde.categories``).
+    config : refinement parameters.
+
+    Raises ValueError when the two models are swapped or their inputs do not fit these contracts.
+    """
+
+    def __init__(self, roi: InferenceBackend, grader: InferenceBackend,
+                 config: GraderConfig | None = None) -> None:
+        self.roi = roi
+        self.grader = grader
+        self.config = config or GraderConfig()
+        for backend, kind in ((roi, "roi"), (grader, "grader")):
+            declared = backend.metadata.get("sonograde.model")
+            if declared is not None and declared != kind:
+                raise ValueError(
+                    f"{backend.path} is a {declared!r} model but was given as the {kind!r} model "
+                    "(are the ROI-CNN and G-CNN files swapped?)"
+                )
+        if len(roi.input_shape) != 4 or roi.input_shape[1] != 1:
+            raise ValueError(f"{roi.path}: ROI-CNN input must be (N, 1, S, S), got {roi.input_shape}")
+        self.roi_size = int(roi.input_shape[-1] or roi.metadata.get("sonograde.input_size", ROI_INPUT_SIZE))
+
+        meta = grader.metadata
+        if len(grader.input_shape) != 4:
+            raise ValueError(f"{grader.path}: G-CNN input must be (N, C, S, S), got {grader.input_shape}")
+        self.grader_size = int(grader.input_shape[-1] or meta.get("sonograde.input_size", 0))
+        if self.grader_size <= 0:
+            raise ValueError(f"{grader.path}: input size unknown (no static shape, no sonograde.input_size)")
+        self.grader_channels = int(grader.input_shape[1] or meta.get("sonograde.input_channels", 1))
+        self.grader_margin = _parse_number(meta.get("sonograde.roi_margin", "0"))
+        default_mask_channel = "1" if self.grader_channels == 2 else "0"
+        self.mask_channel = meta.get("sonograde.mask_channel", default_mask_channel) == "1"
+        if self.grader_channels != (2 if self.mask_channel else 1):
+            raise ValueError(
+                f"{grader.path}: input has {self.grader_channels} channel(s) but sonograde.mask_channel is "
+                f"{meta.get('sonograde.mask_channel')!r}; expected 2 channels with the mask, 1 without"
+            )
+        self.categories = _parse_categories(meta.get("sonograde.categories"))
+        self.model_ids = {
+            "roi": roi.metadata.get("sonograde.model_id", roi.path.name),
+            "grader": meta.get("sonograde.model_id", grader.path.name),
+        }
+
+    # ------------------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_models_dir(cls, models_dir: str | os.PathLike | None = None, *, precision: str = "fp32",
+                        backend: str = "auto", threads: int | None = None,
+                        config: GraderConfig | None = None) -> TwoStageGrader:
+        """Load ``roi_cnn[.PRECISION].onnx`` and ``g_cnn[.PRECISION].onnx`` from ``models_dir``.
+
+        ``models_dir`` defaults to the repository's shipped ``models/``; ``precision`` is fp32, int8 or
+        fp16; ``backend`` auto / onnxruntime / tensorrt (``.plan`` files); ``threads`` per ONNX Runtime
+        session. A missing file raises ModelLoadError naming it and the command that makes it.
+        """
+        directory = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
+        backends: dict[str, InferenceBackend] = {}
+        for kind in ("roi", "grader"):
+            path = model_path(directory, kind, precision, backend)
+            if not path.exists():
+                how = _how_to_make(path, kind, precision, backend)
+                raise ModelLoadError(f"{precision} {kind} model not found: {path}; {how}")
+            backends[kind] = load_backend(path, backend=backend, threads=threads)
+        return cls(backends["roi"], backends["grader"], config)
+
+    def warm_up(self) -> None:
+        """Run each model once on zeros and compile Chan–Vese, so the first frame is not slow."""
+        self.roi.run(np.zeros((1, 1, self.roi_size, self.roi_size), np.float32))
+        self.grader.run(np.zeros((1, self.grader_channels, self.grader_size, self.grader_size), np.float32))
+        chan_vese.warm_up()
+
+    # ------------------------------------------------------------------------------------------- stages
+
+    def locate(self, image: np.ndarray) -> RoiStageResult:
+        """Stage 1: ROI-CNN on the frame resized to the ROI grid, then the area filter.
+
+        ``image``: uint8 H x W gray (or H x W x 3 BGR). The network input is exactly
+        ``engine.preprocess.roi_input(image)`` (tests check this).
+        """
+        t0 = time.perf_counter()
+        gray = to_gray_u8(image)
+        size = self.roi_size
+        # Resize once and keep the small image for refinement; roi_input on an image already at the grid
+        # size only standardizes it, so the network sees what roi_input(gray) would give.
+        interpolation = cv2.INTER_AREA if min(gray.shape) > size else cv2.INTER_LINEAR
+        small = cv2.resize(gray, (size, size), interpolation=interpolation)
+        prob = self.roi.run(roi_input(small, size)[None])[0, 0]
+        raw = area_filtering.area_filter(prob, threshold=self.config.threshold,
+                                         min_fraction=self.config.min_fraction)
+        lesion = bool(raw.any())
+        return RoiStageResult(frame_shape=(int(gray.shape[0]), int(gray.shape[1])), image_288=small,
+                              prob=prob, raw_mask=raw, lesion_found=lesion,
+                              ms=(time.perf_counter() - t0) * 1e3)
+
+    def refine(self, image: np.ndarray | None, roi: RoiStageResult) -> RefineStageResult:
+        """Stage 2: Chan–Vese on the ROI grid around the raw mask; masks, contours, bbox, area in frame px.
+
+        ``image`` is not needed beyond what ``roi`` carries (the resized frame and the frame's shape); it is
+        accepted so the three stages share one calling convention.
+        """
+        t0 = time.perf_counter()
+        height, width = roi.frame_shape
+        if not roi.lesion_found:
+            empty = np.zeros((height, width), bool)
+            return RefineStageResult(
+                lesion_found=False, refined_mask_288=roi.raw_mask, iterations=0, converged=False,
+                fell_back_to_raw=False, raw_mask=empty, refined_mask=empty, raw_contour=EMPTY_CONTOUR,
+                refined_contour=EMPTY_CONTOUR, bbox=None, area_px=0, ms=(time.perf_counter() - t0) * 1e3,
+            )
+        cfg = self.config
+        cv = chan_vese.refine_roi(roi.image_288, roi.raw_mask, margin=cfg.cv_margin, mu1=cfg.mu1, mu2=cfg.mu2,
+                        alpha=cfg.alpha, max_iterations=cfg.cv_max_iterations)
+        refined_288 = np.asarray(cv.mask, dtype=bool)
+        fell_back = not refined_288.any()
+        if fell_back:  # Chan–Vese let the contour vanish: the raw ROI is still the best outline we have
+            refined_288 = roi.raw_mask
+        raw_full = _upsample(roi.raw_mask, height, width)
+        refined_full = _upsample(refined_288, height, width)
+        x, y, w, h = cv2.boundingRect(refined_full.view(np.uint8))
+        area = int(np.count_nonzero(refined_full))
+        return RefineStageResult(
+            lesion_found=area > 0, refined_mask_288=refined_288, iterations=int(cv.iterations),
+            converged=bool(cv.converged), fell_back_to_raw=fell_back, raw_mask=raw_full,
+            refined_mask=refined_full, raw_contour=_polygon(raw_full), refined_contour=_polygon(refined_full),
+            bbox=(int(x), int(y), int(w), int(h)) if area else None, area_px=area,
+            ms=(time.perf_counter() - t0) * 1e3,
+        )
+
+    def classify(self, image: np.ndarray, refined: RefineStageResult) -> ClassifyStageResult:
+        """Stage 3: G-CNN on ``grader_input`` of the frame at its own size with the refined mask.
+
+        Skipped (probabilities None, category None, 0 ms) when there is no lesion.
+        """
+        if not refined.lesion_found:
+            return ClassifyStageResult(probabilities=None, category=None, categories=self.categories)
+        t0 = time.perf_counter()
+        gray = to_gray_u8(image)
+        if gray.shape != refined.refined_mask.shape:
+            raise ValueError(
+                f"frame shape {gray.shape} differs from the refined mask's {refined.refined_mask.shape}: "
+                "classify the same frame that was located and refined"
+            )
+        batch = grader_input(gray, refined.refined_mask, size=self.grader_size, margin=self.grader_margin,
+                             mask_channel=self.mask_channel)
+        if batch.ndim == 3:
+            batch = batch[None]
+        probs = self.grader.run(batch)[0]
+        if probs.shape != (len(self.categories),):
+            raise ValueError(f"{self.grader.path}: output shape {probs.shape}, expected "
+                             f"({len(self.categories)},) for categories {self.categories}")
+        category = self.categories[int(np.argmax(probs))]
+        return ClassifyStageResult(probabilities=probs, category=category, categories=self.categories,
+                                   ms=(time.perf_counter() - t0) * 1e3)
+
+    def grade(self, image: np.ndarray) -> GradeResult:
+        """All three stages on one frame (uint8 gray or BGR, any size)."""
+        t0 = time.perf_counter()
+        gray = to_gray_u8(image)
+        roi = self.locate(gray)
+        refined = self.refine(gray, roi)
+        classified = self.classify(gray, refined)
+        total = (time.perf_counter() - t0) * 1e3
+        probabilities = None
+        if classified.probabilities is not None:
+            pairs = zip(self.categories, classified.probabilities, strict=True)
+            probabilities = {c: float(p) for c, p in pairs}
+        return GradeResult(
+            lesion_found=refined.lesion_found, raw_mask=refined.raw_mask, refined_mask=refined.refined_mask,
+            raw_contour=refined.raw_contour, refined_contour=refined.refined_contour, bbox=refined.bbox,
+            area_px=refined.area_px, category=classified.category, probabilities=probabilities,
+            timings_ms={"roi_cnn": roi.ms, "refine": refined.ms, "g_cnn": classified.ms, "total": total},
+            model_ids=dict(self.model_ids), iterations=refined.iterations, converged=refined.converged,
+        )
+
+
+def _upsample(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bool mask to (height, width), nearest neighbour (no new labels, no blur)."""
+    if mask.shape == (height, width):
+        return mask
+    return cv2.resize(mask.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).view(bool)
+
+
+def _polygon(mask: np.ndarray) -> np.ndarray:
+    if not mask.any():
+        return EMPTY_CONTOUR
+    return np.asarray(contours.mask_to_polygon(mask), dtype=np.int32).reshape(-1, 2)

@@ -1,0 +1,254 @@
+"""Grade breast-ultrasound images with the two-stage model: ROI-CNN -> refinement -> G-CNN.
+
+Each image (any size, gray or colour; JPEG, PNG, BMP, TIFF; a folder means every image in it) is
+located, refined and graded into BI-RADS 3, 4A, 4B, 4C or 5. Nothing is written to disk unless --out
+is given. Runs on ONNX Runtime; torch is not needed.
+
+Examples:
+  sonograde grade scan.png                          # readable table
+  sonograde grade scans/ --json                     # one JSON line per image
+  sonograde grade a.jpg b.png --out results/        # + results/a_mask.png, results/a_overlay.png, ...
+  sonograde grade scan.png --precision int8         # models/roi_cnn.int8.onnx + models/g_cnn.int8.onnx
+  sonograde grade scan.png --models my_models/      # roi_cnn.onnx and g_cnn.onnx from another folder
+
+JSON line (one per readable image):
+  {"image": "scan.png", "lesion_found": true, "category": "4B",
+   "probabilities": {"3": .., "4A": .., "4B": .., "4C": .., "5": ..}, "bbox": [x, y, w, h],
+   "area_px": .., "timings_ms": {"roi_cnn": .., "refine": .., "g_cnn": .., "total": ..}}
+bbox and area_px are in the input image's pixels. With no lesion: lesion_found false, category,
+probabilities and bbox null, area_px 0.
+
+--out also writes <stem>_mask.png (the refined lesion mask at the input's own size, 0/255; all zero
+when no lesion) and <stem>_overlay.png (the image with the ROI-CNN contour in blue, the refined
+contour in red, the category and its probability; images under 360 px are enlarged
+by a whole factor so the text stays legible).
+
+Exit status: 0 all graded; 1 some image could not be read (named on stderr, the others are still
+graded); 2 bad models or options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sonograde import RESEARCH_USE_ONLY
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files or folders of images (JPEG, PNG, BMP, TIFF)")
+    parser.add_argument("--models", type=Path, default=None, metavar="DIR",
+                        help="folder with roi_cnn[.PRECISION].onnx and g_cnn[.PRECISION].onnx "
+                             "(default: the shipped models/)")
+    parser.add_argument("--precision", choices=("fp32", "int8", "fp16"), default="fp32",
+                        help="which model files to use (default fp32)")
+    parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
+                        help="inference backend (default auto: ONNX Runtime for .onnx)")
+    parser.add_argument("--threads", type=int, default=2, metavar="N",
+                        help="ONNX Runtime threads per model (default 2: stages run one after another here)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="write <stem>_mask.png and <stem>_overlay.png for each image into DIR")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+
+
+def expand_images(items: list[str]) -> list[Path]:
+    """Files as given; folders expand to their image files (sorted, not recursive)."""
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            paths.append(path)
+    return paths
+
+
+def read_image(path: Path):
+    """Read an image as uint8 (H x W gray or H x W x 3 BGR). Raises ValueError saying why it cannot."""
+    import cv2
+    import numpy as np
+
+    if not path.exists():
+        raise ValueError("no such file")
+    if not path.is_file():
+        raise ValueError("not a file")
+    from capture.sources import is_dicom_file
+
+    if is_dicom_file(path):
+        return _read_dicom(path)
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise ValueError("the file is empty")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ValueError("not a readable image (JPEG, PNG, BMP or TIFF expected), or the file is damaged")
+    return _to_u8(image)
+
+
+def _to_u8(image):
+    import cv2
+    import numpy as np
+
+    if image.dtype == np.uint16:  # 16-bit PNG/TIFF: keep the displayed range
+        image = (image / 257.0).round().astype(np.uint8)
+    elif image.dtype != np.uint8:
+        lo, hi = float(image.min()), float(image.max())
+        image = ((image - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)).astype(np.uint8)
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    return image
+
+
+def _read_dicom(path: Path):
+    """First frame of a DICOM file as uint8 gray, through the capture package's DICOM reader."""
+    import pydicom
+
+    from capture.sources import dicom_frames_gray
+
+    try:
+        frames = dicom_frames_gray(pydicom.dcmread(str(path)))
+    except Exception as exc:  # pydicom and the pixel decoders raise many types
+        raise ValueError(f"not a readable DICOM image ({exc})") from exc
+    return frames[0]
+
+
+MIN_OVERLAY_SIDE = 360  # smaller images are enlarged (by a whole factor) so the text stays legible
+
+
+def render_overlay(image, result, research_text: str = RESEARCH_USE_ONLY):
+    """The image (as BGR) with the ROI-CNN contour in blue, the refined contour in red, the category and
+    its probability next to the lesion, and a research-use banner along the top.
+
+    Images whose shorter side is under ``MIN_OVERLAY_SIDE`` pixels are enlarged by the smallest whole
+    factor that reaches it (nearest neighbour), so the overlay is the input's size times that factor.
+    """
+    import cv2
+    import numpy as np
+
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
+    factor = max(1, -(-MIN_OVERLAY_SIDE // min(canvas.shape[:2])))
+    if factor > 1:
+        canvas = cv2.resize(canvas, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+    height, width = canvas.shape[:2]
+    scale = max(min(height, width) / 600.0, 0.5)  # text and lines grow with the image
+    thickness = max(1, round(2 * scale))
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    if result.lesion_found:
+        for contour, colour in ((result.raw_contour, (255, 0, 0)), (result.refined_contour, (0, 0, 255))):
+            if len(contour) >= 2:
+                points = contour.astype(np.int32) * factor + (factor - 1) // 2  # pixel centres
+                cv2.polylines(canvas, [points.reshape(-1, 1, 2)], True, colour, thickness, cv2.LINE_AA)
+        probability = result.probabilities[result.category]
+        label = f"BI-RADS {result.category}  p={probability:.2f}"
+        x, y, _, h = (v * factor for v in result.bbox)
+        anchor_y = y - 8 * scale if y > 48 * scale else y + h + 24 * scale
+        anchor = (int(np.clip(x, 2, max(2, width - 10))), int(np.clip(anchor_y, 40 * scale, height - 4)))
+    else:
+        label = "no lesion found"
+        anchor = (int(8 * scale), int(height - 12 * scale))
+    cv2.putText(canvas, label, anchor, font, 0.8 * scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+    cv2.putText(canvas, label, anchor, font, 0.8 * scale, (0, 255, 255), thickness, cv2.LINE_AA)
+    banner_h = int(22 * scale) + 6
+    canvas[:banner_h] = (canvas[:banner_h] * 0.35).astype(np.uint8)
+    cv2.putText(canvas, research_text, (int(6 * scale), banner_h - int(6 * scale) - 2), font, 0.55 * scale,
+                (255, 255, 255), max(1, thickness - 1), cv2.LINE_AA)
+    return canvas
+
+
+def _write_png(path: Path, image) -> None:
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:  # pragma: no cover - PNG encoding of uint8 arrays does not fail
+        raise OSError(f"could not encode {path}")
+    encoded.tofile(str(path))
+
+
+def _unique_stem(stem: str, used: set[str]) -> str:
+    """Two inputs with one stem (a/1.png, b/1.png) must not overwrite each other's outputs."""
+    candidate, n = stem, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}_{n}"
+    used.add(candidate)
+    return candidate
+
+
+def _table_row(name: str, shape: tuple[int, ...], result) -> str:
+    size = f"{shape[1]}x{shape[0]}"
+    if not result.lesion_found:
+        return f"{name:<32.32} {size:>10} {'no lesion':<9} {'-':>6} {'-':>6} {'-':<22} {0:>8} " \
+               f"{result.timings_ms['total']:>8.1f}"
+    p = result.probabilities[result.category]
+    bbox = ",".join(str(v) for v in result.bbox)
+    return (f"{name:<32.32} {size:>10} {'yes':<9} {result.category:>6} {p:>6.2f} {bbox:<22} "
+            f"{result.area_px:>8} {result.timings_ms['total']:>8.1f}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from engine.backends import ModelLoadError
+    from engine.grader import TwoStageGrader
+
+    if args.threads < 1:
+        print(f"sonograde grade: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    try:
+        grader = TwoStageGrader.from_models_dir(args.models, precision=args.precision, backend=args.backend,
+                                                threads=args.threads)
+        grader.warm_up()
+    except (ModelLoadError, ValueError) as exc:
+        print(f"sonograde grade: {exc}", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"sonograde grade: cannot create output folder {args.out}: {exc}", file=sys.stderr)
+            return 2
+
+    paths = expand_images(args.images)
+    if not paths:
+        print("sonograde grade: no images found in " + ", ".join(args.images), file=sys.stderr)
+        return 1
+    if not args.json:
+        print(RESEARCH_USE_ONLY)
+        print(f"models: {grader.model_ids['roi']} + {grader.model_ids['grader']} ({args.precision}, "
+              f"{grader.roi.name})")
+        print(f"{'image':<32} {'size':>10} {'lesion':<9} {'BI-RADS':>6} {'p':>6} {'bbox x,y,w,h':<22} "
+              f"{'area_px':>8} {'ms':>8}")
+    failures = 0
+    used_stems: set[str] = set()
+    for path in tqdm(paths, desc="grading", unit="image", file=sys.stderr, disable=None, leave=False):
+        try:
+            image = read_image(path)
+        except (ValueError, OSError) as exc:
+            tqdm.write(f"sonograde grade: cannot read image {path}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        result = grader.grade(image)
+        if args.json:
+            line = {"image": str(path), **result.as_dict()}
+            tqdm.write(json.dumps(line), file=sys.stdout)
+        else:
+            tqdm.write(_table_row(path.name, image.shape, result), file=sys.stdout)
+        if args.out is not None:
+            stem = _unique_stem(path.stem, used_stems)
+            _write_png(args.out / f"{stem}_mask.png", result.refined_mask.astype(np.uint8) * 255)
+            _write_png(args.out / f"{stem}_overlay.png", render_overlay(image, result))
+        sys.stdout.flush()
+    if not args.json:
+        print(RESEARCH_USE_ONLY)
+    if failures:
+        print(f"sonograde grade: {failures} of {len(paths)} image(s) could not be read", file=sys.stderr)
+        return 1
+    return 0
