@@ -16,6 +16,8 @@ from sonograde import RESEARCH_USE_ONLY, __version__
 # (name, module, one-line help). ``bench`` and ``calibrate`` take a second word, handled by their modules.
 COMMANDS: list[tuple[str, str, str]] = [
     ("bench", "sonograde.commands.bench", "measure speed: refine, phantom, pipeline"),
+    ("run", "sonograde.commands.run", "grade live frames in real time and publish the results (ZeroMQ)"),
+    ("overlay", "sonograde.commands.overlay", "show published results over the live image"),
     ("grade", "sonograde.commands.grade", "grade images: ROI-CNN -> refine -> G-CNN (JSON, masks, overlays)"),
     ("evaluate", "sonograde.commands.evaluate", "evaluate on labelled datasets: Table 2 / Fig. 4 analogues"),
 ]

@@ -13,6 +13,7 @@ from sonograde.commands.nested import add_nested_commands
 
 BENCHMARKS: list[tuple[str, str, str]] = [
     ("refine", "sonograde.benchmarks.refine", "Chan-Vese: ours (Numba) against scikit-image"),
+    ("pipeline", "sonograde.benchmarks.pipeline", "end to end: source -> pipeline -> ZeroMQ -> subscriber"),
 ]
 
 

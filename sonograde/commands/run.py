@@ -1,0 +1,188 @@
+"""Grade live frames in real time and publish every result over ZeroMQ.
+
+With no options: the synthetic phantom scanner at 30 fps, the shipped models on ONNX Runtime at the
+fastest precision present (INT8 where calibrated, else FP32), results on tcp://127.0.0.1:5555, and a
+live status line (fps, latency p50/p99, dropped frames, current category, source state) on stderr.
+Ctrl-C stops cleanly.
+
+Examples:
+  sonograde run                                     # phantom, shipped models, tcp://127.0.0.1:5555
+  sonograde run --seconds 10                        # stop by itself after 10 s (or --frames 300)
+  sonograde run --overlay                           # also open the overlay window (needs a display)
+  sonograde run --overlay --record scan.mp4         # ... or record it when there is no display
+  sonograde run --source /dev/video0 --geometry scanner.json    # a capture card, cropped, sizes in mm
+  sonograde run --source clip.mp4 --precision fp32 --no-send-frames
+  sonograde overlay                                 # in another terminal: the display
+
+A display in any language can subscribe: see docs/messages.md for the message schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sonograde.publisher import DEFAULT_ENDPOINT
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("source")
+    src.add_argument("--source", default="phantom",
+                     help="phantom[:seed=N,...], a device (0, /dev/video0), a video file, an image folder or "
+                          "glob, or dicom:PATH (default: phantom)")
+    src.add_argument("--fps", type=float, default=None,
+                     help="pace file and phantom sources at this rate (default: the source's own, 30 for the "
+                          "phantom)")
+    src.add_argument("--geometry", metavar="PROFILE.json", default=None,
+                     help="scanner geometry profile: crop to the image region and report sizes in mm")
+    src.add_argument("--no-loop", dest="loop", action="store_false",
+                     help="end when a file source ends (default: loop it)")
+    mdl = parser.add_argument_group("models")
+    mdl.add_argument("--models", metavar="DIR", default=None,
+                     help="models folder (default: the shipped models/)")
+    mdl.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
+                     help="inference backend (default: auto)")
+    mdl.add_argument("--precision", choices=("auto", "fp32", "int8", "fp16"), default="auto",
+                     help="auto = int8 where its files exist, else fp32 (default: auto)")
+    mdl.add_argument("--threads", type=int, default=None,
+                     help="intra-op threads per ONNX Runtime session (default 1: stages run side by side)")
+    out = parser.add_argument_group("publishing")
+    out.add_argument("--publish", metavar="ENDPOINT", default=DEFAULT_ENDPOINT,
+                     help=f"ZeroMQ endpoint to bind (default {DEFAULT_ENDPOINT}); 'none' to not publish")
+    out.add_argument("--allow-remote", action="store_true",
+                     help="allow a non-loopback publish address (results are patient data)")
+    out.add_argument("--send-frames", action=argparse.BooleanOptionalAction, default=True,
+                     help="send the frame with each result (default: yes)")
+    out.add_argument("--frame-encoding", choices=("raw", "jpeg"), default="raw",
+                     help="raw bytes (default, ~0.01 ms) or JPEG (~0.4 ms, 10x smaller: remote displays)")
+    run = parser.add_argument_group("running")
+    run.add_argument("--frames", type=int, default=None, metavar="N", help="stop after N published results")
+    run.add_argument("--seconds", type=float, default=None, metavar="S", help="stop after S seconds")
+    run.add_argument("--overlay", action="store_true",
+                     help="also start `sonograde overlay` on the published stream (window, or --record)")
+    run.add_argument("--record", metavar="FILE.mp4", type=Path, default=None,
+                     help="with --overlay: record the overlay to this file")
+    run.add_argument("--quiet", action="store_true", help="no live status line")
+
+
+def _error(message: str) -> int:
+    print(f"sonograde run: {message}", file=sys.stderr)
+    return 2
+
+
+def _start_overlay(endpoint: str, record: Path | None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "sonograde.cli", "overlay", "--connect", endpoint]
+    if record is not None:
+        command += ["--record", str(record)]
+    return subprocess.Popen(command)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.backends import ModelLoadError
+    from sonograde import RESEARCH_USE_ONLY
+    from sonograde.overlay import display_available
+    from sonograde.pipeline import PipelineConfig, build_pipeline
+    from sonograde.publisher import EndpointError, check_endpoint
+
+    publish = None if str(args.publish).lower() == "none" else args.publish
+    if args.frames is not None and args.frames <= 0:
+        return _error(f"--frames must be positive, got {args.frames}")
+    if args.seconds is not None and args.seconds <= 0:
+        return _error(f"--seconds must be positive, got {args.seconds}")
+    if args.overlay:
+        if publish is None:
+            return _error("--overlay needs publishing (drop --publish none)")
+        has_display, why = display_available()
+        if not has_display and args.record is None:
+            return _error(f"--overlay: {why}; pass --record FILE.mp4 to record the overlay instead")
+    if args.geometry and not Path(args.geometry).is_file():
+        return _error(f"geometry profile not found: {args.geometry} "
+                      "(make one with `sonograde calibrate geometry`)")
+    try:
+        if publish is not None:
+            check_endpoint(publish, args.allow_remote)
+    except EndpointError as error:
+        return _error(str(error))
+
+    config = PipelineConfig(
+        source=args.source, source_fps=args.fps, loop=args.loop, geometry=args.geometry,
+        models_dir=args.models, precision=args.precision, backend=args.backend, threads=args.threads,
+        publish=publish, allow_remote=args.allow_remote, send_frames=args.send_frames,
+        frame_encoding=args.frame_encoding,
+    )
+    print(RESEARCH_USE_ONLY, file=sys.stderr)
+    try:
+        pipeline = build_pipeline(config)
+    except ModelLoadError as error:
+        return _error(f"cannot load the models: {error}")
+    except ValueError as error:  # capture.sources.SourceError, GeometryError, bad model contracts
+        return _error(str(error))
+    except OSError as error:
+        return _error(f"cannot open {args.source!r}: {error}")
+    print(f"source {pipeline.description}; models {pipeline.model_ids}; warming up...", file=sys.stderr)
+    try:
+        pipeline.start(warm_up=True)
+    except EndpointError as error:
+        return _error(str(error))
+    endpoint = pipeline.publisher.endpoint if pipeline.publisher is not None else None
+    if endpoint:
+        print(f"publishing on {endpoint} (Ctrl-C stops)", file=sys.stderr)
+
+    overlay = _start_overlay(endpoint, args.record) if args.overlay and endpoint else None
+    stop_requested = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    tty = sys.stderr.isatty() and not args.quiet
+    started = time.monotonic()
+    last_line = 0.0
+    interrupted = False
+    try:
+        while not stop_requested:
+            time.sleep(0.1)
+            stats = pipeline.stats()
+            now = time.monotonic()
+            if not args.quiet and now - last_line >= (0.5 if tty else 5.0):
+                last_line = now
+                line = stats.status_line()
+                if tty:
+                    print("\r" + line + "\x1b[K", end="", file=sys.stderr, flush=True)
+                else:
+                    print(line, file=sys.stderr, flush=True)
+            if args.frames is not None and stats.published >= args.frames:
+                break
+            if args.seconds is not None and now - started >= args.seconds:
+                break
+            if stats.source_state == "ended":
+                break
+            if overlay is not None and overlay.poll() is not None:
+                print("\noverlay closed", file=sys.stderr)
+                overlay = None
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if tty:
+            print(file=sys.stderr)
+        pipeline.stop()
+        if overlay is not None:
+            overlay.send_signal(signal.SIGINT)
+            try:
+                overlay.wait(5)
+            except subprocess.TimeoutExpired:
+                overlay.kill()
+    stats = pipeline.stats()
+    p50, p99 = stats.latency_ms.get("p50", float("nan")), stats.latency_ms.get("p99", float("nan"))
+    print(f"stopped{' (Ctrl-C)' if interrupted else ''}: {stats.published} results in "
+          f"{stats.elapsed_s:.1f} s, {stats.fps:.1f} fps at the end, latency capture->publish p50/p99 "
+          f"{p50:.1f}/{p99:.1f} ms, "
+          f"dropped {stats.dropped['total']}, stale graded {stats.stale_graded}, errors {stats.errors}",
+          file=sys.stderr)
+    return 0  # Ctrl-C is the normal way to stop a live session
