@@ -70,7 +70,7 @@ def source_frames(spec: str, count: int, *, stride: int = 1) -> list[LabelledFra
     from capture.sources import open_source
 
     frames: list[LabelledFrame] = []
-    source = open_source(spec)
+    source = open_source(spec, realtime=False)  # as fast as it decodes: no pacing for calibration
     try:
         for index, frame in enumerate(_iterate(source)):
             if index % stride:

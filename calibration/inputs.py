@@ -93,3 +93,21 @@ def default_roi_model(*candidates: str | os.PathLike) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def model_inputs(info, frames: Iterable[LabelledFrame], *, roi_model: str | os.PathLike | None = None,
+                 threads: int | None = None, total: int | None = None) -> ModelInputs:
+    """Inputs for the model described by ``info`` (``calibration.modelinfo.ModelInfo``) from ``frames``.
+
+    For a grader, ``roi_model`` is the FP32 ROI-CNN of the first stage (default: ``roi_cnn.onnx`` beside
+    the grader); ValueError if there is none.
+    """
+    if info.kind == "roi":
+        return roi_inputs(frames, size=info.input_size, total=total)
+    roi_path = Path(roi_model) if roi_model is not None else default_roi_model(info.path)
+    if roi_path is None or not roi_path.is_file():
+        raise ValueError(
+            f"grader inputs are refined ROIs from the first stage, which needs the FP32 ROI-CNN: none found "
+            f"beside {info.path} ({info.path.parent / 'roi_cnn.onnx'}); pass --roi-model PATH"
+        )
+    return grader_inputs(frames, roi_model=roi_path, grader_model=info.path, threads=threads, total=total)
