@@ -250,8 +250,9 @@ class TwoStageGrader:
                 f"frame shape {gray.shape} differs from the refined mask's {refined.refined_mask.shape}: "
                 "classify the same frame that was located and refined"
             )
+        # refine already measured the bbox: passing it saves grader_input a full-frame np.nonzero
         batch = grader_input(gray, refined.refined_mask, size=self.grader_size, margin=self.grader_margin,
-                             mask_channel=self.mask_channel)
+                             mask_channel=self.mask_channel, box=refined.bbox)
         if batch.ndim == 3:
             batch = batch[None]
         probs = self.grader.run(batch)[0]

@@ -11,7 +11,7 @@ import pytest
 from engine.backends import ModelLoadError, load_backend
 from engine.backends.dev_models import make_grader_model, make_roi_model, synthetic_frame
 from engine.grader import DEFAULT_MODELS_DIR, GraderConfig, TwoStageGrader, model_path
-from engine.preprocess import roi_input
+from engine.preprocess import grader_input, roi_input
 from engine.results import CATEGORIES
 
 REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -102,6 +102,11 @@ def test_stages_compose_to_grade(grader, rng):
     assert refined.bbox == result.bbox and classified.category == result.category
     np.testing.assert_allclose(list(result.probabilities.values()), classified.probabilities, rtol=1e-6)
     assert refined.refined_mask_288.shape == (288, 288)
+    # the G-CNN sees exactly the shared grader_input of the frame and the refined mask
+    batch = grader_input(image, refined.refined_mask, size=grader.grader_size, margin=grader.grader_margin,
+                         mask_channel=grader.mask_channel)[None]
+    expected = grader.grader.run(batch)
+    np.testing.assert_array_equal(classified.probabilities, expected[0])
     assert classified.probability == pytest.approx(result.probabilities[result.category])
 
 
