@@ -38,10 +38,12 @@ VARIANT_NAMES: dict[str, str] = {
     "refined": "Refined ROI-CNN",
 }
 
-MALIGNANCY_LIKELIHOOD: dict[str, float] = {"3": 0.01, "4A": 0.06, "4B": 0.30, "4C": 0.725, "5": 0.975}
-"""Mid-points of the BI-RADS likelihood-of-malignancy ranges (3: <=2%, 4A: 2-10%, 4B: 10-50%,
-4C: 50-95%, 5: >=95%). The malignancy score of a case is sum_c P(c) * likelihood(c): an expected
-probability of malignancy, monotone in every category's probability."""
+MALIGNANCY_LIKELIHOOD: dict[str, float] = {"3": 0.01, "4A": 0.06, "4B": 0.30, "4C": 0.72, "5": 0.97}
+"""About the mid-points of the BI-RADS likelihood-of-malignancy ranges (3: <=2%, 4A: 2-10%, 4B: 10-50%,
+4C: 50-95%, 5: >=95%), the same weights as the training's validation metric
+(``engine.training.grader.malignancy_score``). The malignancy score of a case is
+sum_c P(c) * likelihood(c): an expected probability of malignancy, monotone in every category's
+probability."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,497 @@
+"""The paper's Table 3 experiment: one-stage against two-stage classifiers, G-CNN against VGG16 and ResNet50.
+
+Nine methods, as the paper's Table 3:
+
+- one-stage ``G-CNN``, ``VGG16``, ``ResNet50``: the whole image, resized to ``whole_size`` squared (paper:
+  288) and standardized, classified directly;
+- two-stage ``ROI-CNN + X`` and ``Refined ROI-CNN + X`` for X in G-CNN, VGG16, ResNet50: the lesion crop
+  made by ``engine.preprocess.grader_input`` (``crop_size`` squared, the shipped G-CNN's input) around the
+  ROI that the *shipped* ROI-CNN finds (after the area filter), without or with Chan–Vese refinement.
+
+Protocol (all choices are ours where the paper says nothing):
+
+- patient-disjoint k-fold cross-validation: groups (``ManifestRecord.group``: patient, or the image where
+  no patient id) are dealt to ``folds`` folds, stratified by BI-RADS label, with ``seed``;
+- per fold and architecture two networks are trained: one on whole images (one-stage) and one on lesion
+  crops from the ground-truth masks with the paper's translation + flip augmentation (two-stage, the
+  way the shipped G-CNN is trained). The two-stage network is then tested on crops around the
+  ROI-CNN's raw ROI and around the refined ROI, so "ROI-CNN + X" and "Refined ROI-CNN + X" share one
+  trained network and differ only in the ROI they are given. Where the ROI-CNN finds nothing, the case
+  counts as wrong;
+- the loss is ``engine.training.grader.allowed_set_loss`` (cross-entropy; a coarse BUS-BRA "4" on the
+  summed probability of 4A, 4B, 4C), the optimizer and learning-rate schedule those of
+  ``engine.training.common`` (SGD as the paper by default), five-way-labelled samples repeated
+  ``FINE_REPEAT`` times per epoch as in the shipped G-CNN's training;
+- out-of-fold predictions of all folds are pooled and summarized by
+  :func:`sonograde.evaluation.summary.summarize_grading` (per-category accuracy = recall).
+
+Every (fold, network) result is cached in ``out`` as JSON, so an interrupted run resumes where it stopped;
+the fold assignment and the ROI masks are cached too. ``out`` also holds a decoded-image cache: it is
+derived from patient images, keep ``out`` outside any repository.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sonograde import RESEARCH_USE_ONLY
+from sonograde.evaluation.labels import CATEGORIES, grading_label
+from sonograde.evaluation.summary import GradedCase, summarize_grading
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.data.datasets import GraderSample
+    from engine.data.manifest import ManifestRecord
+
+ARCHITECTURES: dict[str, str] = {"grader": "G-CNN", "vgg16": "VGG16", "resnet50": "ResNet50"}
+
+METHODS: dict[str, tuple[str, str, str | None]] = {
+    # method id: (name as the paper's Table 3, architecture, ROI: None = whole image, "raw", "refined")
+    "one_stage_grader": ("One-stage G-CNN", "grader", None),
+    "one_stage_vgg16": ("One-stage VGG16", "vgg16", None),
+    "one_stage_resnet50": ("One-stage ResNet50", "resnet50", None),
+    "roi_grader": ("ROI-CNN + G-CNN", "grader", "raw"),
+    "roi_vgg16": ("ROI-CNN + VGG16", "vgg16", "raw"),
+    "roi_resnet50": ("ROI-CNN + ResNet50", "resnet50", "raw"),
+    "refined_grader": ("Refined ROI-CNN + G-CNN", "grader", "refined"),
+    "refined_vgg16": ("Refined ROI-CNN + VGG16", "vgg16", "refined"),
+    "refined_resnet50": ("Refined ROI-CNN + ResNet50", "resnet50", "refined"),
+}
+
+PAPER_TABLE3_REFINED_GCNN = {"3": 0.998, "4A": 0.940, "4B": 0.734, "4C": 0.922, "5": 0.876}
+
+
+class ExperimentError(ValueError):
+    """An experiment that cannot run as asked (no usable data, bad options, mismatched cache)."""
+
+
+@dataclass(frozen=True)
+class Table3Config:
+    """Settings of the Table 3 experiment.
+
+    data : manifest folders. out : results folder (resumable). models : ROI-CNN folder (None: shipped).
+    folds : cross-validation folds (paper: 5). epochs : training epochs per network. width : width
+    multiplier of all three architectures. crop_size : two-stage input side (px, multiple of 16).
+    whole_size : one-stage input side (paper: 288). margin : crop margin around the ROI box (fraction of
+    its side, as ``grader_input``). batch_size, optimizer, lr, weight_decay : as ``TrainConfig``.
+    archs : architectures to run. seed : folds, initialisation and augmentation. threads : torch
+    threads. max_side : decoded images are shrunk to this longer side (as the G-CNN training cache).
+    """
+
+    data: tuple[str, ...]
+    out: str
+    models: str | None = None
+    folds: int = 5
+    epochs: int = 10
+    width: float = 0.25
+    crop_size: int = 128
+    whole_size: int = 288
+    margin: float = 0.25
+    batch_size: int = 16
+    optimizer: str = "sgd"
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    archs: tuple[str, ...] = ("grader", "vgg16", "resnet50")
+    seed: int = 0
+    threads: int = 2
+    max_side: int = 512
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.folds < 2:
+            raise ExperimentError(f"--folds must be at least 2, got {self.folds}")
+        if self.epochs < 1:
+            raise ExperimentError(f"--epochs must be at least 1, got {self.epochs}")
+        for name, size in (("--crop-size", self.crop_size), ("--whole-size", self.whole_size)):
+            if size < 32 or size % 16:
+                raise ExperimentError(f"{name} must be a multiple of 16 and >= 32, got {size}")
+        unknown = [a for a in self.archs if a not in ARCHITECTURES]
+        if unknown or not self.archs:
+            raise ExperimentError(f"unknown architecture(s) {unknown}; "
+                                  f"choose from {', '.join(ARCHITECTURES)}")
+
+    def training_key(self) -> dict:
+        """The settings a cached result depends on (a resume with other settings is refused)."""
+        keys = ("data", "folds", "epochs", "width", "crop_size", "whole_size", "margin", "batch_size",
+                "optimizer", "lr", "weight_decay", "seed", "max_side")
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keys}
+
+
+@dataclass
+class CaseOutput:
+    """One test case of one method: id, graded label, probabilities (None: no ROI found), pathology."""
+
+    id: str
+    label: str | None
+    probabilities: list[float] | None
+    pathology: str | None
+
+    def graded(self) -> GradedCase:
+        probs = tuple(self.probabilities) if self.probabilities is not None else None
+        return GradedCase(self.id, self.label, probs, self.pathology)  # type: ignore[arg-type]
+
+
+@dataclass
+class Table3Result:
+    """Pooled out-of-fold results per method, and how long the run took."""
+
+    summaries: dict[str, dict] = field(default_factory=dict)
+    seconds: float = 0.0
+    trained: int = 0
+    reused: int = 0
+
+
+# ------------------------------------------------------------------------------------------------ folds
+
+
+def assign_folds(records: Sequence[ManifestRecord], folds: int, seed: int) -> dict[str, int]:
+    """Patient-disjoint fold per ``"dataset/id"``: groups dealt round-robin within each BI-RADS stratum
+    after a seeded shuffle, so every fold gets about the same mix of categories."""
+    groups: dict[str, list[ManifestRecord]] = defaultdict(list)
+    for record in records:
+        groups[record.group].append(record)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for key in sorted(groups):
+        strata[groups[key][0].birads or "-"].append(key)
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, int] = {}
+    offset = 0
+    for stratum in sorted(strata):
+        keys = strata[stratum]
+        order = rng.permutation(len(keys))
+        for position, index in enumerate(order):
+            fold = (position + offset) % folds
+            for record in groups[keys[index]]:
+                assignment[f"{record.dataset}/{record.id}"] = fold
+        offset += len(keys)  # continue the deal where the last stratum stopped: balanced fold sizes
+    return assignment
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+def whole_image_input(sample: GraderSample, size: int, rng: np.random.Generator | None) -> np.ndarray:
+    """One-stage input (1, size, size): the whole image resized and standardized; with ``rng`` randomly
+    translated by up to 10 % of its side and flipped horizontally (the G-CNN augmentation of the paper)."""
+    from engine.augment import translate
+    from engine.preprocess import roi_input
+
+    image = sample.image
+    if rng is not None:
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+        h, w = image.shape
+        dx, dy = (int(rng.integers(-w // 10, w // 10 + 1)), int(rng.integers(-h // 10, h // 10 + 1)))
+        image, _ = translate(np.ascontiguousarray(image), np.zeros_like(image, dtype=bool), dx, dy)
+    return roi_input(np.ascontiguousarray(image), size)
+
+
+def build_classifier(arch: str, width: float, size: int, in_channels: int = 1) -> torch.nn.Module:
+    """G-CNN (``engine.networks.GCNN``, global-pooling head as the shipped edge model), VGG16 or
+    ResNet50 from ``engine.networks``, five outputs."""
+    from engine.networks import GCNN, VGG16, GraderConfig, ResNet50
+
+    if arch == "grader":
+        return GCNN(GraderConfig(width=width, in_channels=in_channels, input_size=size))
+    if arch == "vgg16":
+        return VGG16(width=width, in_channels=in_channels, head="gap", input_size=size)
+    if arch == "resnet50":
+        return ResNet50(width=width, in_channels=in_channels)
+    raise ExperimentError(f"unknown architecture {arch!r}")
+
+
+def _train_config(config: Table3Config, size: int):  # -> engine.training.common.TrainConfig
+    from engine.training.common import TrainConfig
+
+    return TrainConfig(kind="grader", epochs=config.epochs, width=config.width, batch_size=config.batch_size,
+                       lr=config.lr, optimizer=config.optimizer, weight_decay=config.weight_decay,
+                       seed=config.seed, threads=config.threads, input_size=size, margin=config.margin,
+                       mask_channel=False, progress=config.progress)
+
+
+def train_classifier(arch: str, samples: Sequence[GraderSample],
+                     make_input: Callable[[GraderSample, np.random.Generator | None], np.ndarray],
+                     config: Table3Config, size: int, seed: int, desc: str) -> torch.nn.Module:
+    """Train one classifier with the training helper's loss, optimizer and schedule; returns it in eval mode.
+
+    engine.training.grader.train_grader trains only the G-CNN on ground-truth crops of a fixed split, so
+    this loop reuses its pieces (allowed_set_loss, FINE_REPEAT, fine_datasets, make_optimizer, lr_at)
+    with any architecture, input function and training set.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from engine.training.common import lr_at, make_optimizer, set_lr
+    from engine.training.grader import FINE_REPEAT, allowed_set_loss, fine_datasets
+
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(seed)
+    net = build_classifier(arch, config.width, size)
+    train_config = _train_config(config, size)
+    optimizer = make_optimizer(train_config, net.parameters())
+    fine = fine_datasets(list(samples))
+    pool = np.repeat(np.arange(len(samples)),
+                     [FINE_REPEAT if s.id.split("/")[0] in fine else 1 for s in samples])
+    for epoch in range(config.epochs):
+        set_lr(optimizer, lr_at(train_config, epoch))
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(pool)
+        steps = max(1, len(order) // config.batch_size)
+        net.train()
+        bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=not config.progress)
+        for step in bar:
+            batch = [samples[i] for i in order[step * config.batch_size:(step + 1) * config.batch_size]]
+            if len(batch) < 2:  # batch norm needs two samples
+                continue
+            x = torch.from_numpy(np.stack([make_input(s, rng) for s in batch]))
+            allowed = torch.from_numpy(np.stack([s.allowed for s in batch]))
+            loss = allowed_set_loss(net(x), allowed)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.close()
+    net.eval()
+    return net
+
+
+def predict(net: torch.nn.Module, inputs: Sequence[np.ndarray | None],
+            batch: int = 32) -> list[list[float] | None]:
+    """Softmax probabilities per input; ``None`` stays ``None`` (no ROI to classify)."""
+    import torch
+
+    out: list[list[float] | None] = [None] * len(inputs)
+    present = [i for i, x in enumerate(inputs) if x is not None]
+    with torch.no_grad():
+        for start in range(0, len(present), batch):
+            index = present[start:start + batch]
+            x = torch.from_numpy(np.stack([inputs[i] for i in index]))
+            probs = torch.softmax(net(x), dim=1).numpy()
+            for i, p in zip(index, probs, strict=True):
+                out[i] = [float(v) for v in p]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- ROIs
+
+
+def compute_rois(samples: Sequence[GraderSample], models: str | None, cache: Path,
+                 progress: bool = True) -> dict[str, dict[str, np.ndarray]]:
+    """Raw (area-filtered) and refined ROI masks of the shipped ROI-CNN for every sample, at the sample's
+    size; cached in ``cache`` (npz, keyed by id)."""
+    from tqdm import tqdm
+
+    from engine.grader import TwoStageGrader
+
+    rois: dict[str, dict[str, np.ndarray]] = {}
+    if cache.is_file():
+        with np.load(cache) as data:
+            for key in data.files:
+                sample_id, kind = key.rsplit("|", 1)
+                rois.setdefault(sample_id, {})[kind] = data[key]
+    missing = [s for s in samples if s.id not in rois]
+    if missing:
+        grader = TwoStageGrader.from_models_dir(models)
+        grader.warm_up()
+        for sample in tqdm(missing, desc="ROI-CNN", disable=not progress, leave=False):
+            located = grader.locate(sample.image)
+            refined = grader.refine(sample.image, located)
+            rois[sample.id] = {"raw": refined.raw_mask, "refined": refined.refined_mask}
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, **{f"{i}|{k}": m for i, d in rois.items() for k, m in d.items()})
+        tmp.replace(cache)
+    return rois
+
+
+def roi_crop(sample: GraderSample, mask: np.ndarray, config: Table3Config) -> np.ndarray | None:
+    """Two-stage test input around a predicted ROI (``None`` when the ROI is empty)."""
+    from engine.preprocess import grader_input
+
+    if not mask.any():
+        return None
+    return grader_input(sample.image, mask, size=config.crop_size, margin=config.margin, mask_channel=False)
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+def _load(config: Table3Config) -> tuple[list[GraderSample], dict[str, ManifestRecord]]:
+    from engine.data.datasets import load_grader_samples, load_records
+    from engine.data.manifest import ManifestError
+
+    try:
+        records = load_records(list(config.data))
+    except ManifestError as error:
+        raise ExperimentError(str(error)) from error
+    samples = load_grader_samples(records, cache_dir=Path(config.out) / "cache", max_side=config.max_side,
+                                  progress=config.progress)
+    by_id = {f"{r.dataset}/{r.id}": r for r in records}
+    if len(samples) < 2 * config.folds:
+        raise ExperimentError(f"only {len(samples)} gradable lesions (mask + BI-RADS 2-5) in "
+                              f"{', '.join(config.data)}: too few for {config.folds} folds")
+    return samples, by_id
+
+
+def _check_resume(out: Path, config: Table3Config) -> None:
+    path = out / "config.json"
+    key = config.training_key()
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != key:
+            changed = sorted(k for k in set(previous) | set(key) if previous.get(k) != key.get(k))
+            raise ExperimentError(f"{out} holds results of other settings ({', '.join(changed)}); "
+                                  "use another --out or the same settings to resume")
+    else:
+        path.write_text(json.dumps(key, indent=1))
+
+
+def run_table3(config: Table3Config, log: Callable[[str], None] | None = None) -> Table3Result:
+    """Run (or resume) the experiment; writes ``table3.json`` and ``table3.md`` into ``config.out``."""
+    config.check()
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, config)
+    started = time.perf_counter()
+    samples, by_id = _load(config)
+    records = [by_id[s.id] for s in samples]
+    folds_path = out / "folds.json"
+    if folds_path.is_file():
+        folds = json.loads(folds_path.read_text())
+        if set(folds) != {s.id for s in samples}:
+            raise ExperimentError(f"{folds_path} was made for other data; use another --out")
+    else:
+        folds = assign_folds(records, config.folds, config.seed)
+        folds_path.write_text(json.dumps(folds, indent=0, sort_keys=True))
+    needs_roi = any(METHODS[m][2] for m in _methods(config))
+    rois = compute_rois(samples, config.models, out / "rois.npz", config.progress) if needs_roi else {}
+    labels = {s.id: grading_label(by_id[s.id].birads) for s in samples}
+    pathology = {s.id: by_id[s.id].pathology if by_id[s.id].pathology in ("benign", "malignant") else None
+                 for s in samples}
+    result = Table3Result()
+    from engine.training.grader import sample_input
+
+    crop_config = _train_config(config, config.crop_size)
+    for fold in range(config.folds):
+        train = [s for s in samples if folds[s.id] != fold]
+        test = [s for s in samples if folds[s.id] == fold]
+        for arch in config.archs:
+            for stage in ("one_stage", "two_stage"):
+                methods = ([f"one_stage_{arch}"] if stage == "one_stage"
+                           else [f"roi_{arch}", f"refined_{arch}"])
+                paths = {m: out / f"fold{fold}" / f"{m}.json" for m in methods}
+                if all(p.is_file() for p in paths.values()):
+                    result.reused += 1
+                    continue
+                t0 = time.perf_counter()
+                seed = config.seed * 1000 + fold * 10 + list(ARCHITECTURES).index(arch)
+                desc = f"fold {fold + 1}/{config.folds} {stage.replace('_', '-')} {ARCHITECTURES[arch]}"
+                if stage == "one_stage":
+                    net = train_classifier(arch, train,
+                                           lambda s, r: whole_image_input(s, config.whole_size, r),
+                                           config, config.whole_size, seed, desc)
+                    outputs = {methods[0]: predict(net, [whole_image_input(s, config.whole_size, None)
+                                                         for s in test])}
+                else:
+                    net = train_classifier(arch, train, lambda s, r: sample_input(s, crop_config, r),
+                                           config, config.crop_size, seed, desc)
+                    outputs = {
+                        f"{kind}_{arch}": predict(net, [roi_crop(s, rois[s.id][roi], config) for s in test])
+                        for kind, roi in (("roi", "raw"), ("refined", "refined"))
+                    }
+                for method, probs in outputs.items():
+                    cases = [asdict(CaseOutput(s.id, labels[s.id], p, pathology[s.id]))
+                             for s, p in zip(test, probs, strict=True)]
+                    paths[method].parent.mkdir(parents=True, exist_ok=True)
+                    tmp = paths[method].with_suffix(".tmp")
+                    tmp.write_text(json.dumps({"fold": fold, "method": method, "cases": cases,
+                                               "train_seconds": round(time.perf_counter() - t0, 1),
+                                               "n_train": len(train)}))
+                    tmp.replace(paths[method])
+                result.trained += 1
+                log(f"{desc}: trained on {len(train)}, tested on {len(test)} "
+                    f"in {time.perf_counter() - t0:.0f} s")
+    result.summaries = summarize_table3(out, config)
+    result.seconds = time.perf_counter() - started
+    write_table3(out, config, result)
+    return result
+
+
+def _methods(config: Table3Config) -> list[str]:
+    return [m for m, (_, arch, _) in METHODS.items() if arch in config.archs]
+
+
+def summarize_table3(out: Path, config: Table3Config) -> dict[str, dict]:
+    """Pool every method's out-of-fold results and summarize them (methods missing a fold are skipped)."""
+    summaries: dict[str, dict] = {}
+    for method in _methods(config):
+        cases: list[CaseOutput] = []
+        complete = True
+        train_seconds = 0.0
+        for fold in range(config.folds):
+            path = out / f"fold{fold}" / f"{method}.json"
+            if not path.is_file():
+                complete = False
+                break
+            payload = json.loads(path.read_text())
+            train_seconds += float(payload.get("train_seconds", 0.0))
+            cases.extend(CaseOutput(**c) for c in payload["cases"])
+        if complete:
+            summary = summarize_grading([c.graded() for c in cases])
+            summary["train_seconds"] = round(train_seconds, 1)
+            summaries[method] = summary
+    return summaries
+
+
+def write_table3(out: Path, config: Table3Config, result: Table3Result) -> None:
+    """``table3.json`` (settings, run time, per-method summary) and ``table3.md`` (the Table 3 analogue)."""
+    payload = {"config": config.training_key(), "archs": list(config.archs),
+               "seconds": round(result.seconds, 1), "trained_now": result.trained, "reused": result.reused,
+               "methods": result.summaries}
+    (out / "table3.json").write_text(json.dumps(payload, indent=1))
+    keys: list[str] = []
+    for summary in result.summaries.values():
+        for k in summary.get("per_category_accuracy", {}):
+            if k not in keys:
+                keys.append(k)
+    order = [k for k in ("3", "4A", "4B", "4C", "4", "5") if k in keys]
+    lines = [
+        "# Table 3 analogue: one-stage vs two-stage grading",
+        "",
+        f"> {RESEARCH_USE_ONLY}.",
+        "",
+        f"Data: {', '.join(config.data)}; {config.folds}-fold patient-disjoint cross-validation (seed "
+        f"{config.seed}); {config.epochs} epochs per network, width {config.width}, one-stage input "
+        f"{config.whole_size} px, two-stage crop {config.crop_size} px (margin {config.margin}), optimizer "
+        f"{config.optimizer}. Run time {result.seconds:.0f} s. Per-category accuracy = recall of the pooled "
+        "out-of-fold predictions; a case whose ROI the ROI-CNN misses counts as wrong.",
+        "",
+        "| method | n | " + " | ".join(order) + " | accuracy | macro AUC | malignancy AUC |",
+        "|---|---|" + "---|" * len(order) + "---|---|---|",
+    ]
+    for method, summary in result.summaries.items():
+        per = summary.get("per_category_accuracy", {})
+        cells = [_fmt(per.get(k)) for k in order]
+        lines.append(f"| {METHODS[method][0]} | {summary['n']} | " + " | ".join(cells)
+                     + f" | {_fmt(summary.get('accuracy'))} | {_fmt(summary.get('macro_auc'))} | "
+                       f"{_fmt(summary.get('malignancy_auc'))} |")
+    lines.append("| *paper: Refined ROI-CNN + G-CNN* | 2238 | "
+                 + " | ".join(_fmt(PAPER_TABLE3_REFINED_GCNN.get(k)) for k in order) + " | – | – | – |")
+    lines += ["", "Categories: " + ", ".join(CATEGORIES)
+              + " (2 graded as 3, BUS-BRA's 4 as 4A+4B+4C summed).", ""]
+    (out / "table3.md").write_text("\n".join(lines))
+
+
+def _fmt(value: object) -> str:
+    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
