@@ -20,6 +20,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("overlay", "sonograde.commands.overlay", "show published results over the live image"),
     ("grade", "sonograde.commands.grade", "grade images: ROI-CNN -> refine -> G-CNN (JSON, masks, overlays)"),
     ("evaluate", "sonograde.commands.evaluate", "evaluate on labelled datasets: Table 2 / Fig. 4 analogues"),
+    ("experiment", "sonograde.commands.experiment", "run the paper's experiments: table3 (one- vs two-stage)"),
 ]
 
 EPILOG = f"""\
