@@ -21,6 +21,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("grade", "sonograde.commands.grade", "grade images: ROI-CNN -> refine -> G-CNN (JSON, masks, overlays)"),
     ("evaluate", "sonograde.commands.evaluate", "evaluate on labelled datasets: Table 2 / Fig. 4 analogues"),
     ("experiment", "sonograde.commands.experiment", "run the paper's experiments: table3 (one- vs two-stage)"),
+    ("calibrate", "sonograde.commands.calibrate", "INT8/FP16 models with an accuracy gate; screen geometry"),
+    ("build-engine", "sonograde.commands.build_engine", "build a TensorRT engine from an ONNX model (GPU)"),
 ]
 
 EPILOG = f"""\
