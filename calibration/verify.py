@@ -1,11 +1,11 @@
 """Step 3: the accuracy gate. Compares a candidate model (INT8, FP16, or a TensorRT engine) with the FP32
 reference on the same inputs, in one run, and measures the speed of both.
 
-ROI-CNN: the lesion mask of each frame (probability >= ``threshold``, 0.5, on the 288 x 288 grid) from
-the candidate against the reference's, as a Dice similarity coefficient (DSC); frames where both masks
-are empty agree (DSC 1). Also reported: the DSC of the area-filtered ROI-stage masks (the mask the
-pipeline hands to refinement), for information. Grader: top-1 agreement (same most probable category)
-and the largest absolute difference of any category probability.
+ROI-CNN: the lesion mask of each frame (probability > ``threshold``, 0.5, as the area filter, on the
+288 x 288 grid) from the candidate against the reference's, as a Dice similarity coefficient (DSC);
+frames where both masks are empty agree (DSC 1). Also reported, for information: the DSC of the
+area-filtered ROI-stage masks (what the pipeline hands to refinement). Grader: top-1 agreement (same
+most probable category) and the largest absolute difference of any category probability.
 
 Speed: every input runs through both models at batch 1, interleaved (reference then candidate, then the
 other order on the next input) so that both see the same machine load; the median wall time per frame is
@@ -94,10 +94,9 @@ def _r(value: float | None) -> float | None:
 
 def dice_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """DSC of two bool masks; 1.0 when both are empty (they agree that there is no lesion)."""
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.count_nonzero(a & b)) / total
+    from refine.metrics import dice
+
+    return float(dice(a, b))
 
 
 def run_interleaved(reference, candidate, batch: np.ndarray, *, warmup: int = 3
@@ -154,14 +153,11 @@ def verify(kind: str, reference, candidate, inputs: ModelInputs, *, thresholds: 
                   data=data, skipped=len(inputs.skipped), thresholds=thresholds)
     reasons = []
     if kind == "roi":
-        dsc = np.array([dice_agreement(r >= threshold, c >= threshold)
+        dsc = np.array([dice_agreement(r > threshold, c > threshold)
                         for r, c in zip(ref, cand, strict=True)])
-        try:
-            stage = [dice_agreement(a, b) for a, b in zip(roi_stage_masks(ref, threshold),
-                                                             roi_stage_masks(cand, threshold), strict=True)]
-            stage_mean: float | None = float(np.mean(stage))
-        except ImportError:  # refine not installed: the gate itself does not need it
-            stage_mean = None
+        stage = [dice_agreement(a, b) for a, b in zip(roi_stage_masks(ref, threshold),
+                                                         roi_stage_masks(cand, threshold), strict=True)]
+        stage_mean = float(np.mean(stage))
         mean, low = float(dsc.mean()), float(dsc.min())
         if mean < thresholds.dsc_mean:
             reasons.append(f"mean mask DSC agreement {mean:.4f} < {thresholds.dsc_mean}")

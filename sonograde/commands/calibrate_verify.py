@@ -3,7 +3,7 @@
 Runs both on the same frames in one run, through the inference preprocessing (grader: refined ROIs from
 the real first stage with the FP32 ROI-CNN beside the candidate, or --roi-model), and reports agreement
 and speed (median ms per frame at batch 1, interleaved, same thread count):
-  ROI-CNN: mean and minimum DSC between the two masks (probability >= 0.5), per frame;
+  ROI-CNN: mean and minimum DSC between the two masks (probability > 0.5), per frame;
   grader:  top-1 agreement and the largest probability difference.
 Passes when mean DSC agreement >= 0.98 (ROI-CNN) or top-1 agreement >= 0.97 (grader), unless changed.
 Exit status 0 when it passes, 1 when the candidate is refused (the reason is printed), 2 on bad input.
