@@ -34,7 +34,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 from scipy.ndimage import distance_transform_edt
 
 from refine._validate import as_count, as_finite_float, as_image, as_mask
@@ -91,14 +94,65 @@ def _terms(v: float, new: float, old: float) -> tuple[float, float, float]:  # p
     return v * h, v * (1.0 - h), d * d
 
 
+@intrinsic
+def _leaf_rows(typingctx, img, new, old, lo, rows):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Vectorized body of numpy's pairwise leaf for the three sums of :func:`_terms`.
+
+    Treats [lo, lo + 8*rows) as ``rows`` rows of 8 lanes (rows >= 1): lane j accumulates elements
+    lo + j, lo + j + 8, ... in order, exactly like numpy's 8 accumulators, then the lanes are combined
+    as ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)). Written as LLVM IR on <8 x double> because LLVM does not
+    vectorize the 8-accumulator pattern on its own without fastmath, and fastmath would reorder the
+    additions. img/new/old must be C-contiguous 1-D float64 arrays.
+    """
+    arr = types.Array(types.float64, 1, "C")
+    if not (img == arr and new == arr and old == arr):
+        return None
+    sig = types.UniTuple(types.float64, 3)(img, new, old, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        vty = ir.VectorType(ir.DoubleType(), 8)
+        i64 = ir.IntType(64)
+        arys = [context.make_array(signature.args[j])(context, builder, args[j]) for j in range(3)]
+        lo_v, rows_v = args[3], args[4]
+        zero = ir.Constant(vty, [0.0] * 8)
+        one = ir.Constant(vty, [1.0] * 8)
+
+        def terms(off):  # type: ignore[no-untyped-def]
+            v, nw, od = (
+                builder.load(builder.bitcast(builder.gep(a.data, [off]), vty.as_pointer()), align=8)
+                for a in arys
+            )
+            h = builder.select(builder.fcmp_ordered(">", nw, zero), one, zero)
+            d = builder.fsub(nw, od)
+            return builder.fmul(v, h), builder.fmul(v, builder.fsub(one, h)), builder.fmul(d, d)
+
+        acc = [cgutils.alloca_once(builder, vty) for _ in range(3)]
+        for slot, t in zip(acc, terms(lo_v), strict=True):
+            builder.store(t, slot)
+        with cgutils.for_range_slice(builder, ir.Constant(i64, 1), rows_v, ir.Constant(i64, 1)) as (k, _):
+            off = builder.add(lo_v, builder.mul(k, ir.Constant(i64, 8)))
+            for slot, t in zip(acc, terms(off), strict=True):
+                builder.store(builder.fadd(builder.load(slot), t), slot)
+        outs = []
+        for slot in acc:
+            vec = builder.load(slot)
+            r = [builder.extract_element(vec, ir.Constant(ir.IntType(32), j)) for j in range(8)]
+            left = builder.fadd(builder.fadd(r[0], r[1]), builder.fadd(r[2], r[3]))
+            right = builder.fadd(builder.fadd(r[4], r[5]), builder.fadd(r[6], r[7]))
+            outs.append(builder.fadd(left, right))
+        return context.make_tuple(builder, signature.return_type, outs)
+
+    return sig, codegen
+
+
 @njit(**_JIT)
 def _leaf(
     img: np.ndarray, new: np.ndarray, old: np.ndarray, lo: int, n: int
 ) -> tuple[float, float, float]:  # pragma: no cover - compiled
     """numpy's pairwise-sum leaf (n <= 128) for the three sums of :func:`_terms`, side by side.
 
-    Below 8 elements a plain loop; else 8 accumulators (element i goes to i % 8), combined as
-    ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), then the tail added one by one.
+    Below 8 elements a plain loop; else 8 accumulators (element i goes to lane i % 8, see
+    :func:`_leaf_rows`), then the n % 8 tail added one by one.
     """
     if n < 8:
         a = 0.0
@@ -110,59 +164,13 @@ def _leaf(
             b += tb
             c += tc
         return a, b, c
-    a0, b0, c0 = _terms(img[lo], new[lo], old[lo])
-    a1, b1, c1 = _terms(img[lo + 1], new[lo + 1], old[lo + 1])
-    a2, b2, c2 = _terms(img[lo + 2], new[lo + 2], old[lo + 2])
-    a3, b3, c3 = _terms(img[lo + 3], new[lo + 3], old[lo + 3])
-    a4, b4, c4 = _terms(img[lo + 4], new[lo + 4], old[lo + 4])
-    a5, b5, c5 = _terms(img[lo + 5], new[lo + 5], old[lo + 5])
-    a6, b6, c6 = _terms(img[lo + 6], new[lo + 6], old[lo + 6])
-    a7, b7, c7 = _terms(img[lo + 7], new[lo + 7], old[lo + 7])
-    m = lo + n - (n % 8)
-    i = lo + 8
-    while i < m:
-        ta, tb, tc = _terms(img[i], new[i], old[i])
-        a0 += ta
-        b0 += tb
-        c0 += tc
-        ta, tb, tc = _terms(img[i + 1], new[i + 1], old[i + 1])
-        a1 += ta
-        b1 += tb
-        c1 += tc
-        ta, tb, tc = _terms(img[i + 2], new[i + 2], old[i + 2])
-        a2 += ta
-        b2 += tb
-        c2 += tc
-        ta, tb, tc = _terms(img[i + 3], new[i + 3], old[i + 3])
-        a3 += ta
-        b3 += tb
-        c3 += tc
-        ta, tb, tc = _terms(img[i + 4], new[i + 4], old[i + 4])
-        a4 += ta
-        b4 += tb
-        c4 += tc
-        ta, tb, tc = _terms(img[i + 5], new[i + 5], old[i + 5])
-        a5 += ta
-        b5 += tb
-        c5 += tc
-        ta, tb, tc = _terms(img[i + 6], new[i + 6], old[i + 6])
-        a6 += ta
-        b6 += tb
-        c6 += tc
-        ta, tb, tc = _terms(img[i + 7], new[i + 7], old[i + 7])
-        a7 += ta
-        b7 += tb
-        c7 += tc
-        i += 8
-    a = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-    b = ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7))
-    c = ((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7))
-    while i < lo + n:
+    rows = n // 8
+    a, b, c = _leaf_rows(img, new, old, lo, rows)
+    for i in range(lo + 8 * rows, lo + n):
         ta, tb, tc = _terms(img[i], new[i], old[i])
         a += ta
         b += tb
         c += tc
-        i += 1
     return a, b, c
 
 
@@ -286,6 +294,91 @@ def _border(
 
 
 @njit(**_JIT)
+def _update_run(
+    c: np.ndarray,
+    right: np.ndarray,
+    left: np.ndarray,
+    down: np.ndarray,
+    up: np.ndarray,
+    v: np.ndarray,
+    out: np.ndarray,
+    c1: float,
+    c2: float,
+    mu: float,
+    neg_lambda1: float,
+    lambda2: float,
+    dt: float,
+    mudt: float,
+) -> None:  # pragma: no cover - compiled
+    """out[i] = update of c[i] given its neighbours; 1-D views, one write stream, no branch: vectorizes."""
+    for i in range(c.shape[0]):
+        out[i] = _step(
+            c[i], right[i], left[i], down[i], up[i], v[i], c1, c2, mu, neg_lambda1, lambda2, dt, mudt
+        )
+
+
+@njit(**_JIT)
+def _update(
+    cur: np.ndarray,
+    nxt: np.ndarray,
+    img: np.ndarray,
+    H: int,
+    W: int,
+    c1: float,
+    c2: float,
+    mu: float,
+    neg_lambda1: float,
+    lambda2: float,
+    dt: float,
+    mudt: float,
+) -> None:  # pragma: no cover - compiled
+    """One Jacobi update of the flat (H*W) level set cur into nxt, edge-replicated borders.
+
+    Most of the work is one long vectorized run over rows 1..H-2 (its first/last-column results use
+    wrapped neighbours and are overwritten afterwards); the first/last rows and columns then get
+    their own vectorized runs with the replicated neighbour, and the four corners a scalar update.
+    """
+    n = H * W
+    args = (c1, c2, mu, neg_lambda1, lambda2, dt, mudt)
+    if H < 3 or W < 3:  # tiny images: every pixel is a border pixel
+        for y in range(H):
+            for x in range(W):
+                _border(cur, nxt, img, y, x, H, W, *args)
+        return
+    # rows 1..H-2 as one run (k = W+1 .. n-W-2)
+    lo, hi = W + 1, n - W - 1
+    _update_run(
+        cur[lo:hi], cur[lo + 1 : hi + 1], cur[lo - 1 : hi - 1], cur[lo + W : hi + W], cur[lo - W : hi - W],
+        img[lo:hi], nxt[lo:hi], *args,
+    )
+    # first row (no row above: up = itself) and last row (down = itself), x = 1..W-2
+    top = cur[1 : W - 1]
+    _update_run(
+        top, cur[2:W], cur[0 : W - 2], cur[W + 1 : 2 * W - 1], top, img[1 : W - 1], nxt[1 : W - 1], *args
+    )
+    b = n - W
+    bot = cur[b + 1 : n - 1]
+    _update_run(
+        bot, cur[b + 2 : n], cur[b : n - 2], bot, cur[b - W + 1 : b - 1], img[b + 1 : n - 1],
+        nxt[b + 1 : n - 1], *args,
+    )
+    # first column (left = itself) and last column (right = itself), y = 1..H-2, strided views
+    col = cur[W : n - W : W]
+    _update_run(
+        col, cur[W + 1 : n - W + 1 : W], col, cur[2 * W : n : W], cur[0 : n - 2 * W : W], img[W : n - W : W],
+        nxt[W : n - W : W], *args,
+    )
+    e = W - 1
+    col = cur[W + e : n - W + e : W]
+    _update_run(
+        col, col, cur[W + e - 1 : n - W + e - 1 : W], cur[2 * W + e : n : W], cur[e : n - 2 * W + e : W],
+        img[W + e : n - W + e : W], nxt[W + e : n - W + e : W], *args,
+    )
+    for y, x in ((0, 0), (0, W - 1), (H - 1, 0), (H - 1, W - 1)):
+        _border(cur, nxt, img, y, x, H, W, *args)
+
+
+@njit(**_JIT)
 def _cv_kernel(
     img: np.ndarray,
     phi_a: np.ndarray,
@@ -322,28 +415,7 @@ def _cv_kernel(
         # numpy's sum(H) and sum(1 - H) are whole numbers, so integer counts give the same divisors
         c1 = s_in / count if count != 0 else s_in
         c2 = s_out / (n - count) if n - count != 0 else s_out
-        # Border pixels (first/last row and column) with clamped, edge-replicated neighbours.
-        for x in range(W):
-            _border(cur, nxt, img, 0, x, H, W, c1, c2, mu, nl1, lambda2, dt, mudt)
-            _border(cur, nxt, img, H - 1, x, H, W, c1, c2, mu, nl1, lambda2, dt, mudt)
-        for y in range(1, H - 1):
-            _border(cur, nxt, img, y, 0, H, W, c1, c2, mu, nl1, lambda2, dt, mudt)
-            _border(cur, nxt, img, y, W - 1, H, W, c1, c2, mu, nl1, lambda2, dt, mudt)
-        # Interior rows through 1-D views: the x loop has no branch and one write stream, so LLVM
-        # vectorizes it (sqrt and division included) without fastmath.
-        for y in range(1, H - 1):
-            b = y * W
-            c = cur[b + 1 : b + W - 1]
-            right = cur[b + 2 : b + W]
-            left = cur[b : b + W - 2]
-            down = cur[b + W + 1 : b + 2 * W - 1]
-            up = cur[b - W + 1 : b - 1]
-            v = img[b + 1 : b + W - 1]
-            out = nxt[b + 1 : b + W - 1]
-            for x in range(W - 2):
-                out[x] = _step(
-                    c[x], right[x], left[x], down[x], up[x], v[x], c1, c2, mu, nl1, lambda2, dt, mudt
-                )
+        _update(cur, nxt, img, H, W, c1, c2, mu, nl1, lambda2, dt, mudt)
         # Sums for the next iteration and the RMS change, one pass, numpy's order.
         s_in, s_out, sq = _pairwise(img, nxt, cur, n, frames, values)
         count = 0
