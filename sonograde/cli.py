@@ -23,6 +23,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("experiment", "sonograde.commands.experiment", "run the paper's experiments: table3 (one- vs two-stage)"),
     ("calibrate", "sonograde.commands.calibrate", "INT8/FP16 models with an accuracy gate; screen geometry"),
     ("build-engine", "sonograde.commands.build_engine", "build a TensorRT engine from an ONNX model (GPU)"),
+    ("phantom", "sonograde.commands.phantom", "synthetic phantom: dataset, sweep video, contact sheet"),
+    ("sources", "sonograde.commands.sources", "list capture devices; try a source string"),
 ]
 
 EPILOG = f"""\

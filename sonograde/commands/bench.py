@@ -14,6 +14,7 @@ from sonograde.commands.nested import add_nested_commands
 BENCHMARKS: list[tuple[str, str, str]] = [
     ("refine", "sonograde.benchmarks.refine", "Chan-Vese: ours (Numba) against scikit-image"),
     ("pipeline", "sonograde.benchmarks.pipeline", "end to end: source -> pipeline -> ZeroMQ -> subscriber"),
+    ("phantom", "sonograde.benchmarks.phantom", "phantom scanner sequence frames per second on one core"),
 ]
 
 

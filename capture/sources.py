@@ -1,0 +1,673 @@
+"""Frame sources behind one interface, and ``open_source`` that picks one from a string.
+
+Source strings (``open_source(spec)``):
+
+==========================  ===================================================================
+``phantom``                 the synthetic scanner sweep (``capture.phantom.PhantomSequence``);
+                            options after a colon: ``phantom:seed=3,screen=1,layout=2,size=384x320,
+                            frames=300,speed=5`` (``fps``, ``width``/``height`` of ``open_source`` apply)
+``0``, ``/dev/video0``      a capture device (OpenCV; the V4L2 backend on Linux); ``width``, ``height``,
+                            ``fps`` and ``fourcc`` are requested, what the device delivers is reported
+``clip.mp4``                a video file (anything OpenCV's FFmpeg backend reads)
+``frames/``                 a folder of images (png, jpg, bmp, tif), in name order; ``.dcm`` files in
+                            the folder make it a DICOM series instead
+``frames/*.png``            a glob of images
+``dicom:cine.dcm``          a DICOM file (single or multi-frame) or folder; ``.dcm`` files and files
+                            with the DICM signature are recognized without the prefix
+==========================  ===================================================================
+
+Every source yields ``capture.Frame`` objects (2-D uint8 gray; colour is converted) with a strictly
+increasing ``index`` and ``t_capture_ns = time.monotonic_ns()`` when read. File sources (video, images,
+DICOM, phantom) are paced in real time at their frame rate when ``realtime`` (the default), or come as
+fast as they decode; ``loop`` restarts them at the end. A ``GeometryProfile`` crops every frame to the
+ultrasound image and sets ``pixel_size_mm``. Unknown or unreadable sources raise ``SourceError``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from capture.frame import Frame
+from capture.geometry import GeometryProfile
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".ogv")
+ACCEPTED = (
+    "accepted: 'phantom[:seed=N,screen=1,...]', a capture device index ('0') or '/dev/videoN', a video "
+    "file, an image folder or glob ('frames/*.png'), or 'dicom:PATH' (a .dcm file or folder)"
+)
+
+
+class SourceError(ValueError):
+    """A source string that names nothing readable, or a source that cannot deliver frames."""
+
+
+class SourceDisconnectedError(RuntimeError):
+    """A live source stopped delivering frames (device unplugged, capture card lost signal)."""
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """2-D uint8 from gray, BGR or BGRA input (higher bit depths are scaled down)."""
+    if image.dtype != np.uint8:
+        image = _scale_to_u8(image)
+    if image.ndim == 3:
+        if image.shape[2] == 1:
+            image = image[:, :, 0]
+        elif image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+        else:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return np.ascontiguousarray(image)
+
+
+def _scale_to_u8(image: np.ndarray) -> np.ndarray:
+    data = image.astype(np.float32)
+    lo, hi = float(data.min()), float(data.max())
+    if hi <= lo:
+        return np.zeros(image.shape, np.uint8)
+    return np.clip((data - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+
+
+class FrameSource(ABC):
+    """An iterator of ``Frame`` objects; close it (or use ``with``) to release files and devices.
+
+    Subclasses implement ``_next_raw() -> (image, pixel_size_mm, meta) | None`` (None at the end); the base
+    class converts to gray, applies the geometry profile, numbers and time-stamps frames and paces file
+    sources. ``description`` says what the source is; ``is_live`` is True for capture devices (the grabber
+    reconnects those when they fail, and ends file sources cleanly).
+    """
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        is_live: bool,
+        fps: float | None = None,
+        realtime: bool = False,
+        geometry: GeometryProfile | None = None,
+    ):
+        self.description = description
+        self.is_live = is_live
+        self.fps = float(fps) if fps else None
+        self.realtime = realtime
+        self.geometry = geometry
+        self._emitted = 0
+        self._t0_ns: int | None = None
+        self._closed = False
+
+    @abstractmethod
+    def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:
+        """Next image (gray/BGR, any integer dtype), its pixel size (mm) and meta; None at the end."""
+
+    def _release(self) -> None:  # noqa: B027 - optional hook, most sources hold something to free
+        """Free the underlying file or device (subclasses)."""
+
+    def read(self) -> Frame | None:
+        """The next frame, or None when the source has ended."""
+        if self._closed:
+            return None
+        if self.realtime and self.fps and not self.is_live:
+            # Pace against the stream's own clock so that slow consumers do not accumulate drift.
+            if self._t0_ns is None:
+                self._t0_ns = time.monotonic_ns()
+            due = self._t0_ns + int(self._emitted * 1e9 / self.fps)
+            delay = (due - time.monotonic_ns()) / 1e9
+            if delay > 0:
+                time.sleep(delay)
+        raw = self._next_raw()
+        if raw is None:
+            return None
+        image, pixel_size, meta = raw
+        t_ns = time.monotonic_ns()
+        image = to_gray(image)
+        if self.geometry is not None:
+            full_shape = image.shape
+            image = np.ascontiguousarray(self.geometry.crop(image))
+            pixel_size = self.geometry.mm_per_pixel
+            mask = meta.get("mask")
+            if isinstance(mask, np.ndarray) and mask.shape == full_shape:
+                meta = {**meta, "mask": np.ascontiguousarray(self.geometry.crop(mask))}
+        frame = Frame(image, self._emitted, t_ns, pixel_size, self.description, meta)
+        self._emitted += 1
+        return frame
+
+    def __iter__(self) -> FrameSource:
+        return self
+
+    def __next__(self) -> Frame:
+        frame = self.read()
+        if frame is None:
+            raise StopIteration
+        return frame
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.description}>"
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+class VideoFileSource(FrameSource):
+    """A video file read with OpenCV; fps from the file (30 when it does not say) unless given."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        fps: float | None = None,
+        realtime: bool = True,
+        loop: bool = False,
+        geometry: GeometryProfile | None = None,
+    ):
+        self.path = Path(path)
+        self._cap = cv2.VideoCapture(str(self.path))
+        if not self._cap.isOpened():
+            raise SourceError(f"cannot open video file {str(self.path)!r}: OpenCV cannot decode it")
+        native = self._cap.get(cv2.CAP_PROP_FPS)
+        native = native if native and 0 < native < 1000 else 30.0
+        self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        width, height = (
+            int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        )
+        self.loop = loop
+        super().__init__(
+            f"video {self.path.name} ({width}x{height}, {native:g} fps, {self.frame_count} frames)",
+            is_live=False,
+            fps=fps or native,
+            realtime=realtime,
+            geometry=geometry,
+        )
+
+    def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:
+        ok, image = self._cap.read()
+        if not ok and self.loop and self._emitted > 0:
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = self._cap.read()
+        if not ok:
+            return None
+        return image, None, {}
+
+    def _release(self) -> None:
+        self._cap.release()
+
+
+class ImageFilesSource(FrameSource):
+    """A list of image files (a folder in name order, or a glob), one frame each; 30 fps unless given."""
+
+    def __init__(
+        self,
+        paths: list[Path],
+        label: str,
+        *,
+        fps: float | None = None,
+        realtime: bool = True,
+        loop: bool = False,
+        geometry: GeometryProfile | None = None,
+    ):
+        if not paths:
+            raise SourceError(
+                f"no images in {label!r} (looked for {', '.join(IMAGE_EXTENSIONS)}); {ACCEPTED}"
+            )
+        self.paths = paths
+        self.loop = loop
+        self._next = 0
+        super().__init__(
+            f"images {label} ({len(paths)} files)",
+            is_live=False,
+            fps=fps or 30.0,
+            realtime=realtime,
+            geometry=geometry,
+        )
+
+    def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:
+        if self._next >= len(self.paths):
+            if not self.loop:
+                return None
+            self._next = 0
+        path = self.paths[self._next]
+        self._next += 1
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise SourceError(f"cannot read image {str(path)!r} (not an image or corrupt)")
+        return image, None, {"path": str(path)}
+
+
+# --------------------------------------------------------------------------------------------- DICOM
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True for ``.dcm`` files and files with the ``DICM`` signature at byte 128."""
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_pixel_size_mm(ds: object) -> float | None:
+    """Pixel size in mm: from the Sequence of Ultrasound Regions (PhysicalDeltaX in cm when the unit code
+    is 3), else PixelSpacing (mm; the column spacing), else None."""
+    regions = getattr(ds, "SequenceOfUltrasoundRegions", None)
+    if regions:
+        for region in regions:
+            if int(getattr(region, "PhysicalUnitsXDirection", 0)) == 3 and getattr(
+                region, "PhysicalDeltaX", None
+            ):
+                return abs(float(region.PhysicalDeltaX)) * 10.0
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        spacing = getattr(ds, tag, None)
+        if spacing:
+            return float(spacing[1]) if len(spacing) > 1 else float(spacing[0])
+    return None
+
+
+def dicom_frames_gray(ds: object) -> np.ndarray:
+    """All frames of a DICOM dataset as (N, H, W) uint8 gray.
+
+    MONOCHROME2 as is, MONOCHROME1 inverted; RGB converted with the ITU-R 601 luma weights; YBR_FULL and
+    YBR_FULL_422 (and other YBR forms) use the Y (luma) channel. Wider than 8 bits: windowed by
+    WindowCenter/Width when present, else scaled from min to max.
+    """
+    from pydicom.pixels import pixel_array
+
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    # raw=True keeps YBR data as YBR (no colour conversion by pydicom), so we know what channel 0 is.
+    data = pixel_array(ds, raw=True)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if (samples == 1 and data.ndim == 2) or (samples > 1 and data.ndim == 3):
+        data = data[None]
+    if frames != data.shape[0]:
+        data = data.reshape((frames, *(data.shape[-3:] if samples > 1 else data.shape[-2:])))
+    if samples > 1:
+        if photometric.startswith("YBR"):
+            gray = data[..., 0]
+        elif photometric in ("RGB", "RGBA", "ARGB"):
+            rgb = data[..., :3].astype(np.float32)
+            gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+            gray = np.clip(gray + 0.5, 0, 255 if data.dtype == np.uint8 else np.inf)
+        else:
+            raise SourceError(
+                f"unsupported DICOM photometric interpretation {photometric!r} with {samples} samples"
+            )
+    else:
+        gray = data
+    if gray.dtype != np.uint8:
+        center, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
+        if center is not None and width is not None and np.issubdtype(gray.dtype, np.integer):
+            center = float(
+                center[0] if isinstance(center, list | tuple) or hasattr(center, "__len__") else center
+            )
+            width = float(width[0] if isinstance(width, list | tuple) or hasattr(width, "__len__") else width)
+            low = center - width / 2
+            gray = np.clip((gray.astype(np.float32) - low) * (255.0 / max(width, 1.0)), 0, 255).astype(
+                np.uint8
+            )
+        elif gray.dtype.kind == "f" and float(gray.max()) <= 255.0 and float(gray.min()) >= 0.0:
+            gray = np.clip(gray + 0.5, 0, 255).astype(np.uint8)
+        else:
+            gray = _scale_to_u8(gray)
+    if photometric == "MONOCHROME1":
+        gray = 255 - gray
+    return np.ascontiguousarray(gray)
+
+
+class DicomSource(FrameSource):
+    """DICOM frames: one file (single or multi-frame cine) or a folder of files (sorted by InstanceNumber,
+    then name). fps from CineRate, RecommendedDisplayFrameRate or FrameTime (ms) when present, else 30."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        fps: float | None = None,
+        realtime: bool = True,
+        loop: bool = False,
+        geometry: GeometryProfile | None = None,
+    ):
+        import pydicom
+
+        self.path = Path(path)
+        if self.path.is_dir():
+            files = sorted(p for p in self.path.iterdir() if p.is_file() and is_dicom_file(p))
+        elif self.path.is_file():
+            files = [self.path]
+        else:
+            raise SourceError(f"DICOM source {str(self.path)!r} does not exist; {ACCEPTED}")
+        if not files:
+            raise SourceError(f"no DICOM files (.dcm or DICM signature) in {str(self.path)!r}")
+        datasets = []
+        for file in files:
+            try:
+                datasets.append(pydicom.dcmread(str(file)))
+            except Exception as error:  # pydicom raises several types for bad files
+                raise SourceError(f"cannot read DICOM file {str(file)!r}: {error}") from error
+        datasets.sort(key=lambda d: int(getattr(d, "InstanceNumber", 0) or 0))
+        self._datasets = datasets
+        self._files = files
+        self.loop = loop
+        self._dataset_index = 0
+        self._frames: np.ndarray | None = None
+        self._frame_index = 0
+        self._pixel_size: float | None = None
+        first = datasets[0]
+        native = None
+        for tag in ("CineRate", "RecommendedDisplayFrameRate"):
+            if getattr(first, tag, None):
+                native = float(getattr(first, tag))
+                break
+        if native is None and getattr(first, "FrameTime", None):
+            native = 1000.0 / float(first.FrameTime)
+        total = sum(int(getattr(d, "NumberOfFrames", 1) or 1) for d in datasets)
+        label = self.path.name + (f" ({len(files)} files)" if len(files) > 1 else "")
+        super().__init__(
+            f"dicom {label}, {total} frames",
+            is_live=False,
+            fps=fps or native or 30.0,
+            realtime=realtime,
+            geometry=geometry,
+        )
+
+    def _load(self) -> None:
+        ds = self._datasets[self._dataset_index]
+        try:
+            self._frames = dicom_frames_gray(ds)
+        except SourceError:
+            raise
+        except Exception as error:
+            raise SourceError(f"cannot decode pixels of DICOM {self._files[0].name}: {error}") from error
+        self._pixel_size = dicom_pixel_size_mm(ds)
+        self._frame_index = 0
+
+    def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:
+        while True:
+            if self._frames is None:
+                if self._dataset_index >= len(self._datasets):
+                    if not self.loop:
+                        return None
+                    self._dataset_index = 0
+                self._load()
+            assert self._frames is not None
+            if self._frame_index < len(self._frames):
+                image = self._frames[self._frame_index]
+                meta = {"dicom_frame": self._frame_index, "dicom_instance": self._dataset_index}
+                self._frame_index += 1
+                return image, self._pixel_size, meta
+            self._frames = None
+            self._dataset_index += 1
+
+
+# --------------------------------------------------------------------------------------------- devices
+
+
+def parse_fourcc(fourcc: str | None) -> int | None:
+    if fourcc is None:
+        return None
+    if len(fourcc) != 4:
+        raise SourceError(f"FOURCC must be 4 characters (e.g. MJPG, YUYV); got {fourcc!r}")
+    return cv2.VideoWriter_fourcc(*fourcc)
+
+
+def fourcc_text(code: float) -> str:
+    value = int(code)
+    text = "".join(chr((value >> (8 * i)) & 0xFF) for i in range(4))
+    return text if text.isprintable() and text.strip() else f"0x{value:08x}"
+
+
+class CaptureDeviceSource(FrameSource):
+    """A capture device (UVC/V4L2 capture card, webcam) through OpenCV.
+
+    ``device`` is an index or a ``/dev/videoN`` path. The V4L2 backend is used on Linux. Requested
+    FOURCC, width, height and fps are set before reading; ``delivered`` holds what the device reports
+    back (it may silently choose something else), and the description says both. A failed read raises
+    ``SourceDisconnectedError`` (the grabber then reconnects).
+    """
+
+    def __init__(
+        self,
+        device: int | str,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+        fourcc: str | None = None,
+        geometry: GeometryProfile | None = None,
+    ):
+        backend = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
+        target = device if isinstance(device, int) else str(device)
+        self._cap = cv2.VideoCapture(target, backend)
+        if not self._cap.isOpened():
+            self._cap.release()
+            raise SourceError(
+                f"cannot open capture device {device!r} (missing, busy or no permission); "
+                "`sonograde sources` lists the devices found"
+            )
+        code = parse_fourcc(fourcc)
+        if code is not None:
+            self._cap.set(cv2.CAP_PROP_FOURCC, code)
+        if width:
+            self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, int(width))
+        if height:
+            self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, int(height))
+        if fps:
+            self._cap.set(cv2.CAP_PROP_FPS, float(fps))
+        self.requested = {"width": width, "height": height, "fps": fps, "fourcc": fourcc}
+        self.delivered = {
+            "width": int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            "height": int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            "fps": float(self._cap.get(cv2.CAP_PROP_FPS)),
+            "fourcc": fourcc_text(self._cap.get(cv2.CAP_PROP_FOURCC)),
+            "backend": self._cap.getBackendName(),
+        }
+        d = self.delivered
+        asked = ", ".join(f"{k}={v}" for k, v in self.requested.items() if v)
+        description = (
+            f"device {device} ({d['backend']}): {d['width']}x{d['height']} @ {d['fps']:g} fps "
+            f"{d['fourcc']}" + (f" (requested {asked})" if asked else "")
+        )
+        self.device = device
+        super().__init__(description, is_live=True, fps=d["fps"] or fps, realtime=False, geometry=geometry)
+
+    def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:
+        ok, image = self._cap.read()
+        if not ok or image is None:
+            raise SourceDisconnectedError(f"capture device {self.device!r} stopped delivering frames")
+        return image, None, {}
+
+    def _release(self) -> None:
+        self._cap.release()
+
+
+def list_capture_devices() -> list[dict]:
+    """Each ``/dev/video*`` node with what OpenCV (V4L2) reports, or the error opening it."""
+    found = []
+    for node in sorted(glob.glob("/dev/video*"), key=lambda p: (len(p), p)):
+        entry: dict = {"path": node}
+        cap = cv2.VideoCapture(node, cv2.CAP_V4L2)
+        try:
+            if not cap.isOpened():
+                entry["error"] = "cannot open (busy, no permission, or a metadata-only node)"
+            else:
+                entry.update(
+                    width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                    height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                    fps=float(cap.get(cv2.CAP_PROP_FPS)),
+                    fourcc=fourcc_text(cap.get(cv2.CAP_PROP_FOURCC)),
+                    backend=cap.getBackendName(),
+                )
+        finally:
+            cap.release()
+        found.append(entry)
+    return found
+
+
+# --------------------------------------------------------------------------------------------- factory
+
+
+def _parse_phantom_options(text: str) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise SourceError(f"phantom option {part!r} must be key=value (e.g. phantom:seed=3,screen=1)")
+        key, value = (s.strip() for s in part.split("=", 1))
+        options[key.lower()] = value
+    return options
+
+
+def _open_phantom(
+    options_text: str,
+    *,
+    fps: float | None,
+    realtime: bool,
+    geometry: GeometryProfile | None,
+    width: int | None,
+    height: int | None,
+) -> FrameSource:
+    from capture.phantom import DEFAULT_SIZE, PhantomSequence
+
+    options = _parse_phantom_options(options_text)
+    known = {"seed", "screen", "layout", "size", "frames", "speed", "fps", "depth"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise SourceError(
+            f"unknown phantom option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    try:
+        size = DEFAULT_SIZE
+        if "size" in options:
+            w, h = options["size"].lower().split("x")
+            size = (int(w), int(h))
+        elif width or height:
+            size = (int(width or DEFAULT_SIZE[0]), int(height or DEFAULT_SIZE[1]))
+        layout: int | str = options.get("layout", "0")
+        layout = int(layout) if str(layout).isdigit() else layout
+        return PhantomSequence(
+            seed=int(options.get("seed", 0)),
+            size=size,
+            fps=float(options.get("fps", fps or 30.0)),
+            screen=options.get("screen", "0").lower() in ("1", "true", "yes", "on"),
+            realtime=realtime,
+            layout=layout,
+            speed_mm_s=float(options.get("speed", 5.0)),
+            depth_mm=float(options.get("depth", 40.0)),
+            max_frames=int(options["frames"]) if "frames" in options else None,
+            geometry=geometry,
+        )
+    except SourceError:
+        raise
+    except ValueError as error:
+        raise SourceError(f"bad phantom options {options_text!r}: {error}") from error
+
+
+def open_source(
+    spec: str | int,
+    *,
+    fps: float | None = None,
+    realtime: bool = True,
+    loop: bool = False,
+    geometry: GeometryProfile | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    fourcc: str | None = None,
+) -> FrameSource:
+    """Open the source a string names (see the module docstring); SourceError if it names nothing usable.
+
+    ``fps`` overrides a file's frame rate (pacing) or is requested from a device; ``realtime`` paces file
+    sources; ``loop`` restarts file sources at their end; ``geometry`` crops every frame; ``width``,
+    ``height`` and ``fourcc`` are requested from capture devices (``width``/``height`` also size the
+    phantom).
+    """
+    if isinstance(spec, int):
+        return CaptureDeviceSource(
+            spec, width=width, height=height, fps=fps, fourcc=fourcc, geometry=geometry
+        )
+    text = str(spec).strip()
+    if not text:
+        raise SourceError(f"empty source string; {ACCEPTED}")
+    files = {"fps": fps, "realtime": realtime, "loop": loop, "geometry": geometry}
+    lowered = text.lower()
+    if lowered == "phantom" or lowered.startswith("phantom:"):
+        return _open_phantom(
+            text.partition(":")[2], fps=fps, realtime=realtime, geometry=geometry, width=width, height=height
+        )
+    if lowered.startswith("dicom:"):
+        return DicomSource(Path(text[6:]).expanduser(), **files)
+    if text.isdigit():
+        return CaptureDeviceSource(
+            int(text), width=width, height=height, fps=fps, fourcc=fourcc, geometry=geometry
+        )
+    if text.startswith("/dev/video"):
+        if not os.path.exists(text):
+            raise SourceError(
+                f"capture device {text!r} does not exist; `sonograde sources` lists the devices found"
+            )
+        return CaptureDeviceSource(
+            text, width=width, height=height, fps=fps, fourcc=fourcc, geometry=geometry
+        )
+    path = Path(text).expanduser()
+    if path.is_dir():
+        entries = sorted(p for p in path.iterdir() if p.is_file())
+        images = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not images and any(p.suffix.lower() in (".dcm", ".dicom") for p in entries):
+            return DicomSource(path, **files)
+        return ImageFilesSource(images, text, **files)
+    if path.is_file():
+        if is_dicom_file(path):
+            return DicomSource(path, **files)
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            return ImageFilesSource([path], text, **files)
+        if path.suffix.lower() in VIDEO_EXTENSIONS or path.stat().st_size > 0:
+            try:
+                return VideoFileSource(path, **files)
+            except SourceError as error:
+                raise SourceError(
+                    f"cannot read source {text!r}: not a video OpenCV can decode, an image or "
+                    f"DICOM; {ACCEPTED}"
+                ) from error
+    if any(ch in text for ch in "*?["):
+        matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text)))
+        images = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not images:
+            raise SourceError(f"the pattern {text!r} matches no image files; {ACCEPTED}")
+        return ImageFilesSource(images, text, **files)
+    raise SourceError(f"unknown source {text!r}: no such file, folder or device; {ACCEPTED}")
+
+
+__all__ = [
+    "ACCEPTED",
+    "CaptureDeviceSource",
+    "DicomSource",
+    "FrameSource",
+    "ImageFilesSource",
+    "SourceDisconnectedError",
+    "SourceError",
+    "VideoFileSource",
+    "dicom_frames_gray",
+    "dicom_pixel_size_mm",
+    "list_capture_devices",
+    "open_source",
+    "to_gray",
+]
