@@ -259,12 +259,12 @@ class Pipeline:
         threads. Raises EndpointError if the endpoint cannot be bound."""
         if self._started:
             raise RuntimeError("pipeline already started")
-        if warm_up and hasattr(self.grader, "warm_up"):
-            self.grader.warm_up()
-        if self.publisher is None and self.config.publish:
+        if self.publisher is None and self.config.publish:  # bind first: a busy port fails fast
             cfg = self.config
             self.publisher = Publisher(PublisherConfig(endpoint=cfg.publish, sndhwm=cfg.sndhwm,
                                                        allow_remote=cfg.allow_remote))
+        if warm_up and hasattr(self.grader, "warm_up"):
+            self.grader.warm_up()
         from capture.grabber import LatestFrameGrabber
 
         self._grabber = LatestFrameGrabber(self._open_source, reconnect=self.config.reconnect)
