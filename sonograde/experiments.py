@@ -260,7 +260,7 @@ def train_classifier(arch: str, samples: Sequence[GraderSample],
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         bar.close()
     net.eval()
     return net

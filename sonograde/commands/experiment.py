@@ -51,9 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="folds, initialisation, augmentation (default 0)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny settings for a quick check: 2 folds, 1 epoch, width 0.0625, 32 px inputs, "
-                             f"VGG16 skipped unless --archs is given; phantom data ({SMOKE_PHANTOM_COUNT} "
-                             "images) when no --data")
+                        help="tiny settings for a quick check: 2 folds, 1 epoch, width 0.0625, 32 px inputs; "
+                             f"phantom data ({SMOKE_PHANTOM_COUNT} images) when no --data")
 
 
 def run(args: argparse.Namespace) -> int:
