@@ -5,7 +5,8 @@ ONNX Runtime's ``quantize_static`` in QDQ format with per-channel symmetric int8
 - target ``cpu``: unsigned 8-bit (QUInt8, asymmetric). On x86 with AVX-512 VNNI, ONNX Runtime's u8 x s8
   kernels are the fast path (measured in docs/calibration.md);
 - target ``tensorrt``: signed 8-bit, symmetric (zero point 0), the only form TensorRT accepts for
-  explicit quantization. The same file also runs on ONNX Runtime.
+  explicit quantization; biases stay float (TensorRT's Q/DQ layers are 8-bit). The same file also runs
+  on ONNX Runtime.
 
 Calibration methods: ``entropy`` (KL divergence of histograms), ``percentile`` (99.999th percentile of
 absolute values by default), ``minmax``. The model first goes through
@@ -193,6 +194,8 @@ def quantize_int8(model_path: str | os.PathLike, out_path: str | os.PathLike, in
                 "CalibStridedMinMax": _stride(len(reader), config.stride),
                 "CalibPercentile": config.percentile,
                 "CalibTensorRangeSymmetric": signed,
+                # TensorRT dequantizes int8 only; float biases are fused into its int8 convolutions anyway.
+                "QuantizeBias": not signed,
             },
         )
         model = onnx.load(str(quantized))

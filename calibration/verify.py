@@ -153,6 +153,9 @@ def verify(kind: str, reference, candidate, inputs: ModelInputs, *, thresholds: 
                   data=data, skipped=len(inputs.skipped), thresholds=thresholds)
     reasons = []
     if kind == "roi":
+        # One probability map per frame, (H, W), whatever the channel layout of the output.
+        ref = ref.reshape(len(ref), ref.shape[-2], ref.shape[-1])
+        cand = cand.reshape(len(cand), cand.shape[-2], cand.shape[-1])
         dsc = np.array([dice_agreement(r > threshold, c > threshold)
                         for r, c in zip(ref, cand, strict=True)])
         stage = [dice_agreement(a, b) for a, b in zip(roi_stage_masks(ref, threshold),
