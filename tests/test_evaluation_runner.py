@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,9 @@ def test_selection_filters(phantom_setup: tuple[Path, Path], tmp_path: Path) -> 
     assert [r.id for r in select(records, Selection(ids_file=ids))] == [records[1].id, records[3].id]
     with pytest.raises(SelectionError, match="fold"):
         select(records, Selection(folds=(1,)))  # the phantom has no fold column
+    split_json = tmp_path / "split.json"
+    split_json.write_text(json.dumps({"test_ids": [f"{records[0].dataset}/{records[0].id}"], "val_ids": []}))
+    assert [r.id for r in select(records, Selection(ids_file=split_json))] == [records[0].id]
     empty = tmp_path / "empty"
     empty.write_text("# nothing\n")
     with pytest.raises(SelectionError, match="no ids"):

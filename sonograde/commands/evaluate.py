@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     select.add_argument("--fold", type=int, action="append", default=None, metavar="K",
                         help="keep records of manifest fold K (repeatable; BUS-BRA's official folds)")
     select.add_argument("--ids", type=Path, default=None, metavar="FILE",
-                        help="keep records listed in FILE (one ID or DATASET:ID per line)")
+                        help="keep records listed in FILE (one ID, DATASET:ID or DATASET/ID per line, or "
+                             "a training run's split.json: its test_ids)")
     select.add_argument("--split", choices=("train", "val", "test"), default=None,
                         help="keep one side of the training split (engine.splits.make_split) "
                              "recomputed with the options below")

@@ -3,8 +3,9 @@
 Three filters, combined with AND:
 
 - ``folds``: keep records whose manifest ``fold`` is one of these (BUS-BRA's official 5-fold split);
-- ``ids``: keep records listed in an ids file: one id per line, either ``ID`` or ``DATASET:ID`` (dataset =
-  the manifest folder's name), ``#`` starts a comment, blank lines ignored;
+- ``ids``: keep records listed in an ids file: one id per line, ``ID``, ``DATASET:ID`` or ``DATASET/ID``
+  (dataset = the manifest folder's name), ``#`` starts a comment, blank lines ignored; or a JSON file
+  with a ``test_ids`` list (the ``split.json`` that ``sonograde train`` writes into its run folder);
 - ``split``: recompute the training split of ``engine.splits.make_split`` (patient-disjoint, per dataset
   folder) with the given ``SplitConfig`` and keep its ``train``, ``val`` or ``test`` side. The shipped
   models' cards (``models/*.md``) state which config they were trained with.
@@ -14,6 +15,7 @@ A filter that keeps nothing raises :class:`SelectionError` naming what did not m
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +61,21 @@ def read_ids(path: Path) -> set[str]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise SelectionError(f"cannot read ids file {path}: {error.strerror or error}") from error
-    ids = set()
-    for line in text.splitlines():
-        entry = line.split("#", 1)[0].strip()
+    ids: set[str] = set()
+    if text.lstrip().startswith("{"):
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SelectionError(f"ids file {path} looks like JSON but is not: {error}") from error
+        listed = payload.get("test_ids") if isinstance(payload, dict) else None
+        if not isinstance(listed, list):
+            raise SelectionError(f"JSON ids file {path} has no 'test_ids' list")
+        entries = [str(entry) for entry in listed]
+    else:
+        entries = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    for entry in entries:
         if entry:
-            ids.add(entry)
+            ids.add(entry.replace("/", ":", 1) if "/" in entry and ":" not in entry else entry)
     if not ids:
         raise SelectionError(f"ids file {path} lists no ids (one id or DATASET:ID per line)")
     return ids
