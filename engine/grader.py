@@ -250,9 +250,14 @@ class TwoStageGrader:
                 f"frame shape {gray.shape} differs from the refined mask's {refined.refined_mask.shape}: "
                 "classify the same frame that was located and refined"
             )
-        # refine already measured the bbox: passing it saves grader_input a full-frame np.nonzero
-        batch = grader_input(gray, refined.refined_mask, size=self.grader_size, margin=self.grader_margin,
-                             mask_channel=self.mask_channel, box=refined.bbox)
+        # The box from the mask itself (callers may pass a stand-in with another mask, e.g. the raw ROI);
+        # cv2.boundingRect is several times faster than grader_input's own np.nonzero on large frames.
+        mask = np.ascontiguousarray(refined.refined_mask, dtype=bool)
+        box = cv2.boundingRect(mask.view(np.uint8))
+        if box[2] == 0:
+            raise ValueError("classify: the refined mask is empty although lesion_found is True")
+        batch = grader_input(gray, mask, size=self.grader_size, margin=self.grader_margin,
+                             mask_channel=self.mask_channel, box=box)
         if batch.ndim == 3:
             batch = batch[None]
         probs = self.grader.run(batch)[0]

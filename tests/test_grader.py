@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -107,6 +108,11 @@ def test_stages_compose_to_grade(grader, rng):
                          mask_channel=grader.mask_channel)[None]
     expected = grader.grader.run(batch)
     np.testing.assert_array_equal(classified.probabilities, expected[0])
+    # a stand-in with another mask (the evaluation grades the raw ROI this way) is graded on that mask
+    stand_in = dataclasses.replace(refined, refined_mask=refined.raw_mask)
+    batch = grader_input(image, refined.raw_mask, size=grader.grader_size, margin=grader.grader_margin,
+                         mask_channel=grader.mask_channel)[None]
+    np.testing.assert_array_equal(grader.classify(image, stand_in).probabilities, grader.grader.run(batch)[0])
     assert classified.probability == pytest.approx(result.probabilities[result.category])
 
 
