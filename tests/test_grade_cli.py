@@ -191,3 +191,37 @@ def test_runs_without_torch(models_dir, images, tmp_path):
     lines = parse_lines(proc.stdout)
     assert len(lines) == len(made)
     assert sum(line["lesion_found"] for line in lines) == len(made) - 1
+
+
+def _write_dicom(path: Path, gray: np.ndarray) -> Path:
+    """A single-frame uncompressed 8-bit MONOCHROME2 ultrasound DICOM."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"  # ultrasound image storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, generate_uid(), "US"
+    ds.Rows, ds.Columns = gray.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = np.ascontiguousarray(gray, np.uint8).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def test_sixteen_bit_png_and_dicom(models_dir, tmp_path, rng, capsys):
+    """A 16-bit PNG and a DICOM of the same picture grade like the 8-bit image."""
+    image, _ = synthetic_frame(rng, 260, 350)
+    cv2.imwrite(str(tmp_path / "eight.png"), image)
+    cv2.imwrite(str(tmp_path / "sixteen.png"), image.astype(np.uint16) * 257)
+    _write_dicom(tmp_path / "scan.dcm", image)
+    paths = [str(tmp_path / name) for name in ("eight.png", "sixteen.png", "scan.dcm")]
+    assert main(["grade", *paths, "--models", str(models_dir), "--json"]) == 0
+    lines = parse_lines(capsys.readouterr().out)
+    assert len(lines) == 3 and lines[0]["lesion_found"]
+    for line in lines[1:]:
+        assert line["bbox"] == lines[0]["bbox"] and line["probabilities"] == lines[0]["probabilities"]

@@ -1,8 +1,8 @@
 """Grade breast-ultrasound images with the two-stage model: ROI-CNN -> refinement -> G-CNN.
 
-Each image (any size, gray or colour; JPEG, PNG, BMP, TIFF; a folder means every image in it) is
-located, refined and graded into BI-RADS 3, 4A, 4B, 4C or 5. Nothing is written to disk unless --out
-is given. Runs on ONNX Runtime; torch is not needed.
+Each image (any size, gray or colour; JPEG, PNG, BMP, TIFF, 8 or 16 bit; DICOM, its first frame; a
+folder means every image in it) is located, refined and graded into BI-RADS 3, 4A, 4B, 4C or 5.
+Nothing is written to disk unless --out is given. Runs on ONNX Runtime; torch is not needed.
 
 Examples:
   sonograde grade scan.png                          # readable table
@@ -41,7 +41,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="image files or folders of images (JPEG, PNG, BMP, TIFF)")
+                        help="image files or folders of images (JPEG, PNG, BMP, TIFF, DICOM)")
     parser.add_argument("--models", type=Path, default=None, metavar="DIR",
                         help="folder with roi_cnn[.PRECISION].onnx and g_cnn[.PRECISION].onnx "
                              "(default: the shipped models/)")
