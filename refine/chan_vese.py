@@ -447,21 +447,31 @@ def checkerboard_level_set(shape: tuple[int, int], square_size: float = 5.0) -> 
     return np.sin(yv) * np.sin(xv)
 
 
-def mask_to_level_set(mask: np.ndarray) -> np.ndarray:
-    """Signed Euclidean distance (px, float64): >= 1 inside the mask, <= -1 outside, never 0.
+#: Default divisor (px) of the signed distance that starts :func:`refine_roi` (see mask_to_level_set).
+DEFAULT_LEVEL_SET_SCALE = 8.0
 
-    phi > 0 reproduces the mask exactly. Because delta(phi) = 1/(1+phi²) decays with the distance,
-    the first iterations move the contour near where it started instead of re-segmenting the whole
-    crop, which is what refining a CNN outline needs. An empty mask raises ValueError (there is no
-    outline to start from); a full mask gives phi = 1 everywhere.
+
+def mask_to_level_set(mask: np.ndarray, scale: float = DEFAULT_LEVEL_SET_SCALE) -> np.ndarray:
+    """Signed Euclidean distance to the mask outline divided by ``scale`` px (float64), > 0 inside.
+
+    Inside pixels get d/scale with d >= 1 the distance (px) to the nearest outside pixel, outside
+    pixels -d/scale; so phi > 0 reproduces the mask exactly and phi is never 0. A full mask gives
+    phi = 1/scale everywhere; an empty mask raises ValueError (there is no outline to start from).
+
+    Why a scaled distance: delta(phi) = 1/(1+phi²) decays with |phi|, so the first iterations move the
+    contour near where it started instead of re-segmenting the whole crop, which is what refining a
+    CNN outline needs; dividing by ``scale`` lets the front travel a few pixels within the paper's 50
+    iterations on scikit-image's [0, 1]-normalized intensities (scale 1 barely moves it; see
+    docs/refine.md for the measurement that chose 8).
     """
     m = as_mask(mask, "mask")
+    scale = as_finite_float(scale, "scale", minimum=np.finfo(float).tiny)
     if not m.any():
         raise ValueError("mask is empty: a level set cannot be started from it")
     if m.all():
         # No outside pixel to measure from: a flat positive level set keeps phi > 0 == mask.
-        return np.ones(m.shape, dtype=np.float64)
-    return distance_transform_edt(m) - distance_transform_edt(~m)
+        return np.full(m.shape, 1.0 / scale, dtype=np.float64)
+    return (distance_transform_edt(m) - distance_transform_edt(~m)) / scale
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -578,13 +588,14 @@ def refine_roi(
     dt: float = DEFAULT_DT,
     max_iterations: int = 50,
     tol: float = DEFAULT_TOL,
+    level_set_scale: float = DEFAULT_LEVEL_SET_SCALE,
 ) -> ChanVeseResult:
     """Refine an ROI outline: Chan–Vese on a crop around it, level set started from the ROI.
 
     The crop is the ROI's bounding box grown by ``margin`` px on every side (clipped to the image);
     it is normalized on its own (as scikit-image would normalize the crop) and the level set starts
-    as the signed distance to the ROI outline (:func:`mask_to_level_set`). The returned mask has the
-    full image size (False outside the crop).
+    as the signed distance to the ROI outline divided by ``level_set_scale`` px (default 8, see
+    :func:`mask_to_level_set`). The returned mask has the full image size (False outside the crop).
 
     image: (H, W) uint8/integer or float. roi_mask: (H, W) bool or integer (nonzero = ROI), usually
     from :func:`refine.area_filter.area_filter`. An empty ROI returns an empty mask with
@@ -607,7 +618,7 @@ def refine_roi(
         )
     y0, y1, x0, x1 = box
     crop = img[y0:y1, x0:x1]
-    phi0 = mask_to_level_set(roi[y0:y1, x0:x1])
+    phi0 = mask_to_level_set(roi[y0:y1, x0:x1], level_set_scale)
     phi, it, phivar = _run(_normalize(crop), phi0, mu1, mu2, alpha, dt, max_iterations, tol)
     mask = np.zeros(img.shape, dtype=bool)
     mask[y0:y1, x0:x1] = phi > 0
