@@ -23,8 +23,8 @@ when no lesion) and <stem>_overlay.png (the image with the ROI-CNN contour in bl
 contour in red, the category and its probability; images under 360 px are enlarged
 by a whole factor so the text stays legible).
 
-Exit status: 0 all graded; 1 some image could not be read (named on stderr, the others are still
-graded); 2 bad models or options.
+Exit status: 0 all graded; 1 some image could not be read or graded (named on stderr, the others are
+still graded); 2 bad models or options.
 """
 
 from __future__ import annotations
@@ -235,7 +235,12 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"sonograde grade: cannot read image {path}: {exc}", file=sys.stderr)
             failures += 1
             continue
-        result = grader.grade(image)
+        try:
+            result = grader.grade(image)
+        except ValueError as exc:  # e.g. an image too odd for the preprocessing; the others still run
+            tqdm.write(f"sonograde grade: cannot grade image {path}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
         if args.json:
             line = {"image": str(path), **result.as_dict()}
             tqdm.write(json.dumps(line), file=sys.stdout)
@@ -249,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         print(RESEARCH_USE_ONLY)
     if failures:
-        print(f"sonograde grade: {failures} of {len(paths)} image(s) could not be read", file=sys.stderr)
+        print(f"sonograde grade: {failures} of {len(paths)} image(s) could not be read or graded",
+              file=sys.stderr)
         return 1
     return 0
