@@ -20,9 +20,6 @@ from engine.backends.base import InferenceBackend, ModelLoadError
 # pipeline throughput (see docs/inference.md); a lone `sonograde grade` may pass threads=2.
 DEFAULT_THREADS = 1
 
-# Preference order; only those the installed onnxruntime build offers are used.
-_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
 _ONNX_TYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(float16)": np.dtype(np.float16),
@@ -40,12 +37,37 @@ HOW_TO_FIX = (
 )
 
 
-def default_providers() -> list[str]:
-    """GPU execution providers present in this onnxruntime build, then the CPU provider."""
+def tensorrt_cache_dir() -> Path:
+    """Where the TensorRT execution provider keeps built engines: $SONOGRADE_CACHE/ort-tensorrt, else
+    ~/.cache/sonograde/ort-tensorrt (building an engine takes long; the cache makes the next start fast)."""
+    base = os.environ.get("SONOGRADE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sonograde")
+    return Path(base) / "ort-tensorrt"
+
+
+def default_providers() -> list[str | tuple[str, dict[str, str]]]:
+    """GPU execution providers present in this onnxruntime build, then the CPU provider.
+
+    TensorRT gets an engine cache; precision comes from the model itself (FP16 / Q/DQ INT8 ONNX), so
+    its fp16/int8 flags stay off. (The GPU providers are not exercised on the CPU-only development
+    machines.)
+    """
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
-    return [p for p in _GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+    providers: list[str | tuple[str, dict[str, str]]] = []
+    if "TensorrtExecutionProvider" in available:
+        cache = tensorrt_cache_dir()
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            providers.append(("TensorrtExecutionProvider", {
+                "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+            }))
+        except OSError:  # read-only home: TensorRT still runs, it just rebuilds engines at every start
+            providers.append("TensorrtExecutionProvider")
+    if "CUDAExecutionProvider" in available:
+        providers.append("CUDAExecutionProvider")
+    providers.append("CPUExecutionProvider")
+    return providers
 
 
 def check_model_file(path: Path) -> None:
@@ -79,7 +101,7 @@ class OnnxRuntimeBackend(InferenceBackend):
     name = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
-                 providers: Sequence[str] | None = None) -> None:
+                 providers: Sequence[str | tuple[str, dict]] | None = None) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
