@@ -71,6 +71,11 @@ class LatestFrameGrabber:
             return self._state
 
     @property
+    def thread_name(self) -> str:
+        """Name of the background thread (shows in profilers and thread dumps)."""
+        return self._thread.name
+
+    @property
     def received(self) -> int:
         """Frames received from the source(s) so far."""
         with self._cond:

@@ -484,11 +484,16 @@ class _Lesion:
         rho = np.sqrt(u * u + v * v)
         theta = np.arctan2(v, u)
         r_eff = math.sqrt(self.a * self.b) * s
-        signed_mm = (np.interp(theta, _THETA_GRID, self.radius_factor(_THETA_GRID, dz)).astype(np.float32) - rho) * r_eff  # >0 inside
+        radius = np.interp(theta, _THETA_GRID, self.radius_factor(_THETA_GRID, dz)).astype(np.float32)
+        signed_mm = (radius - rho) * r_eff  # approximate signed distance to the margin, > 0 inside
         w = np.clip(signed_mm / self.transition_mm + 0.5, 0, 1).astype(np.float32)
         inside = w >= 0.5
         if not inside.any():
             return False
+        # Thin spicule tips can break into isolated pixels; the mask is the one connected body.
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(inside.view(np.uint8), connectivity=8)
+        if count > 2:
+            inside = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
         lesion_echo = np.full(w.shape, self.echo, np.float32)
         for bu, bv, sigma, log_amp in self.blobs:
             lesion_echo *= np.exp(log_amp * np.exp(-((u - bu) ** 2 + (v - bv) ** 2) / (2 * sigma**2)))
