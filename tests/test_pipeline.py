@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import threading
 import time
 from pathlib import Path
@@ -315,3 +316,23 @@ def test_run_command_clear_errors(models_dir, tmp_path, capsys):
         assert rc == 2 and "cannot bind" in capsys.readouterr().err
     rc = cli_main(["run", "--models", str(models_dir), "--publish", "tcp://0.0.0.0:5555", "--frames", "1"])
     assert rc == 2 and "allow-remote" in capsys.readouterr().err
+
+
+def test_bench_pipeline_reports_json_from_a_subscriber_process(models_dir, tmp_path, capsys):
+    """`sonograde bench pipeline`, short: the subscriber runs in another process and receives every
+    published result; the JSON has the documented keys; the plot is written."""
+    plot = tmp_path / "latency.png"
+    rc = cli_main(["bench", "pipeline", "--models", str(models_dir), "--seconds", "1.5", "--warmup", "0.5",
+                   "--json", "--plot", str(plot)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert set(summary) >= {"seconds", "source_fps", "fps", "frames_published", "frames_received", "dropped",
+                            "stale_graded", "e2e_ms", "stages_ms"}
+    assert summary["frames_published"] > 0
+    assert summary["frames_received"] == summary["frames_published"]
+    assert summary["stale_graded"] == 0 and summary["missing_seq"] == 0
+    assert set(summary["e2e_ms"]) == {"p50", "p95", "p99", "max"}
+    assert summary["e2e_ms"]["p50"] > 0
+    assert {"locate", "refine", "total"} <= set(summary["stages_ms"])
+    assert plot.stat().st_size > 10_000
