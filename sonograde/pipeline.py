@@ -145,6 +145,7 @@ class _Work:
 class PipelineStats:
     """A snapshot of the pipeline's counters (see ``Pipeline.stats``).
 
+    source_frames : frames the grabber received from the source(s).
     frames_taken : distinct frames the locate stage took from the grabber.
     graded : frames the G-CNN stage finished (with or without a lesion).
     published : result messages sent (or handed to ``on_result`` when not publishing).
@@ -160,6 +161,7 @@ class PipelineStats:
     category, smoothed_category : of the newest result.
     """
 
+    source_frames: int
     frames_taken: int
     graded: int
     published: int
@@ -549,6 +551,7 @@ class Pipeline:
                             stale_graded=self._stale, errors=self._errors, category=self._last_category,
                             smoothed_category=self._last_smoothed)
         return PipelineStats(
+            source_frames=int(getattr(self._grabber, "received", 0) or 0),
             publish_dropped=self.publisher.dropped if self.publisher is not None else 0,
             dropped=self.dropped(), source_state=state, reconnects=reconnects, last_error=last_error,
             fps=self._fps(), latency_ms=percentiles(latency),

@@ -174,7 +174,7 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
     transport = (rows[:, 4] - rows[:, 3]) / 1e6
     samples = pipeline.stage_samples(since_ns=t0_ns)
     window = t1 - t0
-    frames_in = (end.frames_taken + end.dropped["source"]) - (start.frames_taken + start.dropped["source"])
+    frames_in = end.source_frames - start.source_frames
     summary = {
         "seconds": round(window, 2),
         "source_fps": round(frames_in / window, 2),
