@@ -66,7 +66,8 @@ class RateMeter:
 
     @property
     def fps(self) -> float | None:
-        if len(self._times) < 2:
+        """None when fewer than two arrivals, or none within the window (the stream stopped)."""
+        if len(self._times) < 2 or time.monotonic_ns() - self._times[-1] > self.window_ns:
             return None
         span = (self._times[-1] - self._times[0]) / 1e9
         return (len(self._times) - 1) / span if span > 0 else None
@@ -144,7 +145,7 @@ class OverlayRenderer:
 
     # --------------------------------------------------------------------------------- side panel
     def _draw_panel(self, canvas: np.ndarray, result: Message | None, status: Message | None,
-                    fps: float | None) -> None:
+                    fps: float | None, stale: bool = False) -> None:
         st = self.style
         top = st.banner_height
         panel = canvas[top:, self.image_width:]
@@ -156,13 +157,16 @@ class OverlayRenderer:
         if header and header["lesion_found"] and category is None:
             category = header.get("category")
         if category:
-            colour = _CATEGORY_COLOURS.get(category, _TEXT)
+            # A result from before a dropout is shown grey: it is not about what the probe sees now.
+            colour = _DIM if stale else _CATEGORY_COLOURS.get(category, _TEXT)
             _text(panel, category, (x, 100), 2.4, colour, 3, _FONT)
             track = header.get("track") or {}
             raw = header.get("category")
             detail = f"this frame: {raw}" if raw else "this frame: no lesion"
             if track:
                 detail += f"   track {track.get('id')} ({track.get('age')} fr)"
+            if stale:
+                detail = "last result before the source dropped out"
             _text(panel, detail, (x, 128), 0.45, _DIM)
         else:
             _text(panel, "no lesion", (x, 92), 1.2, _DIM, 2, _FONT)
@@ -176,7 +180,7 @@ class OverlayRenderer:
             value = float(smoothed.get(name, 0.0))
             _text(panel, name, (x, y + 15), 0.55, _TEXT)
             cv2.rectangle(panel, (bar_x, y), (bar_x + bar_w, y + 20), _BAR_BG, -1)
-            colour = _CATEGORY_COLOURS[name] if name == category else (185, 170, 150)
+            colour = _CATEGORY_COLOURS[name] if name == category and not stale else (185, 170, 150)
             cv2.rectangle(panel, (bar_x, y), (bar_x + round(bar_w * value), y + 20), colour, -1)
             if name in raw_probs:
                 tick = bar_x + round(bar_w * float(raw_probs[name]))
@@ -215,6 +219,9 @@ class OverlayRenderer:
         for line in lines:
             _text(panel, line, (x, y), 0.5, _TEXT if not line.startswith("ms:") else _DIM)
             y += 24
+        error = status.header.get("last_error") if status is not None else None
+        if error:
+            _text(panel, str(error)[:44], (x, y), 0.4, (0, 190, 255))
         if header and header.get("model_ids"):
             ids = ", ".join(str(v) for v in header["model_ids"].values())
             _text(panel, f"models {ids}"[:44], (x, st.image_height - 14), 0.38, _DIM)
@@ -237,7 +244,7 @@ class OverlayRenderer:
         stale = state is not None and state != "connected"
         self._draw_banner(canvas)
         self._draw_image(canvas, result, stale)
-        self._draw_panel(canvas, result, status if stale else None, fps)
+        self._draw_panel(canvas, result, status if stale else None, fps, stale)
         if stale:
             top = self.style.banner_height
             label = f"SOURCE {state.upper()}"
