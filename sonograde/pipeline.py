@@ -184,8 +184,9 @@ class PipelineStats:
         latency = f"{lat['p50']:.0f}/{lat['p99']:.0f} ms" if lat else "-"
         category = self.smoothed_category or "no lesion"
         state = self.source_state if self.source_state == "connected" else self.source_state.upper()
+        errors = f" | ERRORS {self.errors}" if self.errors else ""
         return (f"{self.fps:5.1f} fps | latency p50/p99 {latency} | dropped {self.dropped['total']} | "
-                f"BI-RADS {category:>9} | source {state} | frames {self.published}")
+                f"BI-RADS {category:>9} | source {state} | frames {self.published}{errors}")
 
 
 def percentiles(values: list[float] | np.ndarray, qs: tuple[int, ...] = (50, 99)) -> dict[str, float]:
