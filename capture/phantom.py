@@ -7,10 +7,11 @@ No patient data is needed. The model (details and the category table in ``docs/p
   with fat lobules, a thin retromammary fat layer, a bright fascia and striated pectoral muscle, and the
   dark chest wall below. Layer boundaries are smooth random surfaces of (lateral, elevation) position.
 * **Speckle**: a fully developed speckle field: complex (in-phase/quadrature) white scatterer amplitudes
-  convolved with a Gaussian point-spread function (axial sigma 0.15 mm, lateral 0.32 mm, so grains are
+  convolved with a Gaussian point-spread function (axial sigma 0.2 mm, lateral 0.45 mm, so grains are
   wider than tall). The RF carrier (lambda/2 ~ 0.08 mm at 10 MHz) is finer than a display pixel, so the
-  field is simulated at baseband; **envelope detection** is the magnitude of the IQ signal. The local
-  tissue echogenicity multiplies the envelope (the usual multiplicative speckle model).
+  field is simulated at baseband; **envelope detection** is the magnitude of the IQ signal. Two
+  independent looks are averaged after detection (spatial compounding). The local tissue echogenicity,
+  itself blurred by the PSF, multiplies the envelope (the usual multiplicative speckle model).
 * **Attenuation and TGC**: every tissue has an attenuation coefficient (dB/mm, round trip); the image is
   attenuated by the cumulative sum along depth and a time-gain compensation curve undoes the nominal
   tissue attenuation plus a small random gain ripple. Posterior features therefore emerge from physics:
@@ -110,9 +111,8 @@ SIZE_MM: dict[str, tuple[float, float]] = {
     "5": (10.0, 22.0),
 }
 
-# Relative echo amplitude (linear, before speckle) of the tissues and attenuation in dB/mm round trip
-# (about 1 dB/cm/MHz one way at 10 MHz, i.e. ~2 dB/mm round trip in the literature; halved here so that
-# 40 mm fit a typical TGC range).
+# Relative echo amplitude (linear, before speckle) of the tissues, and attenuation in dB/mm round trip:
+# soft tissue attenuates about 0.5-0.9 dB/cm/MHz one way, i.e. 1-1.8 dB/mm round trip at 10 MHz.
 ECHO = {
     "skin_line": 2.6,
     "dermis": 0.75,
@@ -121,8 +121,8 @@ ECHO = {
     "ligament": 1.6,
     "gland": 0.95,
     "fascia": 1.6,
-    "muscle": 0.20,
-    "chest": 0.07,
+    "muscle": 0.30,
+    "chest": 0.09,
 }
 ATTEN_DB_MM = {"skin": 1.3, "fat": 1.2, "gland": 1.5, "muscle": 1.6, "chest": 2.0}
 NOMINAL_ATTEN_DB_MM = 1.4
@@ -349,6 +349,11 @@ class _Lesion:
         else:
             ks = np.arange(2, 4)
             amps = rng.uniform(0.0, 0.025, ks.size)
+        if d["margin"] == "indistinct":
+            # An ill-defined margin: fine ripples of the outline on top of the wide transition.
+            fine = np.arange(7, 15)
+            ks = np.concatenate([ks, fine])
+            amps = np.concatenate([amps, rng.uniform(0.01, 0.035, fine.size)])
         harmonics = np.stack(
             [ks, amps, rng.uniform(0, 2 * np.pi, ks.size), rng.uniform(-0.15, 0.15, ks.size)], 1
         )
@@ -368,8 +373,8 @@ class _Lesion:
         if margin == "spiculated":
             n = int(rng.integers(9, 17))
             angles = np.sort(rng.uniform(0, 2 * np.pi, n))
-            spikes = np.stack([angles, rng.uniform(0.2, 0.5, n), rng.uniform(0.015, 0.03, n)], 1)
-        transition = {"circumscribed": 0.2, "indistinct": rng.uniform(1.4, 2.4)}.get(margin, 0.45)
+            spikes = np.stack([angles, rng.uniform(0.15, 0.4, n), rng.uniform(0.015, 0.03, n)], 1)
+        transition = {"circumscribed": 0.2, "indistinct": rng.uniform(2.0, 3.2)}.get(margin, 0.45)
         echo_pattern = d["echo_pattern"]
         echo = {
             "anechoic": 0.012,
