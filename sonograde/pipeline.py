@@ -151,7 +151,7 @@ class PipelineStats:
     published : result messages sent (or handed to ``on_result`` when not publishing).
     publish_dropped : messages the socket refused (EAGAIN) and were dropped.
     dropped : frames dropped before grading, by place ("source": overwritten in the grabber before the
-        pipeline took them; "locate"/"refine"/"classify": replaced while waiting for that stage),
+        pipeline took them; "refine"/"classify"/"publish": replaced while waiting for that stage),
         and "total".
     stale_graded : frames graded although a newer frame had already been graded (must be 0).
     errors : frames a stage failed on (logged once per kind; the pipeline goes on).
@@ -404,7 +404,6 @@ class Pipeline:
     def dropped(self) -> dict[str, int]:
         """Frames dropped before grading, by place, and their total."""
         counts = {"source": int(getattr(self._grabber, "dropped", 0) or 0)}
-        counts["locate"] = 0  # the locate stage reads the grabber directly: its drops are "source"
         counts["refine"] = self._slots["refine"].dropped
         counts["classify"] = self._slots["classify"].dropped
         counts["publish"] = self._slots["publish"].dropped
