@@ -336,3 +336,21 @@ def test_bench_pipeline_reports_json_from_a_subscriber_process(models_dir, tmp_p
     assert summary["e2e_ms"]["p50"] > 0
     assert {"locate", "refine", "total"} <= set(summary["stages_ms"])
     assert plot.stat().st_size > 10_000
+
+
+def test_geometry_profile_crops_and_gives_sizes_in_mm(grader, tmp_path):
+    """`--geometry`: frames are cropped to the profile's image rectangle and areas come in mm²."""
+    from capture.geometry import GeometryProfile
+    from sonograde.pipeline import build_pipeline
+
+    profile = GeometryProfile((16, 8, 320, 288), mm_per_pixel=0.15).save(tmp_path / "scanner.json")
+    headers: list[dict] = []
+    config = PipelineConfig(source="phantom", geometry=str(profile), publish=None, send_frames=False)
+    pipeline = build_pipeline(config, grader=grader, on_result=lambda h, f: headers.append(h))
+    with pipeline:
+        pipeline.start(warm_up=False)
+        wait_until(lambda: len(headers) >= 5, "5 results from the cropped phantom")
+    assert all(h["image_size"] == [288, 320] and h["pixel_size_mm"] == pytest.approx(0.15) for h in headers)
+    for h in headers:
+        if h["lesion_found"]:
+            assert h["area_mm2"] == pytest.approx(h["area_px"] * 0.15**2, rel=1e-3)
