@@ -1,5 +1,33 @@
-"""Frame sources: capture cards, files, DICOM, the synthetic phantom scanner, and the live grabber."""
+"""Frame sources: capture cards, files, DICOM, the synthetic phantom scanner, and the live grabber.
+
+Modules: ``frame`` (the Frame dataclass), ``sources`` (``open_source`` and the sources), ``grabber``
+(``LatestFrameGrabber``), ``geometry`` (``GeometryProfile``), ``phantom`` (the phantom scanner),
+``screen`` (scanner-screen rendering). The names below are imported lazily so that ``import capture``
+stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from capture.frame import Frame
 
-__all__ = ["Frame"]
+_LAZY = {
+    "FrameSource": "capture.sources",
+    "SourceError": "capture.sources",
+    "open_source": "capture.sources",
+    "GeometryProfile": "capture.geometry",
+    "LatestFrameGrabber": "capture.grabber",
+    "PhantomScanner": "capture.phantom",
+    "PhantomSequence": "capture.phantom",
+}
+
+__all__ = ["Frame", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'capture' has no attribute {name!r}")

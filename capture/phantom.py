@@ -759,7 +759,8 @@ class PhantomSequence(FrameSource):
 
     Each frame's ``meta`` holds ``mask`` (bool ground truth in frame pixels, or None when no lesion is in
     view), ``category`` and ``descriptors`` (None when none), ``z_mm``, ``depth_mm`` and, in screen mode,
-    ``screen_truth`` (image rectangle and mm per pixel on the screen).
+    ``screen_truth`` (image rectangle and mm per pixel on the screen). ``start_frame`` starts the sweep
+    later (at time ``start_frame / fps``); emitted frames are still numbered from 0.
 
     ``screen=True`` renders the scanner's screen as a capture card sees it (``capture.screen``, layout
     ``layout``); then ``pixel_size_mm`` is None (a capture card does not know it) unless a geometry
@@ -786,6 +787,7 @@ class PhantomSequence(FrameSource):
         speed_mm_s: float = 5.0,
         length_mm: float = 130.0,
         max_frames: int | None = None,
+        start_frame: int = 0,
         geometry: GeometryProfile | None = None,
     ):
         if fps <= 0:
@@ -833,7 +835,7 @@ class PhantomSequence(FrameSource):
         )
         self._offsets = rng.integers(-self.MARGIN_PX // 2, self.MARGIN_PX // 2 + 1, 4096)
         self._wobble = (rng.uniform(0, 2 * np.pi, 2), rng.uniform(5.0, 9.0), rng.uniform(1.8, 3.0))
-        self._index = 0
+        self._index = int(start_frame)  # frame number in the sweep (time = index / fps)
         description = f"phantom sequence seed={self.seed} {width}x{height} @ {fps:g} fps" + (
             f" (scanner screen, layout {layout})" if screen else ""
         )
@@ -900,7 +902,7 @@ class PhantomSequence(FrameSource):
         return image, (mask if lesion is not None else None), lesion, state
 
     def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:
-        if self.max_frames is not None and self._index >= self.max_frames:
+        if self.max_frames is not None and self._emitted >= self.max_frames:
             return None
         image, mask, lesion, state = self.render(self._index)
         self._index += 1

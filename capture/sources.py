@@ -5,7 +5,9 @@ Source strings (``open_source(spec)``):
 ==========================  ===================================================================
 ``phantom``                 the synthetic scanner sweep (``capture.phantom.PhantomSequence``);
                             options after a colon: ``phantom:seed=3,screen=1,layout=2,size=384x320,
-                            frames=300,speed=5`` (``fps``, ``width``/``height`` of ``open_source`` apply)
+                            frames=300,speed=5,depth=40,start=150,fps=30`` (``frames``: stop after N;
+                            ``speed``: mm/s; ``depth``: mm; ``start``: first frame of the sweep);
+                            ``fps`` and ``width``/``height`` of ``open_source`` apply too
 ``0``, ``/dev/video0``      a capture device (OpenCV; the V4L2 backend on Linux); ``width``, ``height``,
                             ``fps`` and ``fourcc`` are requested, what the device delivers is reported
 ``clip.mp4``                a video file (anything OpenCV's FFmpeg backend reads)
@@ -549,7 +551,7 @@ def _open_phantom(
     from capture.phantom import DEFAULT_SIZE, PhantomSequence
 
     options = _parse_phantom_options(options_text)
-    known = {"seed", "screen", "layout", "size", "frames", "speed", "fps", "depth"}
+    known = {"seed", "screen", "layout", "size", "frames", "speed", "fps", "depth", "start"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise SourceError(
@@ -574,6 +576,7 @@ def _open_phantom(
             speed_mm_s=float(options.get("speed", 5.0)),
             depth_mm=float(options.get("depth", 40.0)),
             max_frames=int(options["frames"]) if "frames" in options else None,
+            start_frame=int(options.get("start", 0)),
             geometry=geometry,
         )
     except SourceError:

@@ -217,16 +217,25 @@ def test_phantom_source_string_options() -> None:
 
 
 def test_geometry_profile_applied_to_screen_frames() -> None:
-    with open_source("phantom:screen=1,layout=1,frames=1", realtime=False) as source:
+    spec = "phantom:screen=1,layout=1,frames=1,start=150"  # 5 s in: the first lesion is in view
+    with open_source(spec, realtime=False) as source:
         frame = next(source)
     truth = frame.meta["screen_truth"]
     profile = GeometryProfile(truth.image_rect, truth.mm_per_pixel, "truth")
     assert frame.pixel_size_mm is None  # a capture card does not know the scale
-    with open_source("phantom:screen=1,layout=1,frames=1", realtime=False, geometry=profile) as source:
+    assert frame.meta["mask"] is not None and frame.meta["mask"].shape == frame.image.shape
+    with open_source(spec, realtime=False, geometry=profile) as source:
         cropped = next(source)
     x, y, w, h = truth.image_rect
     np.testing.assert_array_equal(cropped.image, frame.image[y : y + h, x : x + w])
+    np.testing.assert_array_equal(cropped.meta["mask"], frame.meta["mask"][y : y + h, x : x + w])
+    assert cropped.meta["mask"].any() and cropped.index == 0
     assert cropped.pixel_size_mm == pytest.approx(truth.mm_per_pixel)
+
+
+def test_missing_capture_device_index() -> None:
+    with pytest.raises(SourceError, match="cannot open capture device 63"):
+        open_source("63")
 
 
 # ----------------------------------------------------------------------------------------------- errors
