@@ -84,7 +84,8 @@ class Table3Config:
     multiplier of all three architectures. crop_size : two-stage input side (px, multiple of 16).
     whole_size : one-stage input side (paper: 288). margin : crop margin around the ROI box (fraction of
     its side, as ``grader_input``). batch_size, optimizer, lr, weight_decay : as ``TrainConfig``.
-    archs : architectures to run. seed : folds, initialisation and augmentation. threads : torch
+    archs : architectures to run. stages : "one_stage" and/or "two_stage" (run one part now, the other
+    later into the same ``out``). seed : folds, initialisation and augmentation. threads : torch
     threads. max_side : decoded images are shrunk to this longer side (as the G-CNN training cache).
     """
 
@@ -102,6 +103,7 @@ class Table3Config:
     lr: float | None = None
     weight_decay: float = 1e-4
     archs: tuple[str, ...] = ("grader", "vgg16", "resnet50")
+    stages: tuple[str, ...] = ("one_stage", "two_stage")
     seed: int = 0
     threads: int = 2
     max_side: int = 512
@@ -115,6 +117,8 @@ class Table3Config:
         for name, size in (("--crop-size", self.crop_size), ("--whole-size", self.whole_size)):
             if size < 32 or size % 16:
                 raise ExperimentError(f"{name} must be a multiple of 16 and >= 32, got {size}")
+        if not self.stages or any(s not in ("one_stage", "two_stage") for s in self.stages):
+            raise ExperimentError(f"stages must be one_stage and/or two_stage, got {self.stages}")
         unknown = [a for a in self.archs if a not in ARCHITECTURES]
         if unknown or not self.archs:
             raise ExperimentError(f"unknown architecture(s) {unknown}; "
@@ -240,8 +244,11 @@ def train_classifier(arch: str, samples: Sequence[GraderSample],
     train_config = _train_config(config, size)
     optimizer = make_optimizer(train_config, net.parameters())
     fine = fine_datasets(list(samples))
-    pool = np.repeat(np.arange(len(samples)),
-                     [FINE_REPEAT if s.id.split("/")[0] in fine else 1 for s in samples])
+    is_fine = [s.id.split("/")[0] in fine for s in samples]
+    # As the shipped G-CNN's training: five-way samples repeated when mixed with coarse ones (alone, the
+    # repeat would only multiply the epoch length).
+    repeat = FINE_REPEAT if any(is_fine) and not all(is_fine) else 1
+    pool = np.repeat(np.arange(len(samples)), [repeat if f else 1 for f in is_fine])
     for epoch in range(config.epochs):
         set_lr(optimizer, lr_at(train_config, epoch))
         rng = np.random.default_rng([seed, epoch])
@@ -374,7 +381,7 @@ def run_table3(config: Table3Config, log: Callable[[str], None] | None = None) -
     else:
         folds = assign_folds(records, config.folds, config.seed)
         folds_path.write_text(json.dumps(folds, indent=0, sort_keys=True))
-    needs_roi = any(METHODS[m][2] for m in _methods(config))
+    needs_roi = "two_stage" in config.stages
     rois = compute_rois(samples, config.models, out / "rois.npz", config.progress) if needs_roi else {}
     labels = {s.id: grading_label(by_id[s.id].birads) for s in samples}
     pathology = {s.id: by_id[s.id].pathology if by_id[s.id].pathology in ("benign", "malignant") else None
@@ -387,7 +394,7 @@ def run_table3(config: Table3Config, log: Callable[[str], None] | None = None) -
         train = [s for s in samples if folds[s.id] != fold]
         test = [s for s in samples if folds[s.id] == fold]
         for arch in config.archs:
-            for stage in ("one_stage", "two_stage"):
+            for stage in config.stages:
                 methods = ([f"one_stage_{arch}"] if stage == "one_stage"
                            else [f"roi_{arch}", f"refined_{arch}"])
                 paths = {m: out / f"fold{fold}" / f"{m}.json" for m in methods}

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one-stage image side in px (default 288, as the paper)")
     parser.add_argument("--archs", default="grader,vgg16,resnet50",
                         help="comma-separated architectures: grader (G-CNN), vgg16, resnet50 (default all)")
+    parser.add_argument("--stages", default="one_stage,two_stage",
+                        help="one_stage and/or two_stage (default both); run one part now and the other "
+                             "later into the same --out")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
                         help="sgd (the paper's, default) or adamw")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
                           folds=folds, epochs=epochs, width=width, crop_size=crop, whole_size=whole,
                           optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
                           archs=tuple(a.strip() for a in archs.split(",") if a.strip()), seed=args.seed,
+                          stages=tuple(x.strip() for x in args.stages.split(",") if x.strip()),
                           threads=args.threads)
     try:
         result = run_table3(config)
