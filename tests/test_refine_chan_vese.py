@@ -60,8 +60,10 @@ def test_equals_skimage_on_random_inputs(rng: np.random.Generator, case: int) ->
     assert ours.mask.dtype == bool and ours.mask.shape == shape
     np.testing.assert_array_equal(ours.mask, seg)
     np.testing.assert_allclose(ours.level_set, phi, rtol=0, atol=1e-12)
-    assert ours.iterations == n == iterations
-    assert not ours.converged
+    # tol = 0 still stops early if phi stops changing exactly (happens on tiny images), as in skimage
+    assert ours.iterations == n <= iterations
+    assert ours.converged == (ours.final_change == 0.0)
+    assert ours.converged or n == iterations
 
 
 def test_same_stopping_point_as_skimage_with_tolerance(rng: np.random.Generator) -> None:
