@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size", type=int, nargs=2, metavar=("W", "H"), default=None, help="image size (default 384 320)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
 
 
 def _pin_one_core() -> str:

@@ -10,7 +10,7 @@ Examples:
   sonograde phantom --video screen.avi --seconds 10 --screen --layout 2   # as a capture card sees it
   sonograde phantom --contact-sheet docs/phantom-contact-sheet.png
 
-The same arguments always give byte-identical files.
+The same arguments always give byte-identical datasets and contact sheets.
 """
 
 from __future__ import annotations
@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     size = tuple(args.size) if args.size else DEFAULT_SIZE
     layout: int | str = int(args.layout) if str(args.layout).isdigit() else args.layout
     try:
+        if args.screen:
+            from capture.screen import get_layout
+
+            get_layout(layout)  # a bad layout fails here, before any work
         if args.out:
             root = write_dataset(args.out, args.count, args.seed, size, progress=True)
             print(f"wrote {args.count} phantom images to {root} (manifest.csv, images/, masks/)")
