@@ -1,0 +1,168 @@
+"""Export a trained ROI-CNN or G-CNN checkpoint to ONNX and check it against torch.
+
+The ONNX contract (relied on by the inference backends, calibration and the pipeline):
+- ROI-CNN: input "image" float32 (N, 1, 288, 288) from ``engine.preprocess.roi_input``, output "prob"
+  float32 (N, 1, 288, 288), the sigmoid lesion probability.
+- G-CNN: input "image" float32 (N, C, S, S) from ``engine.preprocess.grader_input``, output "probs"
+  float32 (N, 5), softmax over ("3", "4A", "4B", "4C", "5").
+- Dynamic batch axis N, opset 17 or newer, and metadata_props: ``sonograde.model`` ("roi" | "grader"),
+  ``sonograde.input_size``, ``sonograde.input_channels``, ``sonograde.width``, ``sonograde.categories``
+  (grader), ``sonograde.roi_margin`` and ``sonograde.mask_channel`` (grader), ``sonograde.model_id``,
+  ``sonograde.research_use``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from engine.networks import GCNN, GRADER_CATEGORIES, GraderConfig, GraderProbabilities, RoiCNN, RoiConfig
+from engine.networks import RoiProbability as _RoiProbability
+from engine.preprocess import ROI_INPUT_SIZE
+
+OPSET = 18
+RESEARCH_USE = "research use only, not for diagnosis"
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What ``export_onnx`` wrote and how well it matches torch (max abs difference on random inputs)."""
+
+    path: Path
+    kind: str
+    input_shape: tuple[int, int, int, int]
+    max_abs_diff: float
+    sha256: str
+    size_bytes: int
+    exporter: str
+    metadata: dict[str, str]
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _wrap(kind: str, net: torch.nn.Module) -> tuple[torch.nn.Module, str, tuple[int, int, int]]:
+    if kind == "roi":
+        assert isinstance(net, RoiCNN)
+        return _RoiProbability(net), "prob", (net.config.in_channels, ROI_INPUT_SIZE, ROI_INPUT_SIZE)
+    if kind == "grader":
+        assert isinstance(net, GCNN)
+        size = net.config.input_size
+        return GraderProbabilities(net), "probs", (net.config.in_channels, size, size)
+    raise ValueError(f"cannot export a {kind!r} network; expected roi or grader")
+
+
+def metadata_for(kind: str, net: torch.nn.Module, *, model_id: str | None = None,
+                 grader_margin: float | None = None) -> dict[str, str]:
+    """The ``sonograde.*`` metadata of a model (see the module docstring)."""
+    date = _dt.date.today().isoformat()
+    config = net.config
+    meta = {
+        "sonograde.model": kind,
+        "sonograde.width": f"{config.width:g}",
+        "sonograde.input_channels": str(config.in_channels),
+        "sonograde.research_use": RESEARCH_USE,
+    }
+    if kind == "roi":
+        meta["sonograde.input_size"] = str(ROI_INPUT_SIZE)
+        meta["sonograde.model_id"] = model_id or f"roi_cnn-w{config.width:g}-{date}"
+    else:
+        meta["sonograde.input_size"] = str(config.input_size)
+        meta["sonograde.categories"] = ",".join(GRADER_CATEGORIES)
+        meta["sonograde.roi_margin"] = f"{grader_margin if grader_margin is not None else 0.25:g}"
+        meta["sonograde.mask_channel"] = "1" if config.in_channels == 2 else "0"
+        meta["sonograde.model_id"] = model_id or f"g_cnn-w{config.width:g}-s{config.input_size}-{date}"
+    return meta
+
+
+def _torch_export(module: torch.nn.Module, example: torch.Tensor, path: Path, output: str,
+                  dynamo: bool) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            batch = torch.export.Dim("N", min=1, max=1024)
+            program = torch.onnx.export(module, (example,), input_names=["image"], output_names=[output],
+                                        dynamic_shapes={"image": {0: batch}}, opset_version=OPSET,
+                                        dynamo=True, external_data=False, verbose=False)
+            program.save(str(path), external_data=False)
+        else:
+            torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=[output],
+                              dynamic_axes={"image": {0: "N"}, output: {0: "N"}}, opset_version=OPSET,
+                              dynamo=False)
+
+
+def export_onnx(kind: str, net: torch.nn.Module, out: str | Path, *, model_id: str | None = None,
+                grader_margin: float | None = None, dynamo: bool = True, check_batch: int = 3,
+                seed: int | None = None) -> ExportReport:
+    """Write ``net`` (eval mode) as ONNX to ``out`` with the contract's names, dynamic batch and metadata,
+    then run it in ONNX Runtime on fresh random inputs (batch ``check_batch`` and 1) and compare with torch.
+
+    ``dynamo=True`` uses the torch.export-based exporter (needs onnxscript); if it fails, the TorchScript
+    exporter is used and ``ExportReport.exporter`` says so.
+    """
+    import onnxruntime as ort
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    net = net.eval()
+    module, output, shape = _wrap(kind, net)
+    example = torch.randn(2, *shape)
+    exporter = "dynamo" if dynamo else "torchscript"
+    try:
+        _torch_export(module, example, out, output, dynamo)
+    except Exception as error:  # the dynamo exporter raises many error types
+        if not dynamo:
+            raise
+        warnings.warn(f"dynamo ONNX export failed ({type(error).__name__}: {error}); using TorchScript",
+                      stacklevel=2)
+        exporter = "torchscript (dynamo failed)"
+        _torch_export(module, example, out, output, False)
+    model = onnx.load(str(out))
+    meta = metadata_for(kind, net, model_id=model_id, grader_margin=grader_margin)
+    meta["sonograde.exporter"] = exporter
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    generator = np.random.default_rng(seed)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch in (check_batch, 1):
+        x = generator.standard_normal((batch, *shape)).astype(np.float32)
+        if kind == "grader" and shape[0] == 2:
+            x[:, 1] = (x[:, 1] > 0).astype(np.float32)  # the mask channel is 0/1
+        got = session.run(None, {"image": x})[0]
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        if got.shape != want.shape:
+            raise RuntimeError(f"ONNX output shape {got.shape} != torch {want.shape} at batch {batch}")
+        worst = max(worst, float(np.abs(got - want).max()))
+    return ExportReport(out, kind, (1, *shape), worst, sha256_file(out), out.stat().st_size, exporter, meta)
+
+
+def load_trained(checkpoint: str | Path) -> tuple[str, torch.nn.Module, dict]:
+    """(kind, network in eval mode, training config dict) from a training checkpoint."""
+    from engine.training.common import load_checkpoint
+
+    payload = load_checkpoint(checkpoint)
+    kind = payload["kind"]
+    if kind == "roi":
+        net: torch.nn.Module = RoiCNN(RoiConfig(**payload["net_config"]))
+    else:
+        net = GCNN(GraderConfig(**payload["net_config"]))
+    net.load_state_dict(payload["model"])
+    return kind, net.eval(), payload["train_config"]

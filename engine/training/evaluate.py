@@ -1,0 +1,216 @@
+"""Held-out evaluation of exported ONNX models, for the model cards (what ships is what is measured).
+
+ROI-CNN (``evaluate_roi``): on the test side of ``engine.splits.make_split`` (BUS-BRA: the held-out
+official fold), each image goes through exactly the pipeline's first two stages: resize to 288,
+``roi_input``, the ONNX ROI-CNN, ``refine.area_filter.area_filter(prob, 0.5, 0.4)``, then
+``refine.chan_vese.refine_roi(image_288, raw, margin=16)`` (falling back to the raw mask if Chan–Vese
+empties it). DSC is computed at 288x288 (against the mask resized as in training) and at the image's own
+size (masks upsampled nearest-neighbour, as the pipeline does), HD95 at the image's own size in pixels.
+
+G-CNN (``evaluate_grader``): on the test side of the split, five-way datasets only for the five-way
+metrics (accuracy, per-category accuracy, confusion matrix, one-vs-rest and macro AUC, malignancy AUC
+against pathology) and the majority-class baseline (the most frequent training category), once with the
+ground-truth masks and once with the masks of the two-stage pipeline (ROI-CNN + refinement).
+
+Usage:
+  python -m engine.training.evaluate roi --model models/roi_cnn.onnx --data ../shared/data/busbra
+  python -m engine.training.evaluate grader --model models/g_cnn.onnx --roi-model models/roi_cnn.onnx \\
+      --data ../shared/data/busbra --data ../shared/data/breast_lesions_usg
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from engine.data.datasets import GRADER_CATEGORIES, grader_allowed, load_records, resize_mask, resize_to
+from engine.data.manifest import ManifestRecord, load_gray, load_mask
+from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input
+from engine.splits import SplitConfig, make_split
+from engine.training.metrics import confusion, macro_auc, one_vs_rest_auc, roc_auc
+
+
+def _session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _metadata(session: ort.InferenceSession) -> dict[str, str]:
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def _upsample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def locate_and_refine(session: ort.InferenceSession, gray: np.ndarray,
+                      refine: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(image_288, probability map, raw mask, refined mask) at 288x288, as the pipeline's stages 1-2."""
+    from refine.area_filter import area_filter
+
+    small = resize_to(gray, ROI_INPUT_SIZE)
+    prob = session.run(None, {"image": roi_input(small)[None]})[0][0, 0]
+    raw = area_filter(prob, 0.5, 0.4)
+    refined = raw
+    if refine and raw.any():
+        from refine.chan_vese import refine_roi
+
+        refined = np.asarray(refine_roi(small, raw, margin=16).mask, dtype=bool)
+        if not refined.any():
+            refined = raw
+    return small, prob, raw, refined
+
+
+def evaluate_roi(model: str | Path, records: list[ManifestRecord], *, refine: bool = True,
+                 progress: bool = True) -> dict:
+    """DSC (mean, median) and HD95 of raw and refined masks on ``records`` with masks."""
+    from tqdm import tqdm
+
+    from refine.metrics import hausdorff
+
+    session = _session(model)
+    rows = []
+    for record in tqdm([r for r in records if r.mask is not None], desc="evaluate roi", disable=not progress):
+        gray = load_gray(record.image)
+        truth = load_mask(record)
+        assert truth is not None
+        _, prob, raw, refined = locate_and_refine(session, gray, refine)
+        truth_288 = resize_mask(truth, ROI_INPUT_SIZE)
+        row = {"id": f"{record.dataset}/{record.id}",
+               "dice288_threshold": _dice(prob > 0.5, truth_288),
+               "dice288_raw": _dice(raw, truth_288), "dice288_refined": _dice(refined, truth_288)}
+        for name, mask in (("raw", raw), ("refined", refined)):
+            full = _upsample(mask, truth.shape)
+            row[f"dice_full_{name}"] = _dice(full, truth)
+            row[f"hd95_full_{name}_px"] = float(hausdorff(full, truth, 95))
+        rows.append(row)
+    summary: dict = {"images": len(rows)}
+    for key in rows[0]:
+        if key == "id":
+            continue
+        values = np.array([r[key] for r in rows], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        summary[key] = {"mean": float(finite.mean()), "median": float(np.median(finite)),
+                        "missed": int((~np.isfinite(values)).sum())}
+    return {"summary": summary, "rows": rows, "metadata": _metadata(session)}
+
+
+def _five_way_label(record: ManifestRecord) -> int | None:
+    allowed = grader_allowed(record.birads)
+    if allowed is None or allowed.sum() != 1:
+        return None
+    return int(np.argmax(allowed))
+
+
+def grader_report(probs: np.ndarray, labels: np.ndarray, malignant: np.ndarray, majority: int) -> dict:
+    """Five-way metrics and the majority-class baseline for one set of predictions."""
+    predicted = probs.argmax(1)
+    matrix = confusion(labels, predicted, len(GRADER_CATEGORIES))
+    per_category = {c: (float(matrix[k, k] / matrix[k].sum()) if matrix[k].sum() else None)
+                    for k, c in enumerate(GRADER_CATEGORIES)}
+    from engine.training.grader import malignancy_score
+
+    known = malignant >= 0
+    return {
+        "cases": len(labels),
+        "accuracy": float((predicted == labels).mean()),
+        "per_category_accuracy": per_category,
+        "confusion_rows_truth_cols_pred": matrix.tolist(),
+        "one_vs_rest_auc": dict(zip(GRADER_CATEGORIES, one_vs_rest_auc(probs, labels), strict=True)),
+        "macro_auc": macro_auc(probs, labels),
+        "malignancy_auc": roc_auc(malignancy_score(probs[known]), malignant[known] == 1),
+        "majority_class": GRADER_CATEGORIES[majority],
+        "majority_accuracy": float((labels == majority).mean()),
+        "majority_macro_auc": 0.5,
+    }
+
+
+def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[ManifestRecord],
+                    train: list[ManifestRecord], *, progress: bool = True) -> dict:
+    """Five-way metrics on the five-way test cases, with ground-truth masks and (if ``roi_model``) with the
+    two-stage pipeline's refined masks."""
+    from tqdm import tqdm
+
+    session = _session(model)
+    meta = _metadata(session)
+    size = int(meta.get("sonograde.input_size", "128"))
+    margin = float(meta.get("sonograde.roi_margin", "0.25"))
+    mask_channel = meta.get("sonograde.mask_channel", "0") == "1"
+    roi_session = _session(roi_model) if roi_model else None
+    cases = [r for r in test if r.mask is not None and _five_way_label(r) is not None
+             and r.birads not in ("4",)]
+    fine_sets = {r.dataset for r in cases if r.birads in ("4A", "4B", "4C")}
+    cases = [r for r in cases if r.dataset in fine_sets]
+    train_labels = [_five_way_label(r) for r in train if r.dataset in fine_sets and r.mask is not None]
+    majority = Counter(x for x in train_labels if x is not None).most_common(1)[0][0]
+    labels, malignant, gt_probs, pipe_probs, found = [], [], [], [], []
+    for record in tqdm(cases, desc="evaluate grader", disable=not progress):
+        gray = load_gray(record.image)
+        truth = load_mask(record)
+        assert truth is not None
+        labels.append(_five_way_label(record))
+        malignant.append({"malignant": 1, "benign": 0}.get(record.pathology or "", -1))
+        x = grader_input(gray, truth, size=size, margin=margin, mask_channel=mask_channel)
+        gt_probs.append(session.run(None, {"image": x[None]})[0][0])
+        if roi_session is not None:
+            _, _, _, refined = locate_and_refine(roi_session, gray)
+            full = _upsample(refined, gray.shape)
+            found.append(bool(full.any()))
+            if full.any():
+                x = grader_input(gray, full, size=size, margin=margin, mask_channel=mask_channel)
+                pipe_probs.append(session.run(None, {"image": x[None]})[0][0])
+            else:  # no lesion found: counts as a miss, uniform probabilities
+                pipe_probs.append(np.full(len(GRADER_CATEGORIES), 1.0 / len(GRADER_CATEGORIES), np.float32))
+    labels_a, malignant_a = np.array(labels), np.array(malignant)
+    result = {"datasets": sorted(fine_sets), "metadata": meta,
+              "ground_truth_masks": grader_report(np.array(gt_probs), labels_a, malignant_a, majority),
+              "ids": [f"{r.dataset}/{r.id}" for r in cases]}
+    if roi_session is not None:
+        result["two_stage_masks"] = grader_report(np.array(pipe_probs), labels_a, malignant_a, majority)
+        result["two_stage_masks"]["lesion_found"] = int(sum(found))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.training.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_kind", choices=["roi", "grader"])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--roi-model", default=None, help="grader: also evaluate on two-stage masks")
+    parser.add_argument("--data", action="append", required=True)
+    parser.add_argument("--test-fold", type=int, default=1)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--test-fraction", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-refine", action="store_true")
+    parser.add_argument("--json", default=None, help="write the full result here")
+    args = parser.parse_args(argv)
+    records = load_records(args.data)
+    split = make_split(records, SplitConfig(args.test_fold, args.val_fraction, args.test_fraction, args.seed))
+    print(split.summary(), file=sys.stderr)
+    if args.model_kind == "roi":
+        result = evaluate_roi(args.model, split.test, refine=not args.no_refine)
+        print(json.dumps(result["summary"], indent=1))
+    else:
+        result = evaluate_grader(args.model, args.roi_model, split.test, split.train)
+        print(json.dumps({k: v for k, v in result.items() if k not in ("ids", "metadata")}, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

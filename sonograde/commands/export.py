@@ -1,0 +1,52 @@
+"""Export a training checkpoint (ROI-CNN or G-CNN) to ONNX and check it against torch.
+
+Examples:
+  sonograde export --checkpoint runs/roi/best.pt --out models/roi_cnn.onnx
+  sonograde export --checkpoint runs/grader/best.pt --out models/g_cnn.onnx --model-id g_cnn-w0.25-s128
+
+The ONNX file has input "image" (N, C, S, S) float32 with a dynamic batch N, output "prob" (ROI-CNN,
+sigmoid map N x 1 x 288 x 288) or "probs" (G-CNN, softmax N x 5 over 3, 4A, 4B, 4C, 5), opset 17, and
+sonograde.* metadata (model kind, input size and channels, width, grader margin and mask channel, model
+id). After writing, it runs the file in ONNX Runtime on fresh random inputs and prints the largest
+absolute difference from torch; a difference above --tolerance fails the command (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by sonograde train")
+    parser.add_argument("--out", required=True, help="ONNX file to write")
+    parser.add_argument("--model-id", default=None, help="sonograde.model_id (default kind-width-date)")
+    parser.add_argument("--no-dynamo", action="store_true",
+                        help="use the TorchScript exporter instead of torch.export (dynamo)")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest accepted |onnx - torch| on random inputs (default 1e-4)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from engine.export import export_onnx, load_trained
+        from engine.training.common import TrainingError
+    except ImportError as error:
+        print(f"export needs the train extra (pip install 'sonograde[train]'): {error}", file=sys.stderr)
+        return 2
+    try:
+        kind, net, train_config = load_trained(args.checkpoint)
+    except TrainingError as error:
+        print(f"sonograde export: {error}", file=sys.stderr)
+        return 2
+    report = export_onnx(kind, net, args.out, model_id=args.model_id,
+                         grader_margin=train_config.get("margin"), dynamo=not args.no_dynamo)
+    print(f"wrote {report.path} ({report.kind}, input {report.input_shape}, "
+          f"{report.size_bytes / 1e6:.2f} MB, exporter {report.exporter})")
+    print(f"sha256 {report.sha256}")
+    print(f"max |onnx - torch| on random inputs: {report.max_abs_diff:.3g}")
+    if report.max_abs_diff > args.tolerance:
+        print(f"sonograde export: difference {report.max_abs_diff:.3g} exceeds --tolerance {args.tolerance}",
+              file=sys.stderr)
+        return 1
+    return 0

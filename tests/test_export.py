@@ -1,0 +1,103 @@
+"""ONNX export of both networks: the contract (names, dynamic batch, opset, metadata) and agreement with
+torch on fresh random inputs in ONNX Runtime; the export command from a checkpoint; clear errors."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from engine.export import export_onnx
+from engine.networks import GCNN, GraderConfig, GraderProbabilities, RoiCNN, RoiConfig, RoiProbability
+from engine.training.common import RunState, TrainConfig, make_optimizer, save_checkpoint
+from sonograde.commands import export as export_command
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _randomize_bn(net: torch.nn.Module, rng: np.random.Generator) -> None:
+    """Non-trivial batch-norm statistics, so the export is checked on more than identity BN."""
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+            module.running_mean.copy_(torch.from_numpy(rng.normal(0, 0.1, module.num_features)))
+            module.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, module.num_features)))
+
+
+@pytest.mark.slow
+def test_roi_export_matches_torch(tmp_path: Path, rng: np.random.Generator) -> None:
+    net = RoiCNN(RoiConfig(width=0.125)).eval()
+    _randomize_bn(net, rng)
+    report = export_onnx("roi", net, tmp_path / "roi.onnx")
+    assert report.max_abs_diff < 1e-4
+    model = onnx.load(str(tmp_path / "roi.onnx"))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["sonograde.model"] == "roi" and meta["sonograde.input_size"] == "288"
+    assert meta["sonograde.input_channels"] == "1" and meta["sonograde.width"] == "0.125"
+    assert meta["sonograde.research_use"] == "research use only, not for diagnosis"
+    session = _session(tmp_path / "roi.onnx")
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["prob"]
+    x = rng.standard_normal((2, 1, 288, 288)).astype(np.float32)
+    prob = session.run(None, {"image": x})[0]
+    assert prob.shape == (2, 1, 288, 288) and prob.dtype == np.float32
+    with torch.no_grad():
+        np.testing.assert_allclose(prob, RoiProbability(net)(torch.from_numpy(x)).numpy(), atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mask_channel", [False, True])
+def test_grader_export_matches_torch(tmp_path: Path, rng: np.random.Generator, mask_channel: bool) -> None:
+    channels = 2 if mask_channel else 1
+    net = GCNN(GraderConfig(width=0.125, in_channels=channels, input_size=64)).eval()
+    _randomize_bn(net, rng)
+    report = export_onnx("grader", net, tmp_path / "g.onnx", grader_margin=0.2)
+    assert report.max_abs_diff < 1e-4
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "g.onnx")).metadata_props}
+    assert meta["sonograde.categories"] == "3,4A,4B,4C,5"
+    assert meta["sonograde.mask_channel"] == ("1" if mask_channel else "0")
+    assert meta["sonograde.roi_margin"] == "0.2" and meta["sonograde.input_size"] == "64"
+    session = _session(tmp_path / "g.onnx")
+    assert [o.name for o in session.get_outputs()] == ["probs"]
+    for batch in (1, 5):  # dynamic batch axis
+        x = rng.standard_normal((batch, channels, 64, 64)).astype(np.float32)
+        probs = session.run(None, {"image": x})[0]
+        assert probs.shape == (batch, 5)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        with torch.no_grad():
+            want = GraderProbabilities(net)(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(probs, want, atol=1e-5)
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    export_command.add_arguments(parser)
+    return export_command.run(parser.parse_args(argv))
+
+
+@pytest.mark.slow
+def test_export_command_from_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net = GCNN(GraderConfig(width=0.125, input_size=32))
+    config = TrainConfig(kind="grader", margin=0.3, input_size=32, width=0.125)
+    save_checkpoint(tmp_path / "best.pt", net=net, optimizer=make_optimizer(config, net.parameters()),
+                    config=config, net_config=net.config.__dict__, state=RunState())
+    assert _cli(["--checkpoint", str(tmp_path / "best.pt"), "--out", str(tmp_path / "g.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "max |onnx - torch|" in out and "sha256" in out
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "g.onnx")).metadata_props}
+    assert meta["sonograde.roi_margin"] == "0.3"
+
+
+def test_export_command_rejects_bad_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.pt").write_bytes(b"\x00corrupt")
+    assert _cli(["--checkpoint", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+    assert _cli(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err

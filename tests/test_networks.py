@@ -1,0 +1,120 @@
+"""Shapes, dtypes and structure of the paper's networks (edge and full width) and the G-CNN input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine.networks import (
+    GCNN,
+    VGG16,
+    GraderConfig,
+    GraderProbabilities,
+    ResNet50,
+    RoiCNN,
+    RoiConfig,
+    RoiProbability,
+    build,
+)
+from engine.preprocess import grader_input, mask_bbox, square_crop_box
+
+
+def _convs(net: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_roi_cnn_edge_shapes_and_probabilities() -> None:
+    net = RoiProbability(RoiCNN(RoiConfig(width=0.25))).eval()
+    x = torch.randn(2, 1, 288, 288)
+    with torch.no_grad():
+        prob = net(x)
+    assert prob.shape == (2, 1, 288, 288)
+    assert prob.dtype == torch.float32
+    assert float(prob.min()) >= 0.0 and float(prob.max()) <= 1.0
+
+
+def test_roi_cnn_structure_matches_paper_at_full_width() -> None:
+    net = RoiCNN(RoiConfig(width=1.0))
+    # VGG16's 13 convs, the atrous conv (dilation 2), the 1x1 transition with 512 filters, the score conv.
+    convs = _convs(net)
+    assert len(convs) == 16
+    assert net.atrous[0].dilation == (2, 2) and net.atrous[0].kernel_size == (3, 3)
+    assert net.transition[0].out_channels == 512 and net.transition[0].kernel_size == (1, 1)
+    assert net.score.in_channels == 1024  # deep 512 + shallow conv4_3 512 concatenated
+    with torch.no_grad():
+        out = net.eval()(torch.randn(1, 1, 64, 64))  # fully convolutional: any multiple of 16
+    assert out.shape == (1, 1, 64, 64)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_gcnn_edge_shapes_softmax_and_18_convs(channels: int) -> None:
+    net = GCNN(GraderConfig(width=0.25, in_channels=channels, input_size=128))
+    assert len(_convs(net)) == 18
+    # BN at the top conv of each of the 9 blocks and after the first two FC layers.
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 9
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in net.modules()) == 2
+    with torch.no_grad():
+        probs = GraderProbabilities(net).eval()(torch.randn(3, channels, 128, 128))
+    assert probs.shape == (3, 5) and probs.dtype == torch.float32
+    assert torch.allclose(probs.sum(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_gcnn_full_width_paper_head() -> None:
+    net = GCNN(GraderConfig(width=1.0, input_size=64, head="flatten", scale_fc=False, dropout=0.0))
+    linear = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linear] == [4096, 1024, 5]
+    with torch.no_grad():
+        assert net.eval()(torch.randn(2, 1, 64, 64)).shape == (2, 5)
+
+
+def test_gcnn_rejects_bad_config() -> None:
+    with pytest.raises(ValueError, match="multiple of 16"):
+        GCNN(GraderConfig(input_size=100))
+    with pytest.raises(ValueError, match="head"):
+        GCNN(GraderConfig(head="avg"))
+    with pytest.raises(ValueError, match="unknown network kind"):
+        build("unet", {})
+
+
+def test_comparison_classifiers() -> None:
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert VGG16(width=0.125).eval()(x).shape == (2, 5)
+        assert ResNet50(width=0.125).eval()(x).shape == (2, 5)
+    assert len(_convs(VGG16(width=0.125))) == 13
+    # ResNet50: stem + 16 bottlenecks x 3 convs + 4 projection shortcuts = 53 convs
+    assert len(_convs(ResNet50(width=0.125))) == 53
+
+
+def test_grader_input_crop(rng: np.random.Generator) -> None:
+    h, w = int(rng.integers(150, 400)), int(rng.integers(150, 400))
+    image = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    mask = np.zeros((h, w), bool)
+    y0, x0 = int(rng.integers(0, h - 40)), int(rng.integers(0, w - 60))
+    mask[y0:y0 + 30, x0:x0 + 50] = True
+    assert mask_bbox(mask) == (x0, y0, 50, 30)
+    one = grader_input(image, mask, size=64, margin=0.25, mask_channel=False)
+    assert one.shape == (1, 64, 64) and one.dtype == np.float32
+    assert abs(float(one.mean())) < 1e-3  # standardized
+    two = grader_input(image, mask, size=64, margin=0.25, mask_channel=True)
+    assert two.shape == (2, 64, 64)
+    assert set(np.unique(two[1])) <= {0.0, 1.0}
+    # The lesion (50 x 30) fills 50 / 75 of the square crop's width: 2/3 of 64 columns.
+    assert abs(int(two[1].any(axis=0).sum()) - 43) <= 2
+    np.testing.assert_allclose(two[0], one[0])
+    x, y, side = square_crop_box((x0, y0, 50, 30), 0.25)
+    assert side == 75 and abs(x - (x0 - 12.5)) <= 0.5 and abs(y - (y0 + 15 - 37.5)) <= 0.5
+
+
+def test_grader_input_pads_at_border_and_rejects_bad_masks() -> None:
+    image = np.full((100, 100), 200, np.uint8)
+    mask = np.zeros((100, 100), bool)
+    mask[0:20, 0:20] = True  # the square crop extends past the top-left corner: black padding
+    crop = grader_input(image, mask, size=32, margin=0.5, mask_channel=True)
+    assert crop[0, 0, 0] < crop[0, 31, 31]
+    with pytest.raises(ValueError, match="empty"):
+        grader_input(image, np.zeros((100, 100), bool), size=32, margin=0.1, mask_channel=False)
+    with pytest.raises(ValueError, match="shape"):
+        grader_input(image, np.ones((50, 100), bool), size=32, margin=0.1, mask_channel=False)

@@ -1,0 +1,134 @@
+"""Training on phantom data: the loss goes down, checkpoints and metrics are written, resume continues;
+losses, splits and clear errors."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.data.datasets import phantom_roi_arrays
+from engine.data.manifest import ManifestRecord, read_manifest
+from engine.networks import RoiCNN, RoiConfig
+from engine.splits import SplitConfig, check_disjoint, folds_patient_disjoint, make_split
+from engine.training.common import TrainConfig, TrainingError, load_checkpoint
+from engine.training.grader import allowed_set_loss
+from engine.training.roi import batch_tensors, roi_loss, train_roi
+from sonograde.commands import train as train_command
+
+
+def test_allowed_set_loss_is_cross_entropy_for_one_hot_and_sums_for_coarse(rng: np.random.Generator) -> None:
+    logits = torch.from_numpy(rng.standard_normal((6, 5)).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, 5, 6))
+    one_hot = torch.nn.functional.one_hot(labels, 5).float()
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.allclose(allowed_set_loss(logits, one_hot), ce, atol=1e-6)
+    four = torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.0]]).repeat(6, 1)
+    expected = -torch.log(torch.softmax(logits, 1)[:, 1:4].sum(1)).mean()
+    assert torch.allclose(allowed_set_loss(logits, four), expected, atol=1e-6)
+
+
+def test_roi_loss_decreases_on_phantom_batch() -> None:
+    torch.manual_seed(0)
+    arrays = phantom_roi_arrays(4, seed=int(np.random.default_rng().integers(1 << 30)))
+    x, y = batch_tensors(arrays.images, arrays.masks)
+    net = RoiCNN(RoiConfig(width=0.125))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(12):
+        loss = roi_loss(net(x), y, "dice+bce")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-3:]) < losses[0] - 0.05, losses
+
+
+def _record(dataset: str, ident: str, patient: str | None, fold: int | None,
+            birads: str = "3") -> ManifestRecord:
+    return ManifestRecord(dataset=dataset, id=ident, image=Path(f"/x/{ident}.jpg"), mask=None, birads=birads,
+                          patient=patient, fold=fold)
+
+
+def test_split_is_patient_disjoint_and_holds_out_the_fold(rng: np.random.Generator) -> None:
+    records = []
+    for patient in range(60):
+        fold = int(rng.integers(1, 6))
+        for image in range(int(rng.integers(1, 4))):
+            records.append(_record("busbra", f"p{patient}-{image}", str(patient), fold))
+    records += [_record("busi", f"b{i}", None, None) for i in range(10)]
+    records += [_record("usg", f"c{i}", None, None, birads=("3", "4A", "5")[i % 3]) for i in range(30)]
+    split = make_split(records, SplitConfig(test_fold=2, val_fraction=0.2, test_fraction=0.3, seed=1))
+    check_disjoint(split)
+    assert all(r.fold == 2 for r in split.test if r.dataset == "busbra")
+    assert not any(r.fold == 2 for r in split.train + split.val if r.dataset == "busbra")
+    assert all(r.dataset != "busi" for r in split.test + split.val)
+    usg_test = [r.birads for r in split.test if r.dataset == "usg"]
+    assert sorted(usg_test) == ["3"] * 3 + ["4A"] * 3 + ["5"] * 3  # stratified: 30 % of each category
+    shared = [_record("busbra", "a", "1", 1), _record("busbra", "b", "1", 2)]
+    assert not folds_patient_disjoint(shared)
+    with pytest.raises(ValueError, match="share patients"):
+        make_split(shared)
+
+
+@pytest.mark.realdata
+def test_busbra_official_folds_are_patient_disjoint(shared_data: Path) -> None:
+    records = read_manifest(shared_data / "busbra")
+    assert folds_patient_disjoint(records)
+    split = make_split(records)
+    assert len(split.test) == sum(r.fold == 1 for r in records)
+
+
+@pytest.mark.slow
+def test_train_roi_on_phantom_writes_checkpoints_and_resumes(tmp_path: Path) -> None:
+    config = TrainConfig(kind="roi", out=str(tmp_path), epochs=1, width=0.125, batch_size=2, phantom=5,
+                         optimizer="adamw", max_steps=None, progress=False)
+    state = train_roi(config)
+    assert state.epoch == 1 and state.step == 2  # 4 training images (1 of 5 is validation), batch 2
+    for name in ("last.pt", "best.pt", "metrics.csv", "metrics.png", "split.json"):
+        assert (tmp_path / name).is_file(), name
+    config.epochs = 2
+    state = train_roi(config, resume=True)
+    assert state.epoch == 2 and state.step == 4
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert "val_dice_mean" in rows[0]
+    assert load_checkpoint(tmp_path / "last.pt")["state"]["epoch"] == 2
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    return train_command.run(parser.parse_args(argv))
+
+
+def test_train_command_rejects_bad_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli(["roi", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 2
+    assert "no manifest.csv" in capsys.readouterr().err
+    assert _cli(["grader", "--out", str(tmp_path / "run")]) == 2
+    assert "nothing to train" in capsys.readouterr().err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.csv").write_text("id,mask\na,b.png\n")
+    assert _cli(["roi", "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "run")]) == 2
+    assert "missing column" in capsys.readouterr().err
+    with pytest.raises(TrainingError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert _cli(["roi", "--phantom", "3", "--out", str(tmp_path), "--resume"]) == 2
+    assert "last.pt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_grader_command_on_phantom(tmp_path: Path) -> None:
+    out = tmp_path / "grader"
+    code = _cli(["grader", "--phantom", "10", "--out", str(out), "--epochs", "1", "--width", "0.125",
+                 "--input-size", "64", "--batch-size", "4", "--optimizer", "adamw", "--no-progress"])
+    assert code == 0
+    payload = load_checkpoint(out / "best.pt")
+    assert payload["kind"] == "grader" and payload["net_config"]["input_size"] == 64
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert rows and "val_loss" in rows[0]
