@@ -18,6 +18,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("bench", "sonograde.commands.bench", "measure speed: refine, phantom, pipeline"),
     ("run", "sonograde.commands.run", "grade live frames in real time and publish the results (ZeroMQ)"),
     ("overlay", "sonograde.commands.overlay", "show published results over the live image"),
+    ("train", "sonograde.commands.train", "train the ROI-CNN or the G-CNN"),
+    ("export", "sonograde.commands.export", "export a checkpoint to ONNX and check it against torch"),
     ("grade", "sonograde.commands.grade", "grade images: ROI-CNN -> refine -> G-CNN (JSON, masks, overlays)"),
     ("evaluate", "sonograde.commands.evaluate", "evaluate on labelled datasets: Table 2 / Fig. 4 analogues"),
     ("experiment", "sonograde.commands.experiment", "run the paper's experiments: table3 (one- vs two-stage)"),
