@@ -290,7 +290,8 @@ def dicom_frames_gray(ds: object) -> np.ndarray:
     """All frames of a DICOM dataset as (N, H, W) uint8 gray.
 
     MONOCHROME2 as is, MONOCHROME1 inverted; RGB converted with the ITU-R 601 luma weights; YBR_FULL and
-    YBR_FULL_422 (and other YBR forms) use the Y (luma) channel. Wider than 8 bits: windowed by
+    YBR_FULL_422 (also JPEG-compressed, kept in YBR by ``raw=True``) use the Y (luma) channel; YBR_ICT and
+    YBR_RCT (JPEG 2000, which decoders return as RGB) are converted like RGB. Wider than 8 bits: windowed by
     WindowCenter/Width when present, else scaled from min to max.
     """
     from pydicom.pixels import pixel_array
@@ -305,9 +306,10 @@ def dicom_frames_gray(ds: object) -> np.ndarray:
     if frames != data.shape[0]:
         data = data.reshape((frames, *(data.shape[-3:] if samples > 1 else data.shape[-2:])))
     if samples > 1:
-        if photometric.startswith("YBR"):
+        # JPEG 2000 decoders return YBR_ICT/YBR_RCT data as RGB; the other YBR forms stay YBR (raw=True).
+        if photometric.startswith("YBR") and photometric not in ("YBR_ICT", "YBR_RCT"):
             gray = data[..., 0]
-        elif photometric in ("RGB", "RGBA", "ARGB"):
+        elif photometric in ("RGB", "RGBA", "ARGB", "YBR_ICT", "YBR_RCT"):
             rgb = data[..., :3].astype(np.float32)
             gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
             gray = np.clip(gray + 0.5, 0, 255 if data.dtype == np.uint8 else np.inf)

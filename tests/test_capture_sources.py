@@ -9,10 +9,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from capture.frame import Frame
 from capture.geometry import GeometryError, GeometryProfile
@@ -185,11 +186,17 @@ def test_dicom_multiframe_rgb_with_ultrasound_regions(tmp_path: Path, rng: np.ra
         assert frame.pixel_size_mm == pytest.approx(0.125)
 
 
-@pytest.mark.parametrize("photometric", ["YBR_FULL", "YBR_FULL_422"])
-def test_dicom_ybr_uses_luma(tmp_path: Path, rng: np.random.Generator, photometric: str) -> None:
+@pytest.mark.parametrize(
+    ("photometric", "rle"), [("YBR_FULL", False), ("YBR_FULL_422", False), ("YBR_FULL", True)]
+)
+def test_dicom_ybr_uses_luma(tmp_path: Path, rng: np.random.Generator, photometric: str, rle: bool) -> None:
     luma = rng.integers(0, 256, (3, 20, 30), dtype=np.uint8)
     ybr = np.stack([luma, np.full_like(luma, 110), np.full_like(luma, 150)], axis=3)
     path = _write_dicom(tmp_path / "ybr.dcm", ybr, photometric, PixelSpacing=[0.1, 0.1])
+    if rle:  # a compressed transfer syntax goes through a pixel decoder
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)
+        ds.save_as(path)
     got = _read_all(open_source(f"dicom:{path}", realtime=False))
     assert len(got) == 3
     for frame, want in zip(got, luma, strict=True):
