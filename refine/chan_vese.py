@@ -87,16 +87,16 @@ _PW_BLOCK = 128
 
 
 @njit(inline="always", **_JIT)
-def _terms(v: float, new: float, old: float) -> tuple[float, float, float]:  # pragma: no cover - compiled
-    """The three summands at one pixel: image*H, image*(1-H) (H = new > 0) and (new - old)²."""
+def _terms(v: float, new: float, old: float) -> tuple[float, float, float, float]:  # pragma: no cover
+    """The four summands at one pixel: image*H, image*(1-H), (new - old)² and H (H = new > 0)."""
     h = 1.0 if new > 0.0 else 0.0
     d = new - old
-    return v * h, v * (1.0 - h), d * d
+    return v * h, v * (1.0 - h), d * d, h
 
 
 @intrinsic
 def _leaf_rows(typingctx, img, new, old, lo, rows):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """Vectorized body of numpy's pairwise leaf for the three sums of :func:`_terms`.
+    """Vectorized body of numpy's pairwise leaf for the four sums of :func:`_terms`.
 
     Treats [lo, lo + 8*rows) as ``rows`` rows of 8 lanes (rows >= 1): lane j accumulates elements
     lo + j, lo + j + 8, ... in order, exactly like numpy's 8 accumulators, then the lanes are combined
@@ -107,7 +107,7 @@ def _leaf_rows(typingctx, img, new, old, lo, rows):  # type: ignore[no-untyped-d
     arr = types.Array(types.float64, 1, "C")
     if not (img == arr and new == arr and old == arr):
         return None
-    sig = types.UniTuple(types.float64, 3)(img, new, old, types.int64, types.int64)
+    sig = types.UniTuple(types.float64, 4)(img, new, old, types.int64, types.int64)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         vty = ir.VectorType(ir.DoubleType(), 8)
@@ -124,9 +124,9 @@ def _leaf_rows(typingctx, img, new, old, lo, rows):  # type: ignore[no-untyped-d
             )
             h = builder.select(builder.fcmp_ordered(">", nw, zero), one, zero)
             d = builder.fsub(nw, od)
-            return builder.fmul(v, h), builder.fmul(v, builder.fsub(one, h)), builder.fmul(d, d)
+            return builder.fmul(v, h), builder.fmul(v, builder.fsub(one, h)), builder.fmul(d, d), h
 
-        acc = [cgutils.alloca_once(builder, vty) for _ in range(3)]
+        acc = [cgutils.alloca_once(builder, vty) for _ in range(4)]
         for slot, t in zip(acc, terms(lo_v), strict=True):
             builder.store(t, slot)
         with cgutils.for_range_slice(builder, ir.Constant(i64, 1), rows_v, ir.Constant(i64, 1)) as (k, _):
@@ -148,82 +148,108 @@ def _leaf_rows(typingctx, img, new, old, lo, rows):  # type: ignore[no-untyped-d
 @njit(**_JIT)
 def _leaf(
     img: np.ndarray, new: np.ndarray, old: np.ndarray, lo: int, n: int
-) -> tuple[float, float, float]:  # pragma: no cover - compiled
-    """numpy's pairwise-sum leaf (n <= 128) for the three sums of :func:`_terms`, side by side.
+) -> tuple[float, float, float, float]:  # pragma: no cover - compiled
+    """numpy's pairwise-sum leaf (n <= 128) for the four sums of :func:`_terms`, side by side.
 
     Below 8 elements a plain loop; else 8 accumulators (element i goes to lane i % 8, see
     :func:`_leaf_rows`), then the n % 8 tail added one by one.
     """
-    if n < 8:
-        a = 0.0
-        b = 0.0
-        c = 0.0
-        for i in range(lo, lo + n):
-            ta, tb, tc = _terms(img[i], new[i], old[i])
-            a += ta
-            b += tb
-            c += tc
-        return a, b, c
-    rows = n // 8
-    a, b, c = _leaf_rows(img, new, old, lo, rows)
-    for i in range(lo + 8 * rows, lo + n):
-        ta, tb, tc = _terms(img[i], new[i], old[i])
+    a = 0.0
+    b = 0.0
+    c = 0.0
+    d = 0.0
+    start = lo
+    if n >= 8:
+        rows = n // 8
+        a, b, c, d = _leaf_rows(img, new, old, lo, rows)
+        start = lo + 8 * rows
+    for i in range(start, lo + n):
+        ta, tb, tc, td = _terms(img[i], new[i], old[i])
         a += ta
         b += tb
         c += tc
-    return a, b, c
+        d += td
+    return a, b, c, d
+
+
+@njit(**_JIT)
+def _plan(n: int) -> np.ndarray:  # pragma: no cover - compiled
+    """numpy's pairwise-summation tree for n elements, flattened in post-order.
+
+    numpy sums n <= 128 elements in one leaf; above that it splits into n2 = n//2 - (n//2 % 8) and
+    n - n2, recursively, and adds left + right. Each row of the result is a leaf (lo, length) or, as
+    (-1, 0), "add the last two values". Built once per run with an explicit stack, because Numba's
+    on-disk cache cannot hold recursive functions.
+    """
+    frames = np.empty((_STACK, 3), dtype=np.int64)  # lo, length, phase
+    count = 0
+    for fill in range(2):  # first pass counts the rows, second writes them
+        ops = np.empty((count, 2), dtype=np.int64)
+        k = 0
+        frames[0, 0] = 0
+        frames[0, 1] = n
+        frames[0, 2] = 0
+        top = 1
+        while top > 0:
+            f = top - 1
+            lo = frames[f, 0]
+            m = frames[f, 1]
+            if m <= _PW_BLOCK:
+                if fill:
+                    ops[k, 0] = lo
+                    ops[k, 1] = m
+                k += 1
+                top -= 1
+                continue
+            n2 = m // 2
+            n2 -= n2 % 8
+            phase = frames[f, 2]
+            if phase == 0:  # descend into the left part
+                frames[f, 2] = 1
+                frames[top, 0] = lo
+                frames[top, 1] = n2
+                frames[top, 2] = 0
+                top += 1
+            elif phase == 1:  # then the right part
+                frames[f, 2] = 2
+                frames[top, 0] = lo + n2
+                frames[top, 1] = m - n2
+                frames[top, 2] = 0
+                top += 1
+            else:  # both parts done: left + right
+                if fill:
+                    ops[k, 0] = -1
+                    ops[k, 1] = 0
+                k += 1
+                top -= 1
+        count = k
+    return ops
 
 
 @njit(**_JIT)
 def _pairwise(
-    img: np.ndarray, new: np.ndarray, old: np.ndarray, n: int, frames: np.ndarray, values: np.ndarray
-) -> tuple[float, float, float]:  # pragma: no cover - compiled
-    """sum(img*H), sum(img*(1-H)) and sum((new-old)²) (H = new > 0), each in exactly numpy's order.
+    img: np.ndarray, new: np.ndarray, old: np.ndarray, ops: np.ndarray, values: np.ndarray
+) -> tuple[float, float, float, float]:  # pragma: no cover - compiled
+    """sum(img*H), sum(img*(1-H)), sum((new-old)²) and sum(H) (H = new > 0) in numpy's order.
 
-    Matching numpy's pairwise summation makes c1, c2 and the RMS change equal to scikit-image's to
-    the last bit. numpy splits n > 128 into n2 = n//2 - (n//2 % 8) and the rest, recursively, and adds
-    left + right. The recursion is written out with an explicit stack (frames: (_STACK, 3) int64 of
-    lo, n, phase; values: (_STACK, 3) float64) because Numba's on-disk cache cannot hold recursive
-    functions.
+    Following numpy's pairwise summation (the tree from :func:`_plan`) makes c1, c2 and the RMS change
+    equal to scikit-image's to the last bit. values is (_STACK, 4) float64 scratch.
     """
-    frames[0, 0] = 0
-    frames[0, 1] = n
-    frames[0, 2] = 0
-    top = 1  # frames in use
-    nv = 0  # values in use
-    while top > 0:
-        f = top - 1
-        lo = frames[f, 0]
-        m = frames[f, 1]
-        if m <= _PW_BLOCK:
-            a, b, c = _leaf(img, new, old, lo, m)
+    nv = 0
+    for k in range(ops.shape[0]):
+        lo = ops[k, 0]
+        if lo >= 0:
+            a, b, c, d = _leaf(img, new, old, lo, ops[k, 1])
             values[nv, 0] = a
             values[nv, 1] = b
             values[nv, 2] = c
+            values[nv, 3] = d
             nv += 1
-            top -= 1
-            continue
-        n2 = m // 2
-        n2 -= n2 % 8
-        phase = frames[f, 2]
-        if phase == 0:  # descend into the left part
-            frames[f, 2] = 1
-            frames[top, 0] = lo
-            frames[top, 1] = n2
-            frames[top, 2] = 0
-            top += 1
-        elif phase == 1:  # then the right part
-            frames[f, 2] = 2
-            frames[top, 0] = lo + n2
-            frames[top, 1] = m - n2
-            frames[top, 2] = 0
-            top += 1
-        else:  # both parts done: left + right
-            for j in range(3):
+        else:
+            for j in range(4):
                 values[nv - 2, j] = values[nv - 2, j] + values[nv - 1, j]
             nv -= 1
-            top -= 1
-    return values[0, 0], values[0, 1], values[0, 2]
+    return values[0, 0], values[0, 1], values[0, 2], values[0, 3]
 
 
 @njit(inline="always", **_JIT)
@@ -385,7 +411,7 @@ def _cv_kernel(
     phi_b: np.ndarray,
     H: int,
     W: int,
-    frames: np.ndarray,
+    ops: np.ndarray,
     values: np.ndarray,
     mu: float,
     lambda1: float,
@@ -396,8 +422,8 @@ def _cv_kernel(
 ) -> tuple[int, float, bool]:  # pragma: no cover - compiled
     """Evolve phi_a (flat, row-major H*W) with phi_b as the other buffer of the Jacobi update.
 
-    img is the normalized image, flat. Returns (iterations, last RMS change, result is in phi_a).
-    Nothing is allocated per iteration.
+    img is the normalized image, flat; ops is :func:`_plan` (H*W), values (_STACK, 4) scratch.
+    Returns (iterations, last RMS change, result is in phi_a). Nothing is allocated per iteration.
     """
     n = H * W
     mudt = mu * dt  # scikit-image evaluates mu * dt * delta * (...) left to right
@@ -405,22 +431,16 @@ def _cv_kernel(
     cur = phi_a
     nxt = phi_b
     # Sums for the first iteration (the change sum is unused: old = new).
-    s_in, s_out, _ = _pairwise(img, cur, cur, n, frames, values)
-    count = 0
-    for i in range(n):
-        count += 1 if cur[i] > 0.0 else 0
+    s_in, s_out, _, count = _pairwise(img, cur, cur, ops, values)
     it = 0
     phivar = tol + 1.0
     while phivar > tol and it < max_iterations:
-        # numpy's sum(H) and sum(1 - H) are whole numbers, so integer counts give the same divisors
-        c1 = s_in / count if count != 0 else s_in
-        c2 = s_out / (n - count) if n - count != 0 else s_out
+        # sum(H) and sum(1 - H) are whole numbers, exact in any order, so n - count is numpy's sum(1 - H)
+        c1 = s_in / count if count != 0.0 else s_in
+        c2 = s_out / (n - count) if n - count != 0.0 else s_out
         _update(cur, nxt, img, H, W, c1, c2, mu, nl1, lambda2, dt, mudt)
         # Sums for the next iteration and the RMS change, one pass, numpy's order.
-        s_in, s_out, sq = _pairwise(img, nxt, cur, n, frames, values)
-        count = 0
-        for i in range(n):
-            count += 1 if nxt[i] > 0.0 else 0
+        s_in, s_out, sq, count = _pairwise(img, nxt, cur, ops, values)
         phivar = np.sqrt(sq / n)
         cur, nxt = nxt, cur
         it += 1
@@ -501,10 +521,10 @@ def _run(
     h, w = img.shape
     phi_a = np.array(phi0, dtype=np.float64, order="C").reshape(-1)
     phi_b = np.empty_like(phi_a)
-    frames = np.empty((_STACK, 3), dtype=np.int64)
-    values = np.empty((_STACK, 3), dtype=np.float64)
+    ops = _plan(h * w)
+    values = np.empty((_STACK, 4), dtype=np.float64)
     it, phivar, in_a = _cv_kernel(
-        np.ascontiguousarray(img).reshape(-1), phi_a, phi_b, h, w, frames, values,
+        np.ascontiguousarray(img).reshape(-1), phi_a, phi_b, h, w, ops, values,
         alpha, mu1, mu2, dt, tol, max_iterations,
     )
     phi = (phi_a if in_a else phi_b).reshape(h, w)

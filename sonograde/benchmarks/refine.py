@@ -35,7 +35,7 @@ MIN_IOU = 0.999
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument(
-        "--repeats", type=int, default=7, metavar="N", help="timed runs of each implementation (default 7)"
+        "--repeats", type=int, default=11, metavar="N", help="timed runs of each implementation (default 11)"
     )
     parser.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
     parser.add_argument(
