@@ -74,6 +74,8 @@ def subscriber_process(endpoint: str, ready, stop, results) -> None:  # pragma: 
             message = subscriber.recv(50)
             if message is None or message.kind != "result":
                 continue
+            if deadline is not None:
+                deadline = time.monotonic() + 3.0  # still draining: wait for 3 s of silence
             h = message.header
             rows.append((h["seq"], h["frame_index"], h["t_capture_ns"], h["t_publish_ns"],
                          message.t_receive_ns))
