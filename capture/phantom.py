@@ -638,34 +638,30 @@ class _Scene:
         return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _speckle_field(rng: np.random.Generator, height: int, width: int, px_mm: float) -> np.ndarray:
-    """Complex baseband (IQ) speckle: white complex scatterers convolved with the Gaussian PSF.
-
-    Normalized so that E|field|^2 = 1; its magnitude (the envelope) is Rayleigh distributed.
+def _speckle_planes(
+    rng: np.random.Generator, height: int, width: int, px_mm: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Complex baseband (IQ) speckle as two float32 planes (I, Q): white complex scatterers convolved with
+    the Gaussian PSF. Normalized so that E(I^2 + Q^2) = 1; the magnitude (envelope) is Rayleigh distributed.
+    Planes rather than complex numbers because OpenCV's fast arithmetic takes them.
     """
-    noise = rng.standard_normal((2, height, width), dtype=np.float32)
+    planes = rng.standard_normal((2, height, width), dtype=np.float32) if out is None else out
+    if out is not None:
+        rng.standard_normal(out=out, dtype=np.float32)
     sy, sx = PSF_SIGMA_MM[0] / px_mm, PSF_SIGMA_MM[1] / px_mm
-    field = np.empty((height, width), np.complex64)
-    re = cv2.GaussianBlur(noise[0], (0, 0), sigmaX=sx, sigmaY=sy, borderType=cv2.BORDER_REFLECT)
-    im = cv2.GaussianBlur(noise[1], (0, 0), sigmaX=sx, sigmaY=sy, borderType=cv2.BORDER_REFLECT)
-    norm = np.float32(1.0 / math.sqrt(float(np.mean(re * re + im * im))))
-    field.real = re * norm
-    field.imag = im * norm
-    return field
+    for plane in planes:
+        cv2.GaussianBlur(plane, (0, 0), dst=plane, sigmaX=sx, sigmaY=sy, borderType=cv2.BORDER_REFLECT)
+    planes *= np.float32(1.0 / math.sqrt(2.0 * float(np.mean(np.square(planes)))))
+    return planes
 
 
-def _iq_planes(field: np.ndarray) -> np.ndarray:
-    """A complex field as two float32 planes (I, Q), the layout OpenCV's fast arithmetic takes."""
-    return np.stack([field.real, field.imag]).astype(np.float32)
-
-
-def _compound(fields: list[np.ndarray]) -> np.ndarray:
+def _compound(looks: list[np.ndarray]) -> np.ndarray:
     """Spatial compounding: the mean of the envelopes (IQ magnitudes) of independent looks."""
-    envelope = np.abs(fields[0])
-    for extra in fields[1:]:
-        envelope += np.abs(extra)
-    if len(fields) > 1:
-        envelope *= np.float32(1.0 / len(fields))
+    envelope = cv2.magnitude(looks[0][0], looks[0][1])
+    for extra in looks[1:]:
+        envelope += cv2.magnitude(extra[0], extra[1])
+    if len(looks) > 1:
+        envelope *= np.float32(1.0 / len(looks))
     return envelope
 
 
@@ -732,7 +728,7 @@ class PhantomScanner:
         gain, dr, ripple = _scanner_settings(rng, height, px)
         scene = _Scene(tissue, [lesion], depth_mm, width, height, gain, dr, ripple)
         echo, atten, mask, _ = scene.echo_and_atten(0.0, x_left)
-        speckle = _compound([_speckle_field(rng, height, width, px) for _ in range(COMPOUND_LOOKS)])
+        speckle = _compound([_speckle_planes(rng, height, width, px) for _ in range(COMPOUND_LOOKS)])
         image = scene.to_bmode(echo, atten, speckle)
         return PhantomSample(image, mask, category, dict(lesion.descriptors), px, round(lesion.size_mm, 2))
 
@@ -822,17 +818,11 @@ class PhantomSequence(FrameSource):
             lesions.append(lesion)
         gain, dr, ripple = _scanner_settings(rng, height, px)
         self._scene = _Scene(tissue, lesions, depth_mm, width, height, gain, dr, ripple)
-        self._speckle = np.stack(
-            [
-                np.stack(
-                    [
-                        _iq_planes(_speckle_field(rng, height, width + 2 * self.MARGIN_PX, px))
-                        for _ in range(COMPOUND_LOOKS)
-                    ]
-                )
-                for _ in range(self.N_SPECKLE)
-            ]
+        self._speckle = np.empty(
+            (self.N_SPECKLE, COMPOUND_LOOKS, 2, height, width + 2 * self.MARGIN_PX), np.float32
         )
+        for field in self._speckle.reshape(-1, *self._speckle.shape[2:]):
+            _speckle_planes(rng, height, width + 2 * self.MARGIN_PX, px, out=field)
         self._offsets = rng.integers(-self.MARGIN_PX // 2, self.MARGIN_PX // 2 + 1, 4096)
         self._wobble = (rng.uniform(0, 2 * np.pi, 2), rng.uniform(5.0, 9.0), rng.uniform(1.8, 3.0))
         self._index = int(start_frame)  # frame number in the sweep (time = index / fps)
