@@ -45,7 +45,9 @@ class QuantizeConfig:
     per_channel: per-output-channel weight scales (default True). float_ops: op types kept in float
     where they are the model's tail (Sigmoid/Softmax producing a graph output) or anywhere (Resize).
     preprocess: run quant_pre_process first. stride: frames per calibration collection step (memory).
-    percentile: for method percentile, in percent.
+    percentile: for method percentile, in percent. float_first_convs: keep the first N convolutions (in
+    graph order) in float: full-resolution layers with few channels gain little from int8 kernels and
+    pay for quantizing their large outputs.
     """
 
     method: str = "entropy"
@@ -55,6 +57,7 @@ class QuantizeConfig:
     preprocess: bool = True
     stride: int = 8
     percentile: float = 99.999
+    float_first_convs: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -169,6 +172,8 @@ def quantize_int8(model_path: str | os.PathLike, out_path: str | os.PathLike, in
         _name_nodes(prepared_model)
         onnx.save(prepared_model, str(prepared))
         keep_float = float_nodes(prepared_model, config.float_ops)
+        convs = [n.name for n in prepared_model.graph.node if n.op_type == "Conv"]
+        keep_float += convs[:max(0, config.float_first_convs)]
 
         calibrate_method = {
             "entropy": CalibrationMethod.Entropy,
@@ -206,6 +211,7 @@ def quantize_int8(model_path: str | os.PathLike, out_path: str | os.PathLike, in
                 f"activations {'s8 symmetric' if signed else 'u8'}, weights s8 per-"
                 f"{'channel' if config.per_channel else 'tensor'}, "
                 f"float: {', '.join(config.float_ops) or 'none'}"
+                + (f" + first {config.float_first_convs} conv(s)" if config.float_first_convs else "")
             ),
             "sonograde.source_sha256": sha256_file(model_path),
         })

@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"op types kept in float: final {'/'.join(FLOAT_OP_CHOICES[:2])} and every "
                             f"Resize may be named, comma-separated, or 'none' (default "
                             f"{','.join(DEFAULT_FLOAT_OPS)})")
+    quant.add_argument("--float-first-convs", type=int, default=0, metavar="N",
+                       help="keep the first N convolutions in float (full-resolution layers with few "
+                            "channels can be slower in int8 on the CPU; default 0)")
     quant.add_argument("--per-tensor", action="store_true",
                        help="per-tensor weight scales instead of per-channel")
     quant.add_argument("--no-preprocess", action="store_true",
@@ -79,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         op.strip() for op in args.float_ops.split(",") if op.strip())
     try:
         config = QuantizeConfig(method=args.method, target=args.target, per_channel=not args.per_tensor,
-                                float_ops=float_ops, preprocess=not args.no_preprocess)
+                                float_ops=float_ops, preprocess=not args.no_preprocess,
+                                float_first_convs=args.float_first_convs)
         info = read_model_info(args.model)
         frames, calib_text = load_frames(args.data, args.source, args.split, args.count, args.seed)
         calib = model_inputs(info, frames, roi_model=args.roi_model, threads=args.threads, total=len(frames))

@@ -2,7 +2,8 @@
 
 Runs both on the same frames in one run, through the inference preprocessing (grader: refined ROIs from
 the real first stage with the FP32 ROI-CNN beside the candidate, or --roi-model), and reports agreement
-and speed (median ms per frame at batch 1, interleaved, same thread count):
+and speed (ms per frame at batch 1, interleaved, same thread count; per input the fastest of --repeats
+runs, then the median over inputs):
   ROI-CNN: mean and minimum DSC between the two masks (probability > 0.5), per frame;
   grader:  top-1 agreement and the largest probability difference.
 Passes when mean DSC agreement >= 0.98 (ROI-CNN) or top-1 agreement >= 0.97 (grader), unless changed.
@@ -50,6 +51,8 @@ def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
     gate.add_argument("--threads", type=int, default=1,
                       help="ONNX Runtime intra-op threads of both models, for the speed comparison "
                            "(default 1: one session per pipeline stage on the cart's two cores)")
+    gate.add_argument("--repeats", type=int, default=3,
+                      help="timed runs per input and model; the fastest counts (default 3)")
     gate.add_argument("--roi-model", type=Path, default=None,
                       help="grader only: FP32 ROI-CNN of the first stage (default: roi_cnn.onnx beside the "
                            "candidate or the reference)")
@@ -91,8 +94,9 @@ def gate(reference: Path, candidate: Path, frames, data_text: str, args: argpars
     roi_model = args.roi_model or default_roi_model(candidate, reference)
     inputs = model_inputs(info, frames, roi_model=roi_model, threads=args.threads, total=len(frames))
     return verify(info.kind, ref_backend, cand_backend, inputs, thresholds=thresholds_from(args),
-                  threshold=args.threshold, threads=args.threads, reference_name=str(reference),
-                  candidate_name=display_name or str(candidate), data=data_text)
+                  threshold=args.threshold, threads=args.threads, repeats=args.repeats,
+                  reference_name=str(reference), candidate_name=display_name or str(candidate),
+                  data=data_text)
 
 
 def run(args: argparse.Namespace) -> int:
