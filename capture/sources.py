@@ -469,6 +469,8 @@ class CaptureDeviceSource(FrameSource):
                 f"cannot open capture device {device!r} (missing, busy or no permission); "
                 "`sonograde sources` lists the devices found"
             )
+        # Keep the driver's queue short: the pipeline wants the newest frame, not a backlog.
+        self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         code = parse_fourcc(fourcc)
         if code is not None:
             self._cap.set(cv2.CAP_PROP_FOURCC, code)
