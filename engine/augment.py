@@ -82,3 +82,15 @@ def jitter_box(box: tuple[int, int, int, int], rng: np.random.Generator,
     dx = round(rng.uniform(-config.translate, config.translate) * w)
     dy = round(rng.uniform(-config.translate, config.translate) * h)
     return x + dx, y + dy, w, h
+
+
+def perturb_mask(mask: np.ndarray, rng: np.random.Generator, max_pixels: int = 3) -> np.ndarray:
+    """Erode or dilate a bool mask by 0..``max_pixels`` pixels (3x3 steps): the G-CNN's mask channel
+    comes from the ROI-CNN and Chan–Vese in use, whose outline is a few pixels off the annotation."""
+    steps = int(rng.integers(-max_pixels, max_pixels + 1))
+    if steps == 0:
+        return mask
+    kernel = np.ones((3, 3), np.uint8)
+    op = cv2.dilate if steps > 0 else cv2.erode
+    out = op(mask.astype(np.uint8), kernel, iterations=abs(steps)) > 0
+    return out if out.any() else mask

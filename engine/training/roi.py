@@ -58,7 +58,8 @@ def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
 def batch_tensors(images: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     x = np.stack([standardize(image) for image in images])[:, None]
     y = masks[:, None].astype(np.float32)
-    return torch.from_numpy(x), torch.from_numpy(y)
+    # channels_last: oneDNN's convolutions run about twice as fast per CPU second in this layout.
+    return torch.from_numpy(x).contiguous(memory_format=torch.channels_last), torch.from_numpy(y)
 
 
 @torch.no_grad()
@@ -68,6 +69,7 @@ def predict_probabilities(net: torch.nn.Module, images: np.ndarray, batch_size: 
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.stack([standardize(i) for i in images[start:start + batch_size]])[:, None])
+        x = x.contiguous(memory_format=torch.channels_last)
         out.append(torch.sigmoid(net(x))[:, 0].numpy())
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.float32)
 
@@ -143,6 +145,7 @@ def train_roi(config: TrainConfig, *, resume: bool = False) -> RunState:
         optimizer = make_optimizer(config, net.parameters())
         optimizer.load_state_dict(payload["optimizer"])
         state = RunState(**payload["state"])
+    net = net.to(memory_format=torch.channels_last)
     train, val, _ = prepare_roi_data(config, out)
     print(f"ROI-CNN width {config.width}: {len(train)} training, {len(val)} validation images; "
           f"{sum(p.numel() for p in net.parameters())} parameters", file=sys.stderr)
