@@ -140,6 +140,7 @@ def render_overlay(image, result, research_text: str = RESEARCH_USE_ONLY):
     scale = max(min(height, width) / 600.0, 0.5)  # text and lines grow with the image
     thickness = max(1, round(2 * scale))
     font = cv2.FONT_HERSHEY_SIMPLEX
+    banner_h = int(22 * scale) + 6
     if result.lesion_found:
         for contour, colour in ((result.raw_contour, (255, 0, 0)), (result.refined_contour, (0, 0, 255))):
             if len(contour) >= 2:
@@ -147,15 +148,21 @@ def render_overlay(image, result, research_text: str = RESEARCH_USE_ONLY):
                 cv2.polylines(canvas, [points.reshape(-1, 1, 2)], True, colour, thickness, cv2.LINE_AA)
         probability = result.probabilities[result.category]
         label = f"BI-RADS {result.category}  p={probability:.2f}"
+        (text_w, text_h), baseline = cv2.getTextSize(label, font, 0.8 * scale, thickness + 2)
         x, y, _, h = (v * factor for v in result.bbox)
-        anchor_y = y - 8 * scale if y > 48 * scale else y + h + 24 * scale
-        anchor = (int(np.clip(x, 2, max(2, width - 10))), int(np.clip(anchor_y, 40 * scale, height - 4)))
+        gap = int(8 * scale)
+        if y - gap - text_h > banner_h + 2:  # above the lesion, clear of the banner
+            text_y = y - gap
+        elif y + h + gap + text_h + baseline < height:  # else below it
+            text_y = y + h + gap + text_h
+        else:  # a lesion filling the height: inside its top
+            text_y = max(y, banner_h) + text_h + gap
+        anchor = (int(np.clip(x, 2, max(2, width - text_w - 2))), int(text_y))
     else:
         label = "no lesion found"
         anchor = (int(8 * scale), int(height - 12 * scale))
     cv2.putText(canvas, label, anchor, font, 0.8 * scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
     cv2.putText(canvas, label, anchor, font, 0.8 * scale, (0, 255, 255), thickness, cv2.LINE_AA)
-    banner_h = int(22 * scale) + 6
     canvas[:banner_h] = (canvas[:banner_h] * 0.35).astype(np.uint8)
     cv2.putText(canvas, research_text, (int(6 * scale), banner_h - int(6 * scale) - 2), font, 0.55 * scale,
                 (255, 255, 255), max(1, thickness - 1), cv2.LINE_AA)
