@@ -225,3 +225,30 @@ def test_sixteen_bit_png_and_dicom(models_dir, tmp_path, rng, capsys):
     assert len(lines) == 3 and lines[0]["lesion_found"]
     for line in lines[1:]:
         assert line["bbox"] == lines[0]["bbox"] and line["probabilities"] == lines[0]["probabilities"]
+
+
+@pytest.mark.realdata
+def test_shipped_models_on_real_images(shared_data, tmp_path, rng, capsys):
+    """The shipped models on real images of three datasets (different sizes); outputs only under tmp_path."""
+    from engine.grader import DEFAULT_MODELS_DIR
+
+    if not (DEFAULT_MODELS_DIR / "roi_cnn.onnx").exists() or not (DEFAULT_MODELS_DIR / "g_cnn.onnx").exists():
+        pytest.skip(f"shipped models not in {DEFAULT_MODELS_DIR} yet")
+    import csv
+
+    paths = []
+    for dataset in ("busi", "busbra", "breast_lesions_usg"):
+        with (shared_data / dataset / "manifest.csv").open() as handle:
+            rows = [row for row in csv.DictReader(handle) if row.get("mask")]
+        row = rows[int(rng.integers(len(rows)))]
+        paths.append(shared_data / dataset / row["image"])
+    out_dir = tmp_path / "out"
+    assert main(["grade", *map(str, paths), "--out", str(out_dir), "--json"]) == 0
+    lines = parse_lines(capsys.readouterr().out)
+    assert [line["image"] for line in lines] == list(map(str, paths))
+    for path, line in zip(paths, lines, strict=True):
+        shape = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).shape
+        mask = cv2.imread(str(out_dir / f"{path.stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == shape
+        assert int(np.count_nonzero(mask)) == line["area_px"]
+        assert (line["category"] is None) == (not line["lesion_found"])
