@@ -171,8 +171,11 @@ def test_missing_precision_files_name_the_command(models_dir):
 # ------------------------------------------------------------------------------ shipped models, phantom
 
 def test_shipped_models_find_phantom_lesions():
-    if not (REPO_MODELS / "roi_cnn.onnx").exists() or not (REPO_MODELS / "g_cnn.onnx").exists():
-        pytest.skip("shipped models not in models/ yet (roi_cnn.onnx, g_cnn.onnx)")
+    import engine.grader
+
+    shipped = engine.grader.DEFAULT_MODELS_DIR
+    if not (shipped / "roi_cnn.onnx").exists() or not (shipped / "g_cnn.onnx").exists():
+        pytest.skip(f"shipped models not in {shipped} yet (roi_cnn.onnx, g_cnn.onnx)")
     phantom = pytest.importorskip("capture.phantom", reason="capture.phantom (PhantomScanner) not available")
     grader = TwoStageGrader.from_models_dir()
     grader.warm_up()
