@@ -49,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which model files to use (default fp32)")
     parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
                         help="inference backend (default auto: ONNX Runtime for .onnx)")
-    parser.add_argument("--threads", type=int, default=2, metavar="N",
-                        help="ONNX Runtime threads per model (default 2: stages run one after another here)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="ONNX Runtime intra-op threads per model (default 1, see docs/inference.md)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="write <stem>_mask.png and <stem>_overlay.png for each image into DIR")
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.backends import ModelLoadError
     from engine.grader import TwoStageGrader
 
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         print(f"sonograde grade: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
     try:
