@@ -187,3 +187,22 @@ def test_shipped_models_find_phantom_lesions():
         scores.append(dsc(result.refined_mask, np.asarray(sample.mask, bool)) if result.lesion_found else 0.0)
         assert result.refined_mask.shape == sample.image.shape[:2]
     assert sum(s > 0.5 for s in scores) >= 4, f"DSC per phantom frame (seed {seed}): {scores}"
+
+
+def test_bench_grader_json(models_dir, capsys):
+    import argparse
+    import json
+
+    from sonograde.benchmarks import grader as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--models", str(models_dir), "--frames", "2", "--rounds", "1", "--json",
+                              "--threads", "1", "2"])
+    assert bench.run(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["models"] == {"roi": "dev-roi", "grader": "dev-grader"} and report["frames"] == 2
+    assert [row["threads"] for row in report["results"]] == [1, 2]
+    for row in report["results"]:
+        for stage in ("roi_cnn", "refine", "total"):
+            assert row[f"{stage}_cpu_ms"] >= 0 and row[f"{stage}_wall_ms"] > 0

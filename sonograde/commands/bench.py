@@ -15,6 +15,7 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("refine", "sonograde.benchmarks.refine", "Chan-Vese: ours (Numba) against scikit-image"),
     ("pipeline", "sonograde.benchmarks.pipeline", "end to end: source -> pipeline -> ZeroMQ -> subscriber"),
     ("phantom", "sonograde.benchmarks.phantom", "phantom scanner sequence frames per second on one core"),
+    ("grader", "sonograde.benchmarks.grader", "two-stage grader: time per stage, per ORT thread count"),
 ]
 
 
