@@ -118,6 +118,7 @@ def export_onnx(kind: str, net: torch.nn.Module, out: str | Path, *, model_id: s
     out.parent.mkdir(parents=True, exist_ok=True)
     net = net.eval()
     module, output, shape = _wrap(kind, net)
+    module = module.eval()  # a new wrapper is in training mode; the TorchScript exporter restores that mode
     example = torch.randn(2, *shape)
     exporter = "dynamo" if dynamo else "torchscript"
     try:
