@@ -218,8 +218,8 @@ class TwoStageGrader:
                 refined_contour=EMPTY_CONTOUR, bbox=None, area_px=0, ms=(time.perf_counter() - t0) * 1e3,
             )
         cfg = self.config
-        cv = chan_vese.refine_roi(roi.image_288, roi.raw_mask, margin=cfg.cv_margin, mu1=cfg.mu1, mu2=cfg.mu2,
-                        alpha=cfg.alpha, max_iterations=cfg.cv_max_iterations)
+        cv = chan_vese.refine_roi(roi.image_288, roi.raw_mask, margin=cfg.cv_margin, mu1=cfg.mu1,
+                                  mu2=cfg.mu2, alpha=cfg.alpha, max_iterations=cfg.cv_max_iterations)
         refined_288 = np.asarray(cv.mask, dtype=bool)
         fell_back = not refined_288.any()
         if fell_back:  # Chan–Vese let the contour vanish: the raw ROI is still the best outline we have
