@@ -45,9 +45,9 @@ class QuantizeConfig:
     per_channel: per-output-channel weight scales (default True). float_ops: op types kept in float
     where they are the model's tail (Sigmoid/Softmax producing a graph output) or anywhere (Resize).
     preprocess: run quant_pre_process first. stride: frames per calibration collection step (memory).
-    percentile: for method percentile, in percent. float_first_convs: keep the first N convolutions (in
-    graph order) in float: full-resolution layers with few channels gain little from int8 kernels and
-    pay for quantizing their large outputs.
+    percentile: for method percentile, in percent. float_first_convs: keep the first N convolutions and
+    the nodes between them (``stem_nodes``) in float: full-resolution layers with few channels run
+    slower in ONNX Runtime's int8 kernels than in its float ones on x86 (measured, docs/calibration.md).
     """
 
     method: str = "entropy"
@@ -107,6 +107,22 @@ def float_nodes(model, float_ops: tuple[str, ...]) -> list[str]:  # model: onnx.
             continue
         if node.op_type == "Resize" or any(o in outputs for o in node.output):
             names.append(node.name)
+    return names
+
+
+def stem_nodes(model, convolutions: int) -> list[str]:
+    """Names of the nodes before the (convolutions + 1)-th Conv in graph order: the first convolutions and
+    the activations and poolings between them, so the float-to-int8 switch happens after the stem's last
+    pooling (on a quarter of the pixels) rather than before it."""
+    if convolutions <= 0:
+        return []
+    names, seen = [], 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            if seen == convolutions:
+                break
+            seen += 1
+        names.append(node.name)
     return names
 
 
@@ -172,8 +188,7 @@ def quantize_int8(model_path: str | os.PathLike, out_path: str | os.PathLike, in
         _name_nodes(prepared_model)
         onnx.save(prepared_model, str(prepared))
         keep_float = float_nodes(prepared_model, config.float_ops)
-        convs = [n.name for n in prepared_model.graph.node if n.op_type == "Conv"]
-        keep_float += convs[:max(0, config.float_first_convs)]
+        keep_float += stem_nodes(prepared_model, config.float_first_convs)
 
         calibrate_method = {
             "entropy": CalibrationMethod.Entropy,
