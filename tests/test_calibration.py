@@ -243,3 +243,21 @@ def test_cli_verify_reports_bad_input(models, tmp_path, capsys):
     assert main(["calibrate", "verify", "--reference", str(models["roi"]), "--candidate",
                  str(models["grader"]), "--source", "phantom:size=192x160", "--count", "2"]) == 2
     assert "grader" in capsys.readouterr().err
+
+
+def test_float_stem_keeps_first_convolution_in_float(models, phantom_frames, tmp_path):
+    info = read_model_info(models["roi"])
+    calib = roi_inputs(phantom_frames[:8], size=info.input_size)
+    out = tmp_path / "stem.onnx"
+    config = QuantizeConfig(method="minmax", float_first_convs=1, stride=4)
+    quantize_int8(models["roi"], out, calib.batch, config)
+    model = onnx.load(str(out))
+    first_conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    # In float: its input is the graph input itself, not a DequantizeLinear output.
+    assert first_conv.input[0] == "image" and producers.get(first_conv.input[0]) is None
+    later = [n for n in model.graph.node if n.op_type == "Conv"][1]
+    assert producers[later.input[0]] == "DequantizeLinear"
+    held_out = roi_inputs(phantom_frames[16:], size=ROI_SIZE)
+    report = verify("roi", load_backend(models["roi"]), load_backend(out), held_out)
+    assert report.passed, report.reason
