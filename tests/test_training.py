@@ -134,3 +134,13 @@ def test_train_grader_command_on_phantom(tmp_path: Path) -> None:
     assert payload["kind"] == "grader" and payload["net_config"]["input_size"] == 64
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert rows and "val_loss" in rows[0]
+
+
+def test_grader_label_rules() -> None:
+    from engine.data.datasets import grader_allowed
+
+    assert grader_allowed("2").tolist() == [1, 0, 0, 0, 0]  # BI-RADS 2 merged into "3"
+    assert grader_allowed("4").tolist() == [0, 1, 1, 1, 0]  # coarse 4: any of 4A, 4B, 4C
+    assert grader_allowed("4B").tolist() == [0, 0, 1, 0, 0]
+    assert grader_allowed("6").tolist() == [0, 0, 0, 0, 1]
+    assert grader_allowed("1") is None and grader_allowed(None) is None

@@ -30,6 +30,7 @@ class TrainConfig:
     repository). threads: torch intra-op threads. loss (ROI): "dice" or "dice+bce".
     input_size, margin, mask_channel (grader): what the G-CNN sees, see engine.preprocess.grader_input.
     test_fold, val_fraction, test_fraction: the split, see engine.splits.
+    fine_repeat (grader): times each five-way (4A/4B/4C-labelled dataset) sample is seen per epoch.
     """
 
     kind: str
@@ -53,7 +54,7 @@ class TrainConfig:
     test_fold: int = 1
     val_fraction: float = 0.1
     test_fraction: float = 0.3
-    five_way_weight: float = 1.0
+    fine_repeat: int = 4
     progress: bool = True
 
     def learning_rate(self) -> float:

@@ -6,7 +6,7 @@ Coarse labels keep their information: a BUS-BRA "4" (sub-category unknown) is tr
 log of the summed probability of 4A, 4B and 4C; a five-way label is plain cross-entropy (both are
 ``-log sum_{k allowed} softmax_k``). BI-RADS 2 is merged into "3" (see engine.data.datasets). Samples of
 datasets that carry the five-way labels are repeated ``FINE_REPEAT`` times per epoch: they are few (about
-a hundred) against ~1,300 coarse BUS-BRA lesions, and only they teach 4A/4B/4C apart.
+a hundred) against ~1,300 coarse BUS-BRA lesions, and only they teach 4A/4B/4C apart (``--fine-repeat``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from engine.training.common import (
 )
 from engine.training.metrics import macro_auc, roc_auc
 
-FINE_REPEAT = 4
 FINE_CATEGORIES = (1, 2, 3)  # 4A, 4B, 4C: a dataset with any of these one-hot labels is "five-way"
 
 
@@ -175,11 +174,11 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
     net = net.to(memory_format=torch.channels_last)
     train, val, _ = prepare_grader_data(config, out)
     fine = fine_datasets(train + val)
-    weights = np.array([FINE_REPEAT if s.id.split("/")[0] in fine else 1 for s in train])
+    weights = np.array([config.fine_repeat if s.id.split("/")[0] in fine else 1 for s in train])
     pool = np.repeat(np.arange(len(train)), weights)
     print(f"G-CNN width {config.width} S={config.input_size} margin={config.margin} "
           f"mask_channel={config.mask_channel}: {len(train)} training lesions ({len(pool)} per epoch with "
-          f"five-way x{FINE_REPEAT}), {len(val)} validation; five-way datasets: {sorted(fine)}",
+          f"five-way x{config.fine_repeat}), {len(val)} validation; five-way datasets: {sorted(fine)}",
           file=sys.stderr)
     log = MetricsLog(out)
     while state.epoch < config.epochs:

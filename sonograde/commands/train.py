@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share of patients")
     parser.add_argument("--test-fraction", type=float, default=0.3,
                         help="test share of cases in folders without folds (default 0.3)")
+    parser.add_argument("--fine-repeat", type=int, default=4,
+                        help="grader: times each five-way-labelled case is seen per epoch (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, max_steps=args.max_steps, phantom=args.phantom, cache_dir=args.cache_dir,
         threads=args.threads, loss=args.loss, input_size=args.input_size, margin=args.margin,
         mask_channel=args.mask_channel, test_fold=args.test_fold, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, progress=not args.no_progress,
+        test_fraction=args.test_fraction, fine_repeat=args.fine_repeat, progress=not args.no_progress,
     )
     try:
         if args.model == "roi":
