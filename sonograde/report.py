@@ -209,15 +209,16 @@ def plot_case_grid(cases: Sequence[CaseResult], path: Path, worst: int = GRID_WO
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, 2.9 * len(rows)), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    styles = (("truth", "lime"), ("roi_cnn", "deepskyblue"), ("refined", "red"))
+    # (key, colour, line width): the ROI-CNN line is drawn wider so the refined one does not hide it
+    styles = (("truth", "lime", 1.2), ("roi_cnn", "deepskyblue", 1.8), ("refined", "red", 0.9))
     for r, (name, items) in enumerate(rows):
         for col, case in enumerate(items):
             ax = axes[r][col]
             ax.imshow(load_gray(case.image_path), cmap="gray", vmin=0, vmax=255)
-            for key, colour in styles:
+            for key, colour, width in styles:
                 for polygon in case.contours.get(key, []):
                     closed = np.vstack([polygon, polygon[:1]])
-                    ax.plot(closed[:, 0], closed[:, 1], color=colour, lw=1.0)
+                    ax.plot(closed[:, 0], closed[:, 1], color=colour, lw=width)
             probs = case.probabilities.get("refined")
             predicted = CATEGORIES[int(np.argmax(probs))] if probs is not None else "none"
             ax.set_title(f"{name}: {case.id}\nDSC {case.segmentation['refined'].dsc:.2f}  "
