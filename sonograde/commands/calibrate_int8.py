@@ -14,7 +14,7 @@ side (--verify-split test) of the same folders unless --verify-data is given. Wi
 Examples:
   sonograde calibrate int8 --model models/roi_cnn.onnx --data ../shared/data/busbra ../shared/data/busi \\
       --out models/roi_cnn.int8.onnx
-  sonograde calibrate int8 --model models/g_cnn.onnx --data ../shared/data/busbra --method percentile \\
+  sonograde calibrate int8 --model models/g_cnn.onnx --data ../shared/data/busbra --method entropy \\
       --out models/g_cnn.int8.onnx --json
   sonograde calibrate int8 --model models/roi_cnn.onnx --source phantom:seed=2 --count 64 \\
       --target tensorrt --out /tmp/roi_cnn.int8.trt.onnx
@@ -49,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, prefix="verify-", split="test", count=DEFAULT_VERIFY_COUNT, what="the gate")
     parser.add_argument("--seed", type=int, default=0, help="frame sampling seed (default 0)")
     quant = parser.add_argument_group("quantization")
-    quant.add_argument("--method", choices=METHODS, default="entropy",
-                       help="calibration method (default entropy)")
+    quant.add_argument("--method", choices=METHODS, default="percentile",
+                       help="calibration method (default percentile: closest agreement measured)")
     quant.add_argument("--target", choices=TARGETS, default="cpu",
                        help="cpu: u8 activations (ONNX Runtime on x86); tensorrt: symmetric s8 (default cpu)")
     quant.add_argument("--float-ops", default=",".join(DEFAULT_FLOAT_OPS),
