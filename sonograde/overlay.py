@@ -223,8 +223,9 @@ class OverlayRenderer:
         if error:
             _text(panel, str(error)[:44], (x, y), 0.4, (0, 190, 255))
         if header and header.get("model_ids"):
-            ids = ", ".join(str(v) for v in header["model_ids"].values())
-            _text(panel, f"models {ids}"[:44], (x, st.image_height - 14), 0.38, _DIM)
+            lines = [f"{kind}: {model_id}"[:52] for kind, model_id in header["model_ids"].items()]
+            for i, line in enumerate(reversed(lines)):
+                _text(panel, line, (x, st.image_height - 14 - 16 * i), 0.36, _DIM)
 
     def _draw_banner(self, canvas: np.ndarray) -> None:
         st = self.style
