@@ -75,8 +75,9 @@ def _how_to_make(path: Path, kind: str, precision: str, backend: str) -> str:
     """The command that creates a missing model file."""
     fp32 = model_path(path.parent, kind, "fp32")
     if backend == "tensorrt":
-        onnx_path = model_path(path.parent, kind, precision)
-        return f"build it with `sonograde build-engine --onnx {onnx_path} --out {path}`"
+        # INT8 engines come from the symmetric (TensorRT-target) Q/DQ model, FP16 ones from the FP16 ONNX
+        stem = MODEL_STEMS[kind] + {"fp32": "", "fp16": ".fp16", "int8": ".int8.trt"}[precision]
+        return f"build it with `sonograde build-engine --onnx {path.parent / (stem + '.onnx')} --out {path}`"
     if precision == "int8":
         return f"make it with `sonograde calibrate int8 --model {fp32} --data DATA_DIR --out {path}`"
     if precision == "fp16":
