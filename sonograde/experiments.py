@@ -87,7 +87,8 @@ class Table3Config:
     whole_size : one-stage input side (paper: 288). margin : crop margin around the ROI box (fraction of
     its side, as ``grader_input``). batch_size, optimizer, lr, weight_decay : as ``TrainConfig``.
     archs : architectures to run. stages : "one_stage" and/or "two_stage" (run one part now, the other
-    later into the same ``out``). seed : folds, initialisation and augmentation. threads : torch
+    later into the same ``out``). run_folds : train and test only these folds (0-based) now; None = all.
+    seed : folds, initialisation and augmentation. threads : torch
     threads. max_side : decoded images are shrunk to this longer side (as the G-CNN training cache).
     """
 
@@ -106,6 +107,7 @@ class Table3Config:
     weight_decay: float = 1e-4
     archs: tuple[str, ...] = ("grader", "vgg16", "resnet50")
     stages: tuple[str, ...] = ("one_stage", "two_stage")
+    run_folds: tuple[int, ...] | None = None
     seed: int = 0
     threads: int = 2
     max_side: int = 512
@@ -119,6 +121,8 @@ class Table3Config:
         for name, size in (("--crop-size", self.crop_size), ("--whole-size", self.whole_size)):
             if size < 32 or size % 16:
                 raise ExperimentError(f"{name} must be a multiple of 16 and >= 32, got {size}")
+        if self.run_folds is not None and any(not 0 <= f < self.folds for f in self.run_folds):
+            raise ExperimentError(f"--run-folds must be in 0..{self.folds - 1}, got {list(self.run_folds)}")
         if not self.stages or any(s not in ("one_stage", "two_stage") for s in self.stages):
             raise ExperimentError(f"stages must be one_stage and/or two_stage, got {self.stages}")
         unknown = [a for a in self.archs if a not in ARCHITECTURES]
@@ -401,7 +405,7 @@ def run_table3(config: Table3Config, log: Callable[[str], None] | None = None) -
     from engine.training.grader import sample_input
 
     crop_config = _train_config(config, config.crop_size)
-    for fold in range(config.folds):
+    for fold in config.run_folds if config.run_folds is not None else range(config.folds):
         train = [s for s in samples if folds[s.id] != fold]
         test = [s for s in samples if folds[s.id] == fold]
         for arch in config.archs:
@@ -450,25 +454,35 @@ def _methods(config: Table3Config) -> list[str]:
     return [m for m, (_, arch, _) in METHODS.items() if arch in config.archs]
 
 
+def completed_folds(out: Path, config: Table3Config) -> list[int]:
+    """Folds for which every method that has any result has a result (so all rows pool the same cases)."""
+    done = {m: {f for f in range(config.folds) if (out / f"fold{f}" / f"{m}.json").is_file()}
+            for m in _methods(config)}
+    started = [folds for folds in done.values() if folds]
+    return sorted(set.intersection(*started)) if started else []
+
+
 def summarize_table3(out: Path, config: Table3Config) -> dict[str, dict]:
-    """Pool every method's out-of-fold results and summarize them (methods missing a fold are skipped)."""
+    """Pool every method's out-of-fold results over :func:`completed_folds` and summarize them; a partial
+    run (interrupted, or ``run_folds``) gives a table over fewer folds, named in ``table3.md``."""
     summaries: dict[str, dict] = {}
+    folds = completed_folds(out, config)
+    if not folds:
+        return summaries
     for method in _methods(config):
+        paths = [out / f"fold{fold}" / f"{method}.json" for fold in folds]
+        if not all(p.is_file() for p in paths):
+            continue
         cases: list[CaseOutput] = []
-        complete = True
         train_seconds = 0.0
-        for fold in range(config.folds):
-            path = out / f"fold{fold}" / f"{method}.json"
-            if not path.is_file():
-                complete = False
-                break
+        for path in paths:
             payload = json.loads(path.read_text())
             train_seconds += float(payload.get("train_seconds", 0.0))
             cases.extend(CaseOutput(**c) for c in payload["cases"])
-        if complete:
-            summary = summarize_grading([c.graded() for c in cases])
-            summary["train_seconds"] = round(train_seconds, 1)
-            summaries[method] = summary
+        summary = summarize_grading([c.graded() for c in cases])
+        summary["train_seconds"] = round(train_seconds, 1)
+        summary["folds"] = folds
+        summaries[method] = summary
     return summaries
 
 
@@ -486,6 +500,7 @@ def write_table3(out: Path, config: Table3Config, result: Table3Result) -> None:
             if k not in keys:
                 keys.append(k)
     order = [k for k in ("3", "4A", "4B", "4C", "4", "5") if k in keys]
+    folds_used = next(iter(result.summaries.values()))["folds"] if result.summaries else []
     lines = [
         "# Table 3 analogue: one-stage vs two-stage grading",
         "",
@@ -497,6 +512,8 @@ def write_table3(out: Path, config: Table3Config, result: Table3Result) -> None:
         f"{config.optimizer}; ROIs from ROI-CNN {roi_model_id or '–'}. Run time of this invocation "
         f"{result.seconds:.0f} s. Per-category accuracy = recall of the pooled out-of-fold predictions; a "
         "case whose ROI the ROI-CNN misses counts as wrong.",
+        "",
+        f"Pooled over folds {', '.join(str(f + 1) for f in folds_used) or '–'} of {config.folds}.",
         "",
         "| method | n | " + " | ".join(order) + " | accuracy | macro AUC | malignancy AUC |",
         "|---|---|" + "---|" * len(order) + "---|---|---|",

@@ -41,8 +41,11 @@ def test_table3_smoke_run_and_resume(tmp_path: Path) -> None:
     config = Table3Config(data=(str(data),), out=str(tmp_path / "t3"), models=str(models), folds=2, epochs=1,
                           width=0.0625, crop_size=32, whole_size=32, archs=("grader",), batch_size=4,
                           progress=False)
+    first = run_table3(Table3Config(**{**config.__dict__, "run_folds": (0,)}), log=lambda message: None)
+    assert first.trained == 2 and first.summaries["roi_grader"]["folds"] == [0]
+    assert first.summaries["roi_grader"]["n"] == 5
     result = run_table3(config, log=lambda message: None)
-    assert result.trained == 4 and result.reused == 0  # 2 folds x (one-stage, two-stage)
+    assert result.trained == 2 and result.reused == 2  # 2 folds x (one-stage, two-stage), fold 1 cached
     assert set(result.summaries) == {"one_stage_grader", "roi_grader", "refined_grader"}
     for summary in result.summaries.values():
         assert summary["n"] == 10

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", default="one_stage,two_stage",
                         help="one_stage and/or two_stage (default both); run one part now and the other "
                              "later into the same --out")
+    parser.add_argument("--run-folds", default=None, metavar="LIST",
+                        help="train and test only these folds now (1-based, comma-separated, e.g. 1,2,3); "
+                             "the table pools the folds every method has finished")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
                         help="sgd (the paper's, default) or adamw")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
@@ -75,11 +78,19 @@ def run(args: argparse.Namespace) -> int:
         print("sonograde experiment: give --data DIR (or --smoke for phantom data)", file=sys.stderr)
         return 2
     models = str(args.models) if args.models else None
+    try:
+        run_folds = (tuple(int(f) - 1 for f in args.run_folds.split(",") if f.strip())
+                     if args.run_folds else None)
+    except ValueError:
+        print(f"sonograde experiment: --run-folds takes fold numbers like 1,2,3, got {args.run_folds!r}",
+              file=sys.stderr)
+        return 2
     config = Table3Config(data=tuple(data), out=str(args.out), models=models,
                           folds=folds, epochs=epochs, width=width, crop_size=crop, whole_size=whole,
                           optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
                           archs=tuple(a.strip() for a in archs.split(",") if a.strip()), seed=args.seed,
                           stages=tuple(x.strip() for x in args.stages.split(",") if x.strip()),
+                          run_folds=run_folds,
                           threads=args.threads)
     try:
         result = run_table3(config)
