@@ -454,12 +454,24 @@ def _methods(config: Table3Config) -> list[str]:
     return [m for m, (_, arch, _) in METHODS.items() if arch in config.archs]
 
 
-def completed_folds(out: Path, config: Table3Config) -> list[int]:
-    """Folds for which every method that has any result has a result (so all rows pool the same cases)."""
-    done = {m: {f for f in range(config.folds) if (out / f"fold{f}" / f"{m}.json").is_file()}
+def folds_done(out: Path, config: Table3Config) -> dict[str, list[int]]:
+    """Per method, the folds whose results are in ``out``."""
+    return {m: [f for f in range(config.folds) if (out / f"fold{f}" / f"{m}.json").is_file()]
             for m in _methods(config)}
-    started = [folds for folds in done.values() if folds]
-    return sorted(set.intersection(*started)) if started else []
+
+
+def completed_folds(out: Path, config: Table3Config) -> list[int]:
+    """The folds the table pools, so that all its rows pool the same cases: among the fold sets the
+    methods have finished, the one that maximizes (folds x methods that finished all of them); ties go
+    to more folds. With a complete run this is every fold."""
+    done = {m: set(f) for m, f in folds_done(out, config).items() if f}
+    best: tuple[int, int, list[int]] = (0, 0, [])
+    for candidate in {frozenset(f) for f in done.values()}:
+        rows = sum(1 for f in done.values() if candidate <= f)
+        score = (len(candidate) * rows, len(candidate), sorted(candidate))
+        if score[:2] > best[:2]:
+            best = score
+    return best[2]
 
 
 def summarize_table3(out: Path, config: Table3Config) -> dict[str, dict]:
@@ -524,6 +536,10 @@ def write_table3(out: Path, config: Table3Config, result: Table3Result) -> None:
         lines.append(f"| {METHODS[method][0]} | {summary['n']} | " + " | ".join(cells)
                      + f" | {_fmt(summary.get('accuracy'))} | {_fmt(summary.get('macro_auc'))} | "
                        f"{_fmt(summary.get('malignancy_auc'))} |")
+    missing = {m: f for m, f in folds_done(out, config).items() if m not in result.summaries}
+    for method, done in missing.items():
+        lines.append(f"| {METHODS[method][0]} | not finished on these folds (done: "
+                     f"{', '.join(str(f + 1) for f in done) or 'none'}) |" + " |" * (len(order) + 3))
     lines.append("| *paper: Refined ROI-CNN + G-CNN* | 2238 | "
                  + " | ".join(_fmt(PAPER_TABLE3_REFINED_GCNN.get(k)) for k in order) + " | – | – | – |")
     lines += ["", "Categories: " + ", ".join(CATEGORIES)

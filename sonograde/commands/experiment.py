@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-folds", default=None, metavar="LIST",
                         help="train and test only these folds now (1-based, comma-separated, e.g. 1,2,3); "
                              "the table pools the folds every method has finished")
+    parser.add_argument("--summarize", action="store_true",
+                        help="train nothing: rewrite table3.md/json from the results already in --out")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
                         help="sgd (the paper's, default) or adamw")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                           optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
                           archs=tuple(a.strip() for a in archs.split(",") if a.strip()), seed=args.seed,
                           stages=tuple(x.strip() for x in args.stages.split(",") if x.strip()),
-                          run_folds=run_folds,
+                          run_folds=() if args.summarize else run_folds,
                           threads=args.threads)
     try:
         result = run_table3(config)
