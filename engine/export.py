@@ -23,7 +23,15 @@ import numpy as np
 import onnx
 import torch
 
-from engine.networks import GCNN, GRADER_CATEGORIES, GraderConfig, GraderProbabilities, RoiCNN, RoiConfig
+from engine.networks import (
+    GCNN,
+    GRADER_CATEGORIES,
+    GraderConfig,
+    GraderEnsemble,
+    GraderProbabilities,
+    RoiCNN,
+    RoiConfig,
+)
 from engine.networks import RoiProbability as _RoiProbability
 from engine.preprocess import ROI_INPUT_SIZE
 
@@ -58,7 +66,7 @@ def _wrap(kind: str, net: torch.nn.Module) -> tuple[torch.nn.Module, str, tuple[
         assert isinstance(net, RoiCNN)
         return _RoiProbability(net), "prob", (net.config.in_channels, ROI_INPUT_SIZE, ROI_INPUT_SIZE)
     if kind == "grader":
-        assert isinstance(net, GCNN)
+        assert isinstance(net, GCNN | GraderEnsemble)
         size = net.config.input_size
         return GraderProbabilities(net), "probs", (net.config.in_channels, size, size)
     raise ValueError(f"cannot export a {kind!r} network; expected roi or grader")

@@ -189,6 +189,22 @@ class GraderProbabilities(nn.Module):
         return torch.softmax(self.net(image), dim=1)
 
 
+class GraderEnsemble(nn.Module):
+    """Several G-CNNs with the same input, averaged: forward returns log(mean softmax), so the export
+    wrapper's softmax gives the mean of the members' probabilities. ``config`` is the first member's."""
+
+    def __init__(self, members: list[GCNN]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one G-CNN")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(dim=0)
+        return torch.log(probs.clamp_min(1e-12))
+
+
 # ------------------------------------------------------------------------------- comparison classifiers
 
 

@@ -118,3 +118,14 @@ def test_grader_input_pads_at_border_and_rejects_bad_masks() -> None:
         grader_input(image, np.zeros((100, 100), bool), size=32, margin=0.1, mask_channel=False)
     with pytest.raises(ValueError, match="shape"):
         grader_input(image, np.ones((50, 100), bool), size=32, margin=0.1, mask_channel=False)
+
+
+def test_grader_ensemble_averages_member_probabilities() -> None:
+    from engine.networks import GraderEnsemble
+
+    members = [GCNN(GraderConfig(width=0.125, input_size=32)).eval() for _ in range(2)]
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        want = (torch.softmax(members[0](x), 1) + torch.softmax(members[1](x), 1)) / 2
+        got = GraderProbabilities(GraderEnsemble(members)).eval()(x)
+    assert torch.allclose(got, want, atol=1e-6)

@@ -55,6 +55,12 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.3
     fine_repeat: int = 4
+    split_seed: int | None = None
+
+    def split_config_seed(self) -> int:
+        """Seed of the data split: ``split_seed`` if set, else ``seed`` (so runs that differ only in
+        their initialization can share one split)."""
+        return self.seed if self.split_seed is None else self.split_seed
     progress: bool = True
 
     def learning_rate(self) -> float:

@@ -103,7 +103,7 @@ def prepare_roi_data(config: TrainConfig, out: Path) -> tuple[RoiArrays, RoiArra
     if config.data:
         records = load_records(config.data)
         split = make_split(records, SplitConfig(config.test_fold, config.val_fraction, config.test_fraction,
-                                                config.seed))
+                                                config.split_config_seed()))
         split_info = {"summary": split.summary(), "test_fold": config.test_fold,
                       "val_ids": [f"{r.dataset}/{r.id}" for r in split.val],
                       "test_ids": [f"{r.dataset}/{r.id}" for r in split.test]}

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sgd (momentum 0.9, the paper; default) or adamw")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="L2 / weight decay (default 1e-4)")
     parser.add_argument("--seed", type=int, default=0, help="seed for split, init and augmentation")
+    parser.add_argument("--split-seed", type=int, default=None,
+                        help="seed of the train/val/test split (default: --seed)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke)")
     parser.add_argument("--phantom", type=int, default=0, metavar="N", help="add N phantom samples")
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         kind=args.model, data=list(args.data), out=args.out, epochs=args.epochs, width=args.width,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-        seed=args.seed, max_steps=args.max_steps, phantom=args.phantom, cache_dir=args.cache_dir,
+        seed=args.seed, split_seed=args.split_seed, max_steps=args.max_steps, phantom=args.phantom,
+        cache_dir=args.cache_dir,
         threads=args.threads, loss=args.loss, input_size=args.input_size, margin=args.margin,
         mask_channel=args.mask_channel, test_fold=args.test_fold, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, fine_repeat=args.fine_repeat, progress=not args.no_progress,
