@@ -103,3 +103,14 @@ def test_export_command_rejects_bad_checkpoint(tmp_path: Path, capsys: pytest.Ca
     assert "cannot read checkpoint" in capsys.readouterr().err
     assert _cli(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_width_roi_cnn_exports(tmp_path: Path) -> None:
+    """The paper's configuration (width 1.0, ~20 M parameters) exports and matches torch too."""
+    report = export_onnx("roi", RoiCNN(RoiConfig(width=1.0)).eval(), tmp_path / "full.onnx", check_batch=1)
+    assert report.max_abs_diff < 1e-4
+    assert report.size_bytes > 50e6
+    model = onnx.load(str(tmp_path / "full.onnx"), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["sonograde.width"] == "1"
