@@ -115,7 +115,6 @@ def no_roi_cnn_mask(gray: np.ndarray, *, size: int = NO_ROI_SIZE, max_iterations
     one nearest the centre), so that, like the other variants, it yields one region to grade.
     """
     from refine.area_filter import area_filter
-
     from refine.chan_vese import segment_image
 
     small = gray
