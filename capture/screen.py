@@ -33,6 +33,10 @@ import cv2
 import numpy as np
 
 RULER_GAP = 8
+#: Screen columns kept free right of the image for the info panel (ruler on the left).
+RIGHT_PANEL_RESERVE = 130
+#: Further columns for the grey bar, drawn 40 px right of the image.
+GRAY_BAR_RESERVE = 40
 TICK_MM = 5.0
 MAJOR_TICK_MM = 10.0
 MAJOR_LEN, MINOR_LEN = 12, 6
@@ -115,8 +119,12 @@ def render_scanner_screen(
     x0, y0 = lay.origin
     h = lay.image_height
     w = round(image.shape[1] * h / image.shape[0])
-    # Keep room for the ruler and labels on either side.
-    room = sw - x0 - 60 if lay.ruler_side == "right" else sw - x0 - 20
+    # Keep room for the ruler and its labels on the right, or (ruler on the left) for the focus marker,
+    # the grey bar and the info panel, which then sit right of the image and must never cover it.
+    if lay.ruler_side == "right":
+        room = sw - x0 - 60
+    else:
+        room = sw - x0 - (RIGHT_PANEL_RESERVE + (GRAY_BAR_RESERVE if lay.gray_bar else 0))
     if w > room:
         w = room
         h = round(image.shape[0] * w / image.shape[1])

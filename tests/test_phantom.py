@@ -126,9 +126,11 @@ def test_sequence_is_coherent_and_lesions_enter_and_leave() -> None:
     np.testing.assert_array_equal(again.render(peak)[0], frames[peak].image)
 
 
+@pytest.mark.parametrize("shape", [(320, 384), (320, 512), (300, 600)])
 @pytest.mark.parametrize("layout", range(len(LAYOUTS)))
-def test_scanner_screen_truth(layout: int, rng: np.random.Generator) -> None:
-    image = rng.integers(0, 256, (320, 384), dtype=np.uint8)
+def test_scanner_screen_truth(layout: int, shape: tuple[int, int], rng: np.random.Generator) -> None:
+    # Wide images too: the info panel and grey bar right of the image must never cover it.
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
     screen, truth = render_scanner_screen(image, 45.0, layout=layout, seed=int(rng.integers(0, 99)))
     x, y, w, h = truth.image_rect
     assert screen.shape == (truth.screen_size[1], truth.screen_size[0])
