@@ -6,10 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from engine.networks import config_dict
 
 
 class TrainingError(ValueError):
@@ -121,6 +124,24 @@ def save_checkpoint(path: Path, *, net: torch.nn.Module, optimizer: torch.optim.
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
+
+
+def end_epoch(out: Path, row: dict, score: float, *, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              config: TrainConfig, state: RunState, log: MetricsLog) -> None:
+    """Close an epoch: track the best ``score`` (higher is better), write ``last.pt`` (and ``best.pt`` when
+    it improved), append ``row`` to the metrics log and print it on one line to stderr."""
+    improved = score > state.best
+    if improved:
+        state.best, state.best_epoch = score, state.epoch
+    net_config = config_dict(net)
+    save_checkpoint(out / "last.pt", net=net, optimizer=optimizer, config=config, net_config=net_config,
+                    state=state)
+    if improved:
+        save_checkpoint(out / "best.pt", net=net, optimizer=optimizer, config=config, net_config=net_config,
+                        state=state)
+    log.append(row)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+          file=sys.stderr, flush=True)
 
 
 def load_checkpoint(path: str | Path) -> dict:

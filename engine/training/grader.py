@@ -26,7 +26,7 @@ from engine.data.datasets import (
     load_records,
     phantom_grader_samples,
 )
-from engine.networks import GCNN, GraderConfig, config_dict
+from engine.networks import GCNN, GraderConfig
 from engine.preprocess import grader_input, mask_bbox
 from engine.splits import SplitConfig, make_split
 from engine.training.common import (
@@ -34,10 +34,10 @@ from engine.training.common import (
     RunState,
     TrainConfig,
     TrainingError,
+    end_epoch,
     load_checkpoint,
     lr_at,
     make_optimizer,
-    save_checkpoint,
     set_lr,
     write_json,
 )
@@ -216,17 +216,6 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
                      "seconds": time.perf_counter() - started}
         if val:
             row.update(grader_metrics(predict(net, val, config), val, fine, "val"))
-        score = -row.get("val_loss", row["train_loss"])
-        improved = score > state.best
-        if improved:
-            state.best, state.best_epoch = score, state.epoch
-        saved = config_dict(net)
-        save_checkpoint(out / "last.pt", net=net, optimizer=optimizer, config=config, net_config=saved,
-                        state=state)
-        if improved:
-            save_checkpoint(out / "best.pt", net=net, optimizer=optimizer, config=config, net_config=saved,
-                            state=state)
-        log.append(row)
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-              file=sys.stderr, flush=True)
+        end_epoch(out, row, -row.get("val_loss", row["train_loss"]), net=net, optimizer=optimizer,
+                  config=config, state=state, log=log)
     return state

@@ -13,7 +13,7 @@ from torch.nn import functional as nnf
 
 from engine.augment import augment_roi
 from engine.data.datasets import RoiArrays, load_records, load_roi_arrays, phantom_roi_arrays
-from engine.networks import RoiCNN, RoiConfig, config_dict
+from engine.networks import RoiCNN, RoiConfig
 from engine.preprocess import ROI_INPUT_SIZE, standardize
 from engine.splits import SplitConfig, make_split
 from engine.training.common import (
@@ -21,10 +21,10 @@ from engine.training.common import (
     RunState,
     TrainConfig,
     TrainingError,
+    end_epoch,
     load_checkpoint,
     lr_at,
     make_optimizer,
-    save_checkpoint,
     set_lr,
     write_json,
 )
@@ -181,16 +181,6 @@ def train_roi(config: TrainConfig, *, resume: bool = False) -> RunState:
                      "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - started}
         if len(val):
             row.update(evaluate_arrays(net, val, config.loss))
-        score = row.get("val_dice_mean", -row["train_loss"])
-        improved = score > state.best
-        if improved:
-            state.best, state.best_epoch = score, state.epoch
-        net_config = config_dict(net)
-        save_checkpoint(last, net=net, optimizer=optimizer, config=config, net_config=net_config, state=state)
-        if improved:
-            save_checkpoint(out / "best.pt", net=net, optimizer=optimizer, config=config,
-                            net_config=net_config, state=state)
-        log.append(row)
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-              file=sys.stderr, flush=True)
+        end_epoch(out, row, row.get("val_dice_mean", -row["train_loss"]), net=net, optimizer=optimizer,
+                  config=config, state=state, log=log)
     return state
