@@ -16,7 +16,7 @@ from engine.data.manifest import ManifestRecord, read_manifest
 from engine.networks import RoiCNN, RoiConfig
 from engine.splits import SplitConfig, check_disjoint, folds_patient_disjoint, make_split
 from engine.training.common import TrainConfig, TrainingError, load_checkpoint
-from engine.training.grader import allowed_set_loss
+from engine.training.grader import MALIGNANCY_LIKELIHOOD, allowed_set_loss, malignancy_loss
 from engine.training.roi import batch_tensors, roi_loss, train_roi
 from sonograde.commands import train as train_command
 
@@ -30,6 +30,36 @@ def test_allowed_set_loss_is_cross_entropy_for_one_hot_and_sums_for_coarse(rng: 
     four = torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.0]]).repeat(6, 1)
     expected = -torch.log(torch.softmax(logits, 1)[:, 1:4].sum(1)).mean()
     assert torch.allclose(allowed_set_loss(logits, four), expected, atol=1e-6)
+
+
+def test_malignancy_loss_is_bce_on_implied_likelihood_and_ignores_unknown(rng: np.random.Generator) -> None:
+    logits = torch.from_numpy(rng.standard_normal((5, 5)).astype(np.float32))
+    malignant = torch.tensor([1, 0, -1, 1, -1])
+    likelihood = torch.softmax(logits, 1) @ torch.tensor(MALIGNANCY_LIKELIHOOD)
+    known = malignant >= 0
+    expected = torch.nn.functional.binary_cross_entropy(likelihood[known], malignant[known].float())
+    assert torch.allclose(malignancy_loss(logits, malignant), expected, atol=1e-6)
+    assert float(malignancy_loss(logits, torch.full((5,), -1))) == 0.0
+
+
+def test_pathology_moves_a_coarse_four_towards_the_matching_subcategory() -> None:
+    """A BUS-BRA "4" (4A, 4B or 4C allowed) with a benign biopsy ends up mostly 4A, a malignant one 4C;
+    without the pathology term the three stay level."""
+    four = torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.0]])
+    results = {}
+    for name, weight, pathology in [("benign", 1.0, 0), ("malignant", 1.0, 1), ("none", 0.0, 0)]:
+        logits = torch.zeros(1, 5, requires_grad=True)
+        optimizer = torch.optim.SGD([logits], lr=0.5)
+        for _ in range(200):
+            pathology_loss = malignancy_loss(logits, torch.tensor([pathology]))
+            loss = allowed_set_loss(logits, four) + weight * pathology_loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        results[name] = torch.softmax(logits.detach(), 1)[0].numpy()
+    assert results["benign"].argmax() == 1 and results["benign"][1:4].sum() > 0.9
+    assert results["malignant"].argmax() == 3 and results["malignant"][1:4].sum() > 0.9
+    assert np.ptp(results["none"][1:4]) < 1e-6
 
 
 @pytest.mark.slow
@@ -128,12 +158,18 @@ def test_train_command_rejects_bad_data(tmp_path: Path, capsys: pytest.CaptureFi
 def test_train_grader_command_on_phantom(tmp_path: Path) -> None:
     out = tmp_path / "grader"
     code = _cli(["grader", "--phantom", "10", "--out", str(out), "--epochs", "1", "--width", "0.125",
-                 "--input-size", "64", "--batch-size", "4", "--optimizer", "adamw", "--no-progress"])
+                 "--input-size", "64", "--batch-size", "4", "--optimizer", "adamw", "--no-progress",
+                 "--malignancy-weight", "0.5"])
     assert code == 0
     payload = load_checkpoint(out / "best.pt")
     assert payload["kind"] == "grader" and payload["net_config"]["input_size"] == 64
+    assert payload["train_config"]["malignancy_weight"] == 0.5
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert rows and "val_loss" in rows[0]
+    # the selection loss is the training objective: category loss + weight x pathology loss
+    row = {k: float(v) for k, v in rows[0].items() if k.startswith("val_") and "loss" in k}
+    expected = row["val_category_loss"] + 0.5 * row["val_malignancy_loss"]
+    assert row["val_loss"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_grader_label_rules() -> None:

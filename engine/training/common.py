@@ -34,6 +34,8 @@ class TrainConfig:
     input_size, margin, mask_channel (grader): what the G-CNN sees, see engine.preprocess.grader_input.
     test_fold, val_fraction, test_fraction: the split, see engine.splits.
     fine_repeat (grader): times each five-way (4A/4B/4C-labelled dataset) sample is seen per epoch.
+    malignancy_weight (grader): weight of the pathology term (``engine.training.grader.malignancy_loss``)
+    added to the category loss for lesions whose pathology is known; 0 trains on categories alone.
     """
 
     kind: str
@@ -58,6 +60,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.3
     fine_repeat: int = 4
+    malignancy_weight: float = 0.0
     split_seed: int | None = None
 
     def split_config_seed(self) -> int:

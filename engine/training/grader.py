@@ -4,7 +4,11 @@ horizontal-flip augmentation.
 
 Coarse labels keep their information: a BUS-BRA "4" (sub-category unknown) is trained with the negative
 log of the summed probability of 4A, 4B and 4C; a five-way label is plain cross-entropy (both are
-``-log sum_{k allowed} softmax_k``). BI-RADS 2 is merged into "3" (see engine.data.datasets). Samples of
+``-log sum_{k allowed} softmax_k``). BI-RADS 2 is merged into "3" (see engine.data.datasets). Where the
+pathology is known, ``--malignancy-weight`` adds a binary cross-entropy between the biopsy result and the
+likelihood of malignancy the five probabilities imply (``malignancy_score``, the ACR ranges). BI-RADS 4A,
+4B and 4C are defined by that likelihood, so this term is what lets a BUS-BRA "4" with a benign biopsy
+pull towards 4A and a malignant one towards 4C, instead of spreading over the three at random. Samples of
 datasets that carry the five-way labels are repeated ``FINE_REPEAT`` times per epoch: they are few (about
 a hundred) against ~1,300 coarse BUS-BRA lesions, and only they teach 4A/4B/4C apart (``--fine-repeat``).
 """
@@ -44,6 +48,9 @@ from engine.training.common import (
 from engine.training.metrics import macro_auc, roc_auc
 
 FINE_CATEGORIES = (1, 2, 3)  # 4A, 4B, 4C: a dataset with any of these one-hot labels is "five-way"
+# Likelihood of malignancy per category: midpoints of the ACR BI-RADS ranges (3: <= 2 %, 4A: 2-10 %,
+# 4B: 10-50 %, 4C: 50-95 %, 5: >= 95 %).
+MALIGNANCY_LIKELIHOOD = (0.01, 0.06, 0.30, 0.72, 0.97)
 
 
 def allowed_set_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -51,6 +58,16 @@ def allowed_set_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tenso
     log_all = torch.logsumexp(logits, dim=1)
     log_allowed = torch.logsumexp(logits.masked_fill(allowed <= 0, float("-inf")), dim=1)
     return (log_all - log_allowed).mean()
+
+
+def malignancy_loss(logits: torch.Tensor, malignant: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy between pathology (1 malignant, 0 benign; -1 unknown is ignored) and
+    the likelihood of malignancy implied by the softmax (``MALIGNANCY_LIKELIHOOD``); 0 if none is known."""
+    known = malignant >= 0
+    if not bool(known.any()):
+        return logits.new_zeros(())
+    likelihood = torch.softmax(logits[known], dim=1) @ logits.new_tensor(MALIGNANCY_LIKELIHOOD)
+    return torch.nn.functional.binary_cross_entropy(likelihood, malignant[known].to(logits.dtype))
 
 
 def sample_input(sample: GraderSample, config: TrainConfig, rng: np.random.Generator | None) -> np.ndarray:
@@ -90,14 +107,19 @@ def predict(net: torch.nn.Module, samples: list[GraderSample], config: TrainConf
     return np.concatenate(out) if out else np.zeros((0, len(GRADER_CATEGORIES)), np.float32)
 
 
-def grader_metrics(probs: np.ndarray, samples: list[GraderSample], fine: set[str], prefix: str) -> dict:
-    """Loss on all samples; five-way accuracy and macro AUC on five-way datasets; 3/4/5 accuracy on
-    coarse samples; malignancy AUC (P(4C)+P(5)... weighted sum, see ``malignancy_score``)."""
+def grader_metrics(probs: np.ndarray, samples: list[GraderSample], fine: set[str], prefix: str,
+                   malignancy_weight: float = 0.0) -> dict:
+    """Loss on all samples (the training objective: category loss + ``malignancy_weight`` x pathology
+    loss); five-way accuracy and macro AUC on five-way datasets; 3/4/5 accuracy on coarse samples;
+    malignancy AUC (``malignancy_score``)."""
     if not samples:
         return {}
     allowed = torch.from_numpy(np.stack([s.allowed for s in samples]))
     logp = torch.log(torch.from_numpy(probs).clamp_min(1e-7))
-    row = {f"{prefix}_loss": float(allowed_set_loss(logp, allowed))}
+    category = float(allowed_set_loss(logp, allowed))
+    pathology = float(malignancy_loss(logp, torch.tensor([s.malignant for s in samples])))
+    row = {f"{prefix}_loss": category + malignancy_weight * pathology,
+           f"{prefix}_category_loss": category, f"{prefix}_malignancy_loss": pathology}
     is_fine = np.array([s.id.split("/")[0] in fine for s in samples])
     if is_fine.any():
         labels = np.array([int(np.argmax(s.allowed)) for s in samples])[is_fine]
@@ -118,7 +140,7 @@ def grader_metrics(probs: np.ndarray, samples: list[GraderSample], fine: set[str
 def malignancy_score(probs: np.ndarray) -> np.ndarray:
     """A scalar malignancy score from the five probabilities: the expected BI-RADS likelihood of
     malignancy, using the midpoints of the ACR ranges (3: 1 %, 4A: 6 %, 4B: 30 %, 4C: 72 %, 5: 97 %)."""
-    return probs @ np.array([0.01, 0.06, 0.30, 0.72, 0.97])
+    return probs @ np.array(MALIGNANCY_LIKELIHOOD)
 
 
 def prepare_grader_data(config: TrainConfig,
@@ -177,7 +199,8 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
     weights = np.array([config.fine_repeat if s.id.split("/")[0] in fine else 1 for s in train])
     pool = np.repeat(np.arange(len(train)), weights)
     print(f"G-CNN width {config.width} S={config.input_size} margin={config.margin} "
-          f"mask_channel={config.mask_channel}: {len(train)} training lesions ({len(pool)} per epoch with "
+          f"mask_channel={config.mask_channel} malignancy_weight={config.malignancy_weight}: "
+          f"{len(train)} training lesions ({len(pool)} per epoch with "
           f"five-way x{config.fine_repeat}), {len(val)} validation; five-way datasets: {sorted(fine)}",
           file=sys.stderr)
     log = MetricsLog(out)
@@ -200,7 +223,11 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
             x = torch.from_numpy(np.stack([sample_input(s, config, rng) for s in batch]))
             x = x.contiguous(memory_format=torch.channels_last)  # faster oneDNN convolutions on CPU
             allowed = torch.from_numpy(np.stack([s.allowed for s in batch]))
-            loss = allowed_set_loss(net(x), allowed)
+            logits = net(x)
+            loss = allowed_set_loss(logits, allowed)
+            if config.malignancy_weight > 0:
+                malignant = torch.tensor([s.malignant for s in batch])
+                loss = loss + config.malignancy_weight * malignancy_loss(logits, malignant)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -215,7 +242,7 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
                      "train_loss": float(np.mean(losses)) if losses else float("nan"),
                      "seconds": time.perf_counter() - started}
         if val:
-            row.update(grader_metrics(predict(net, val, config), val, fine, "val"))
+            row.update(grader_metrics(predict(net, val, config), val, fine, "val", config.malignancy_weight))
         end_epoch(out, row, -row.get("val_loss", row["train_loss"]), net=net, optimizer=optimizer,
                   config=config, state=state, log=log)
     return state

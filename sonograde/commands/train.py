@@ -54,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test share of cases in folders without folds (default 0.3)")
     parser.add_argument("--fine-repeat", type=int, default=4,
                         help="grader: times each five-way-labelled case is seen per epoch (default 4)")
+    parser.add_argument("--malignancy-weight", type=float, default=0.0,
+                        help="grader: weight of the pathology loss (biopsy result vs the likelihood of "
+                             "malignancy the five probabilities imply, ACR ranges) for lesions with a "
+                             "known pathology; 0 = categories only (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -71,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         threads=args.threads, loss=args.loss, input_size=args.input_size, margin=args.margin,
         mask_channel=args.mask_channel, test_fold=args.test_fold, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, fine_repeat=args.fine_repeat, progress=not args.no_progress,
+        test_fraction=args.test_fraction, fine_repeat=args.fine_repeat,
+        malignancy_weight=args.malignancy_weight, progress=not args.no_progress,
     )
     try:
         if args.model == "roi":
