@@ -180,3 +180,37 @@ def test_grader_label_rules() -> None:
     assert grader_allowed("4B").tolist() == [0, 0, 1, 0, 0]
     assert grader_allowed("6").tolist() == [0, 0, 0, 0, 1]
     assert grader_allowed("1") is None and grader_allowed(None) is None
+
+
+@pytest.mark.slow
+def test_coarse_bias_keeps_a_coarse_datasets_base_rate_out_of_the_model(tmp_path: Path) -> None:
+    """With --coarse-bias the lesions of a dataset without five-way labels train through their own logit
+    offset: a coarse dataset that says "3" for everything pushes that offset towards "3", it is saved
+    with the checkpoint (not in the model) and restored on resume."""
+    from capture.phantom import write_dataset
+
+    five_way = write_dataset(tmp_path / "five", 10, seed=int(np.random.default_rng().integers(1 << 30)),
+                             size=(160, 128))
+    coarse = tmp_path / "coarse"
+    coarse.mkdir()
+    for sub in ("images", "masks"):
+        (coarse / sub).symlink_to(five_way / sub)
+    rows = list(csv.DictReader((five_way / "manifest.csv").open()))
+    with (coarse / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "image", "mask", "birads"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({"id": row["id"], "image": row["image"], "mask": row["mask"], "birads": "3"})
+    out = tmp_path / "run"
+    common = ["grader", "--data", str(five_way), "--data", str(coarse), "--out", str(out),
+              "--width", "0.125", "--input-size", "64", "--batch-size", "4", "--optimizer", "adamw",
+              "--lr", "1e-2", "--coarse-bias", "--no-progress", "--test-fraction", "0.2"]
+    assert _cli([*common, "--epochs", "1"]) == 0
+    first = load_checkpoint(out / "last.pt")
+    bias = first["extra"]["coarse_bias"]
+    assert float(bias[0]) > float(bias[1:].max()) + 0.01, bias  # "3" is what the coarse dataset says
+    assert "coarse_bias" not in str(list(first["model"]))  # not part of the exported network
+    assert _cli([*common, "--epochs", "2", "--resume"]) == 0
+    resumed = load_checkpoint(out / "last.pt")
+    assert resumed["state"]["epoch"] == 2 and len(resumed["optimizer"]["param_groups"]) == 2
+    assert not torch.equal(resumed["extra"]["coarse_bias"], bias)  # kept training from the saved value

@@ -36,6 +36,8 @@ class TrainConfig:
     fine_repeat (grader): times each five-way (4A/4B/4C-labelled dataset) sample is seen per epoch.
     malignancy_weight (grader): weight of the pathology term (``engine.training.grader.malignancy_loss``)
     added to the category loss for lesions whose pathology is known; 0 trains on categories alone.
+    coarse_bias (grader): learn a separate logit offset for datasets without five-way labels (training
+    only; the exported model carries the five-way datasets' base rates), see ``engine.training.grader``.
     """
 
     kind: str
@@ -61,6 +63,7 @@ class TrainConfig:
     test_fraction: float = 0.3
     fine_repeat: int = 4
     malignancy_weight: float = 0.0
+    coarse_bias: bool = False
     split_seed: int | None = None
 
     def split_config_seed(self) -> int:
@@ -113,7 +116,8 @@ class RunState:
 
 
 def save_checkpoint(path: Path, *, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    config: TrainConfig, net_config: dict, state: RunState) -> None:
+                    config: TrainConfig, net_config: dict, state: RunState,
+                    extra: dict | None = None) -> None:
     """Write a checkpoint atomically (a crash never leaves a half-written ``last.pt``)."""
     payload = {
         "format": "sonograde-checkpoint-1",
@@ -123,6 +127,7 @@ def save_checkpoint(path: Path, *, net: torch.nn.Module, optimizer: torch.optim.
         "model": net.state_dict(),
         "optimizer": optimizer.state_dict(),
         "state": asdict(state),
+        "extra": extra or {},
     }
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
@@ -130,18 +135,19 @@ def save_checkpoint(path: Path, *, net: torch.nn.Module, optimizer: torch.optim.
 
 
 def end_epoch(out: Path, row: dict, score: float, *, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
-              config: TrainConfig, state: RunState, log: MetricsLog) -> None:
+              config: TrainConfig, state: RunState, log: MetricsLog, extra: dict | None = None) -> None:
     """Close an epoch: track the best ``score`` (higher is better), write ``last.pt`` (and ``best.pt`` when
-    it improved), append ``row`` to the metrics log and print it on one line to stderr."""
+    it improved; ``extra``: training-only tensors kept beside the model), append ``row`` to the metrics log
+    and print it on one line to stderr."""
     improved = score > state.best
     if improved:
         state.best, state.best_epoch = score, state.epoch
     net_config = config_dict(net)
     save_checkpoint(out / "last.pt", net=net, optimizer=optimizer, config=config, net_config=net_config,
-                    state=state)
+                    state=state, extra=extra)
     if improved:
         save_checkpoint(out / "best.pt", net=net, optimizer=optimizer, config=config, net_config=net_config,
-                        state=state)
+                        state=state, extra=extra)
     log.append(row)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
           file=sys.stderr, flush=True)

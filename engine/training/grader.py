@@ -8,7 +8,11 @@ log of the summed probability of 4A, 4B and 4C; a five-way label is plain cross-
 pathology is known, ``--malignancy-weight`` adds a binary cross-entropy between the biopsy result and the
 likelihood of malignancy the five probabilities imply (``malignancy_score``, the ACR ranges). BI-RADS 4A,
 4B and 4C are defined by that likelihood, so this term is what lets a BUS-BRA "4" with a benign biopsy
-pull towards 4A and a malignant one towards 4C, instead of spreading over the three at random. Samples of
+pull towards 4A and a malignant one towards 4C, instead of spreading over the three at random.
+``--coarse-bias`` gives the lesions of datasets without five-way labels (BUS-BRA) their own learned
+logit offset during training: their base rates (many BI-RADS 2/3, one "4" for three sub-categories) and
+their readers' habits then live in that offset instead of in the network's own bias, which is left to the
+five-way datasets; the offset is not exported. Samples of
 datasets that carry the five-way labels are repeated ``FINE_REPEAT`` times per epoch: they are few (about
 a hundred) against ~1,300 coarse BUS-BRA lesions, and only they teach 4A/4B/4C apart (``--fine-repeat``).
 """
@@ -192,10 +196,19 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
     optimizer = make_optimizer(config, net.parameters())
     if payload is not None:
         net.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
+        if len(payload["optimizer"]["param_groups"]) == 1:  # a --coarse-bias run has two, loaded below
+            optimizer.load_state_dict(payload["optimizer"])
     net = net.to(memory_format=torch.channels_last)
     train, val, _ = prepare_grader_data(config, out)
     fine = fine_datasets(train + val)
+    # Logit offset for lesions of coarse-label datasets (zeros and unused without --coarse-bias).
+    coarse_bias = torch.zeros(len(GRADER_CATEGORIES), requires_grad=config.coarse_bias)
+    if config.coarse_bias:
+        if payload is not None and "coarse_bias" in payload.get("extra", {}):
+            coarse_bias.data.copy_(payload["extra"]["coarse_bias"])
+        optimizer.add_param_group({"params": [coarse_bias], "weight_decay": 0.0})
+        if payload is not None and len(payload["optimizer"]["param_groups"]) == 2:
+            optimizer.load_state_dict(payload["optimizer"])
     weights = np.array([config.fine_repeat if s.id.split("/")[0] in fine else 1 for s in train])
     pool = np.repeat(np.arange(len(train)), weights)
     print(f"G-CNN width {config.width} S={config.input_size} margin={config.margin} "
@@ -224,6 +237,9 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
             x = x.contiguous(memory_format=torch.channels_last)  # faster oneDNN convolutions on CPU
             allowed = torch.from_numpy(np.stack([s.allowed for s in batch]))
             logits = net(x)
+            if config.coarse_bias:
+                is_coarse = torch.tensor([s.id.split("/")[0] not in fine for s in batch], dtype=logits.dtype)
+                logits = logits + is_coarse[:, None] * coarse_bias
             loss = allowed_set_loss(logits, allowed)
             if config.malignancy_weight > 0:
                 malignant = torch.tensor([s.malignant for s in batch])
@@ -244,5 +260,5 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
         if val:
             row.update(grader_metrics(predict(net, val, config), val, fine, "val", config.malignancy_weight))
         end_epoch(out, row, -row.get("val_loss", row["train_loss"]), net=net, optimizer=optimizer,
-                  config=config, state=state, log=log)
+                  config=config, state=state, log=log, extra={"coarse_bias": coarse_bias.detach().clone()})
     return state

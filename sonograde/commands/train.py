@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="grader: weight of the pathology loss (biopsy result vs the likelihood of "
                              "malignancy the five probabilities imply, ACR ranges) for lesions with a "
                              "known pathology; 0 = categories only (default 0)")
+    parser.add_argument("--coarse-bias", action="store_true",
+                        help="grader: learn a separate logit offset for datasets without five-way labels "
+                             "(BUS-BRA), so their base rates do not set the five-way model's (training "
+                             "only; not exported)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads, loss=args.loss, input_size=args.input_size, margin=args.margin,
         mask_channel=args.mask_channel, test_fold=args.test_fold, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, fine_repeat=args.fine_repeat,
-        malignancy_weight=args.malignancy_weight, progress=not args.no_progress,
+        malignancy_weight=args.malignancy_weight, coarse_bias=args.coarse_bias, progress=not args.no_progress,
     )
     try:
         if args.model == "roi":
