@@ -214,3 +214,15 @@ def test_coarse_bias_keeps_a_coarse_datasets_base_rate_out_of_the_model(tmp_path
     resumed = load_checkpoint(out / "last.pt")
     assert resumed["state"]["epoch"] == 2 and len(resumed["optimizer"]["param_groups"]) == 2
     assert not torch.equal(resumed["extra"]["coarse_bias"], bias)  # kept training from the saved value
+
+
+def test_with_offset_equals_softmax_of_shifted_logits(rng: np.random.Generator) -> None:
+    from engine.training.grader import with_offset
+
+    logits = torch.from_numpy(rng.standard_normal((4, 5)).astype(np.float32))
+    offset = torch.from_numpy(rng.standard_normal(5).astype(np.float32))
+    probs = torch.softmax(logits, 1).numpy()
+    rows = [True, False, True, False]
+    out = with_offset(probs, rows, offset)
+    np.testing.assert_allclose(out[[0, 2]], torch.softmax(logits[[0, 2]] + offset, 1).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(out[[1, 3]], probs[[1, 3]])

@@ -111,6 +111,16 @@ def predict(net: torch.nn.Module, samples: list[GraderSample], config: TrainConf
     return np.concatenate(out) if out else np.zeros((0, len(GRADER_CATEGORIES)), np.float32)
 
 
+def with_offset(probs: np.ndarray, rows: list[bool], offset: torch.Tensor) -> np.ndarray:
+    """``probs`` with the logit ``offset`` added where ``rows`` is true: softmax(z + b) is
+    softmax(z) * exp(b), renormalized."""
+    out = probs.astype(np.float64, copy=True)
+    selected = np.asarray(rows, bool)
+    out[selected] *= np.exp(offset.detach().numpy().astype(np.float64))
+    out[selected] /= out[selected].sum(axis=1, keepdims=True)
+    return out.astype(probs.dtype)
+
+
 def grader_metrics(probs: np.ndarray, samples: list[GraderSample], fine: set[str], prefix: str,
                    malignancy_weight: float = 0.0) -> dict:
     """Loss on all samples (the training objective: category loss + ``malignancy_weight`` x pathology
@@ -258,7 +268,10 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
                      "train_loss": float(np.mean(losses)) if losses else float("nan"),
                      "seconds": time.perf_counter() - started}
         if val:
-            row.update(grader_metrics(predict(net, val, config), val, fine, "val", config.malignancy_weight))
+            probs = predict(net, val, config)
+            if config.coarse_bias:  # validate coarse-label lesions as they are trained: with their offset
+                probs = with_offset(probs, [s.id.split("/")[0] not in fine for s in val], coarse_bias)
+            row.update(grader_metrics(probs, val, fine, "val", config.malignancy_weight))
         end_epoch(out, row, -row.get("val_loss", row["train_loss"]), net=net, optimizer=optimizer,
                   config=config, state=state, log=log, extra={"coarse_bias": coarse_bias.detach().clone()})
     return state
