@@ -5,10 +5,14 @@ lesion crop around the shipped ROI-CNN's ROI, without and with Chan–Vese refin
 or ResNet50), trained and tested by patient-disjoint k-fold cross-validation, at the edge width. Writes
 OUT/table3.md and OUT/table3.json (per-category accuracy per method, the Table 3 analogue). Every
 (fold, network) result is cached in OUT: run the same command again to resume. OUT also caches decoded
-images: keep it outside any repository. The full run takes hours on two CPU cores: run it with nohup.
+images: keep it outside any repository. Measured on two idle CPU cores with breast_lesions_usg (151
+lesions): 5 folds at --whole-size 288 --crop-size 128 --epochs 20 --width 0.125 took 19 minutes; adding
+BUS-BRA or widening the networks multiplies that: run long ones with nohup.
 
 Examples:
   sonograde experiment table3 --data ../shared/data/breast_lesions_usg --out /tmp/t3      # 5 folds
+  sonograde experiment table3 --data ../shared/data/breast_lesions_usg --out /tmp/t3_a --epochs 20 \
+      --width 0.125 --whole-size 288 --crop-size 128 --optimizer adamw    # docs/results.md, run A
   sonograde experiment table3 --data DIR --folds 3 --epochs 4 --width 0.125 --out /tmp/t3_small
   sonograde experiment table3 --smoke --out /tmp/t3_smoke     # phantom data, tiny networks, seconds
 
