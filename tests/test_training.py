@@ -210,6 +210,8 @@ def test_coarse_bias_keeps_a_coarse_datasets_base_rate_out_of_the_model(tmp_path
     bias = first["extra"]["coarse_bias"]
     assert float(bias[0]) > float(bias[1:].max()) + 0.01, bias  # "3" is what the coarse dataset says
     assert "coarse_bias" not in str(list(first["model"]))  # not part of the exported network
+    without = [a for a in common if a != "--coarse-bias"]
+    assert _cli([*without, "--epochs", "2", "--resume"]) == 2  # the offset's optimizer state would be lost
     assert _cli([*common, "--epochs", "2", "--resume"]) == 0
     resumed = load_checkpoint(out / "last.pt")
     assert resumed["state"]["epoch"] == 2 and len(resumed["optimizer"]["param_groups"]) == 2

@@ -65,12 +65,12 @@ class TrainConfig:
     malignancy_weight: float = 0.0
     coarse_bias: bool = False
     split_seed: int | None = None
+    progress: bool = True
 
     def split_config_seed(self) -> int:
         """Seed of the data split: ``split_seed`` if set, else ``seed`` (so runs that differ only in
         their initialization can share one split)."""
         return self.seed if self.split_seed is None else self.split_seed
-    progress: bool = True
 
     def learning_rate(self) -> float:
         if self.lr is not None:

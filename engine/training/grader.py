@@ -204,23 +204,24 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
         state = RunState(**payload["state"])
     net = GCNN(net_config)
     optimizer = make_optimizer(config, net.parameters())
-    if payload is not None:
-        net.load_state_dict(payload["model"])
-        if len(payload["optimizer"]["param_groups"]) == 1:  # a --coarse-bias run has two, loaded below
-            optimizer.load_state_dict(payload["optimizer"])
-    net = net.to(memory_format=torch.channels_last)
-    train, val, _ = prepare_grader_data(config, out)
-    fine = fine_datasets(train + val)
     # Logit offset for lesions of coarse-label datasets (zeros and unused without --coarse-bias).
     coarse_bias = torch.zeros(len(GRADER_CATEGORIES), requires_grad=config.coarse_bias)
     if config.coarse_bias:
-        if payload is not None and "coarse_bias" in payload.get("extra", {}):
-            coarse_bias.data.copy_(payload["extra"]["coarse_bias"])
         optimizer.add_param_group({"params": [coarse_bias], "weight_decay": 0.0})
-        if payload is not None and len(payload["optimizer"]["param_groups"]) == 2:
-            optimizer.load_state_dict(payload["optimizer"])
-    weights = np.array([config.fine_repeat if s.id.split("/")[0] in fine else 1 for s in train])
-    pool = np.repeat(np.arange(len(train)), weights)
+    if payload is not None:
+        net.load_state_dict(payload["model"])
+        if len(payload["optimizer"]["param_groups"]) != len(optimizer.param_groups):
+            raise TrainingError(f"{out / 'last.pt'} was trained with{'out' if config.coarse_bias else ''} "
+                                "--coarse-bias; resume with the same setting")
+        optimizer.load_state_dict(payload["optimizer"])
+        if config.coarse_bias:
+            coarse_bias.data.copy_(payload["extra"]["coarse_bias"])
+    net = net.to(memory_format=torch.channels_last)
+    train, val, _ = prepare_grader_data(config, out)
+    fine = fine_datasets(train + val)
+    coarse_train = np.array([s.id.split("/")[0] not in fine for s in train])
+    coarse_val = [s.id.split("/")[0] not in fine for s in val]
+    pool = np.repeat(np.arange(len(train)), np.where(coarse_train, 1, config.fine_repeat))
     print(f"G-CNN width {config.width} S={config.input_size} margin={config.margin} "
           f"mask_channel={config.mask_channel} malignancy_weight={config.malignancy_weight}: "
           f"{len(train)} training lesions ({len(pool)} per epoch with "
@@ -240,7 +241,8 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
         bar = tqdm(range(steps), desc=f"grader epoch {epoch + 1}/{config.epochs}",
                    disable=not config.progress)
         for step in bar:
-            batch = [train[i] for i in order[step * config.batch_size:(step + 1) * config.batch_size]]
+            indices = order[step * config.batch_size:(step + 1) * config.batch_size]
+            batch = [train[i] for i in indices]
             if len(batch) < 2:  # batch norm needs two samples
                 continue
             x = torch.from_numpy(np.stack([sample_input(s, config, rng) for s in batch]))
@@ -248,7 +250,7 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
             allowed = torch.from_numpy(np.stack([s.allowed for s in batch]))
             logits = net(x)
             if config.coarse_bias:
-                is_coarse = torch.tensor([s.id.split("/")[0] not in fine for s in batch], dtype=logits.dtype)
+                is_coarse = torch.from_numpy(coarse_train[indices]).to(logits.dtype)
                 logits = logits + is_coarse[:, None] * coarse_bias
             loss = allowed_set_loss(logits, allowed)
             if config.malignancy_weight > 0:
@@ -270,7 +272,7 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
         if val:
             probs = predict(net, val, config)
             if config.coarse_bias:  # validate coarse-label lesions as they are trained: with their offset
-                probs = with_offset(probs, [s.id.split("/")[0] not in fine for s in val], coarse_bias)
+                probs = with_offset(probs, coarse_val, coarse_bias)
             row.update(grader_metrics(probs, val, fine, "val", config.malignancy_weight))
         end_epoch(out, row, -row.get("val_loss", row["train_loss"]), net=net, optimizer=optimizer,
                   config=config, state=state, log=log, extra={"coarse_bias": coarse_bias.detach().clone()})
