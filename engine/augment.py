@@ -84,6 +84,16 @@ def jitter_box(box: tuple[int, int, int, int], rng: np.random.Generator,
     return x + dx, y + dy, w, h
 
 
+def translate_frame(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                    config: GraderAugment = GraderAugment()) -> tuple[np.ndarray, np.ndarray]:
+    """Shift a whole frame and its lesion mask by up to ``config.translate`` of the frame's side, never
+    moving the lesion out (the G-CNN's "random movement" when it sees the whole frame)."""
+    h, w = image.shape
+    x0, x1, _, _ = _shift_limits(mask > 0, int(config.translate * w))
+    _, _, y0, y1 = _shift_limits(mask > 0, int(config.translate * h))
+    return translate(image, mask, int(rng.integers(x0, x1 + 1)), int(rng.integers(y0, y1 + 1)))
+
+
 def perturb_mask(mask: np.ndarray, rng: np.random.Generator, max_pixels: int = 3) -> np.ndarray:
     """Erode or dilate a bool mask by 0..``max_pixels`` pixels (3x3 steps): the G-CNN's mask channel
     comes from the ROI-CNN and Chan–Vese in use, whose outline is a few pixels off the annotation."""

@@ -7,7 +7,8 @@ The ONNX contract (relied on by the inference backends, calibration and the pipe
   float32 (N, 5), softmax over ("3", "4A", "4B", "4C", "5").
 - Dynamic batch axis N, opset 17 or newer, and metadata_props: ``sonograde.model`` ("roi" | "grader"),
   ``sonograde.input_size``, ``sonograde.input_channels``, ``sonograde.width``, ``sonograde.categories``
-  (grader), ``sonograde.roi_margin`` and ``sonograde.mask_channel`` (grader), ``sonograde.model_id``,
+  (grader), ``sonograde.roi_margin``, ``sonograde.mask_channel`` and ``sonograde.grader_view`` ("crop" or
+  "frame", grader), ``sonograde.model_id``,
   ``sonograde.research_use``.
 """
 
@@ -73,7 +74,7 @@ def _wrap(kind: str, net: torch.nn.Module) -> tuple[torch.nn.Module, str, tuple[
 
 
 def metadata_for(kind: str, net: torch.nn.Module, *, model_id: str | None = None,
-                 grader_margin: float | None = None) -> dict[str, str]:
+                 grader_margin: float | None = None, grader_view: str = "crop") -> dict[str, str]:
     """The ``sonograde.*`` metadata of a model (see the module docstring)."""
     date = _dt.date.today().isoformat()
     config = net.config
@@ -91,7 +92,10 @@ def metadata_for(kind: str, net: torch.nn.Module, *, model_id: str | None = None
         meta["sonograde.categories"] = ",".join(GRADER_CATEGORIES)
         meta["sonograde.roi_margin"] = f"{grader_margin if grader_margin is not None else 0.25:g}"
         meta["sonograde.mask_channel"] = "1" if config.in_channels == 2 else "0"
-        meta["sonograde.model_id"] = model_id or f"g_cnn-w{config.width:g}-s{config.input_size}-{date}"
+        meta["sonograde.grader_view"] = grader_view
+        view_tag = "-frame" if grader_view == "frame" else ""
+        meta["sonograde.model_id"] = (model_id
+                                      or f"g_cnn-w{config.width:g}-s{config.input_size}{view_tag}-{date}")
     return meta
 
 
@@ -112,8 +116,8 @@ def _torch_export(module: torch.nn.Module, example: torch.Tensor, path: Path, ou
 
 
 def export_onnx(kind: str, net: torch.nn.Module, out: str | Path, *, model_id: str | None = None,
-                grader_margin: float | None = None, dynamo: bool = True, check_batch: int = 3,
-                seed: int | None = None) -> ExportReport:
+                grader_margin: float | None = None, grader_view: str = "crop", dynamo: bool = True,
+                check_batch: int = 3, seed: int | None = None) -> ExportReport:
     """Write ``net`` (eval mode) as ONNX to ``out`` with the contract's names, dynamic batch and metadata,
     then run it in ONNX Runtime on fresh random inputs (batch ``check_batch`` and 1) and compare with torch.
 
@@ -139,7 +143,7 @@ def export_onnx(kind: str, net: torch.nn.Module, out: str | Path, *, model_id: s
         exporter = "torchscript (dynamo failed)"
         _torch_export(module, example, out, output, False)
     model = onnx.load(str(out))
-    meta = metadata_for(kind, net, model_id=model_id, grader_margin=grader_margin)
+    meta = metadata_for(kind, net, model_id=model_id, grader_margin=grader_margin, grader_view=grader_view)
     meta["sonograde.exporter"] = exporter
     del model.metadata_props[:]
     for key, value in meta.items():

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from engine.backends import InferenceBackend, ModelLoadError, load_backend
-from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input, to_gray_u8
+from engine.preprocess import GRADER_VIEWS, ROI_INPUT_SIZE, grader_input, roi_input, to_gray_u8
 from engine.results import (
     CATEGORIES,
     EMPTY_CONTOUR,
@@ -108,8 +108,9 @@ class TwoStageGrader:
     roi : backend of the ROI-CNN: float32 (N, 1, 288, 288) standardized frame -> (N, 1, 288, 288) sigmoid.
     grader : backend of the G-CNN: float32 (N, C, S, S) from ``engine.preprocess.grader_input`` -> (N, 5)
         softmax. Its metadata gives S (``sonograde.input_size``), the ROI margin
-        (``sonograde.roi_margin``), whether the mask is a second channel (``sonograde.mask_channel``) and
-        the category order (``sonograde.categories``).
+        (``sonograde.roi_margin``), whether the mask is a second channel (``sonograde.mask_channel``),
+        what it sees (``sonograde.grader_view``: "crop" around the lesion, the default, or the whole
+        "frame") and the category order (``sonograde.categories``).
     config : refinement parameters.
 
     Raises ValueError when the two models are swapped or their inputs do not fit these contracts.
@@ -146,6 +147,10 @@ class TwoStageGrader:
                 f"{grader.path}: input has {self.grader_channels} channel(s) but sonograde.mask_channel is "
                 f"{meta.get('sonograde.mask_channel')!r}; expected 2 channels with the mask, 1 without"
             )
+        self.grader_view = meta.get("sonograde.grader_view", "crop")
+        if self.grader_view not in GRADER_VIEWS:
+            raise ValueError(f"{grader.path}: sonograde.grader_view is {self.grader_view!r}; this version "
+                             f"knows {GRADER_VIEWS} (is the model newer than the software?)")
         self.categories = _parse_categories(meta.get("sonograde.categories"))
         self.model_ids = {
             "roi": roi.metadata.get("sonograde.model_id", roi.path.name),
@@ -258,7 +263,7 @@ class TwoStageGrader:
         if box[2] == 0:
             raise ValueError("classify: the refined mask is empty although lesion_found is True")
         batch = grader_input(gray, mask, size=self.grader_size, margin=self.grader_margin,
-                             mask_channel=self.mask_channel, box=box)
+                             mask_channel=self.mask_channel, box=box, view=self.grader_view)
         if batch.ndim == 3:
             batch = batch[None]
         probs = self.grader.run(batch)[0]

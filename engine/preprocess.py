@@ -56,6 +56,7 @@ def roi_input(image: np.ndarray, size: int = ROI_INPUT_SIZE) -> np.ndarray:
 
 GRADER_INPUT_SIZE = 128
 GRADER_MARGIN = 0.25
+GRADER_VIEWS = ("crop", "frame")
 GRADER_MASK_CHANNEL = False
 
 
@@ -89,19 +90,30 @@ def _crop_square(image: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
 
 def grader_input(image_gray_u8: np.ndarray, mask: np.ndarray, *, size: int = GRADER_INPUT_SIZE,
                  margin: float = GRADER_MARGIN, mask_channel: bool = GRADER_MASK_CHANNEL,
-                 box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+                 box: tuple[int, int, int, int] | None = None, view: str = "crop") -> np.ndarray:
     """G-CNN input for one lesion: float32 array (C, size, size), C = 2 with ``mask_channel`` else 1.
 
-    The lesion's bounding box (from ``mask``, or ``box`` = (x, y, w, h) if given, e.g. a jittered box in
-    training) is squared on its longer side and enlarged by ``margin`` (fraction of that side, default
-    0.25) on each side, so the lesion's aspect ratio and some surrounding tissue are kept; pixels outside
-    the image are black; the crop is resized to size x size and standardized (zero mean, unit std).
+    ``view="frame"``: the whole frame resized to size x size (as ``roi_input``) and, as channel 2, the
+    mask resized the same way: the lesion keeps its size relative to the field of view and its
+    surroundings (skin, fat, posterior shadowing); ``margin`` and ``box`` are not used.
+
+    ``view="crop"`` (default): the lesion's bounding box (from ``mask``, or ``box`` = (x, y, w, h) if
+    given, e.g. a jittered box in training) is squared on its longer side and enlarged by ``margin``
+    (fraction of that side, default 0.25) on each side, so the lesion's aspect ratio and some surrounding
+    tissue are kept; pixels outside the image are black; the crop is resized to size x size and
+    standardized (zero mean, unit std).
     Channel 2 (optional) is the mask cropped the same way, 0.0/1.0. Raises ValueError for an empty mask
     or a mask whose shape differs from the image's.
     """
     gray = to_gray_u8(image_gray_u8)
     if mask.shape != gray.shape:
         raise ValueError(f"mask shape {mask.shape} differs from image shape {gray.shape}")
+    if view == "frame":
+        if not mask.any():
+            raise ValueError("mask is empty: no lesion to grade")
+        return _frame_input(gray, mask, size, mask_channel)
+    if view != "crop":
+        raise ValueError(f"unknown G-CNN view {view!r}; expected one of {GRADER_VIEWS}")
     if box is None:
         box = mask_bbox(mask)
         if box is None:
@@ -114,4 +126,13 @@ def grader_input(image_gray_u8: np.ndarray, mask: np.ndarray, *, size: int = GRA
         mask_crop = _crop_square(mask.astype(np.uint8) * 255, x0, y0, side)
         channels.append((cv2.resize(mask_crop, (size, size), interpolation=interpolation) > 127)
                         .astype(np.float32))
+    return np.stack(channels).astype(np.float32, copy=False)
+
+
+def _frame_input(gray: np.ndarray, mask: np.ndarray, size: int, mask_channel: bool) -> np.ndarray:
+    interpolation = cv2.INTER_AREA if min(gray.shape) > size else cv2.INTER_LINEAR
+    channels = [standardize(cv2.resize(gray, (size, size), interpolation=interpolation))]
+    if mask_channel:
+        small = cv2.resize(mask.astype(np.uint8) * 255, (size, size), interpolation=interpolation)
+        channels.append((small > 127).astype(np.float32))
     return np.stack(channels).astype(np.float32, copy=False)

@@ -7,7 +7,11 @@ Rules (``make_split``), applied per dataset folder:
   the other folds are split into train and validation by patient (``ManifestRecord.group``);
 - other datasets (e.g. breast_lesions_usg, no patient id: one case = one group) hold out
   ``test_fraction`` of the groups as test and ``val_fraction`` as validation, stratified by a label
-  (BI-RADS category by default) so that every category is represented.
+  (BI-RADS category by default) so that every category is represented;
+- with ``folds`` = K > 0 (cross-validation), those datasets are instead dealt into K stratified folds
+  (``assign_folds``) and fold ``test_fold`` (1..K) is the test set, like an official fold; validation is
+  ``val_fraction`` of the other folds' groups. Running K trainings with ``test_fold`` 1..K then predicts
+  every case exactly once from a network that never saw it.
 A group (patient) never appears on two sides of a split; ``check_disjoint`` asserts it.
 """
 
@@ -30,6 +34,14 @@ class SplitConfig:
     test_fraction: float = 0.3
     seed: int = 0
     train_only: tuple[str, ...] = ("busi",)
+    folds: int = 0
+
+    def __post_init__(self) -> None:
+        if self.folds < 0 or self.folds == 1:
+            raise ValueError(f"folds must be 0 (no cross-validation) or >= 2, got {self.folds}")
+        if self.folds and not 1 <= self.test_fold <= self.folds:
+            raise ValueError(f"test_fold must be 1..{self.folds} with {self.folds} folds, "
+                             f"got {self.test_fold}")
 
 
 @dataclass
@@ -98,6 +110,31 @@ def default_stratum(record: ManifestRecord) -> str:
     return record.birads or record.pathology or "-"
 
 
+def assign_folds(records: Sequence[ManifestRecord], folds: int, seed: int) -> dict[str, int]:
+    """Patient-disjoint fold (0..folds-1) per ``"dataset/id"``: groups dealt round-robin within each
+    BI-RADS stratum after a seeded shuffle, so every fold gets about the same mix of categories."""
+    import numpy as np
+
+    groups: dict[str, list[ManifestRecord]] = defaultdict(list)
+    for record in records:
+        groups[record.group].append(record)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for key in sorted(groups):
+        strata[groups[key][0].birads or "-"].append(key)
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, int] = {}
+    offset = 0
+    for stratum in sorted(strata):
+        keys = strata[stratum]
+        order = rng.permutation(len(keys))
+        for position, index in enumerate(order):
+            fold = (position + offset) % folds
+            for record in groups[keys[index]]:
+                assignment[f"{record.dataset}/{record.id}"] = fold
+        offset += len(keys)  # continue the deal where the last stratum stopped: balanced fold sizes
+    return assignment
+
+
 def make_split(records: Sequence[ManifestRecord], config: SplitConfig = SplitConfig(), *,
                stratify: Callable[[ManifestRecord], str] = default_stratum) -> Split:
     """Split ``records`` by the rules in the module docstring; checks the result is patient-disjoint."""
@@ -116,6 +153,11 @@ def make_split(records: Sequence[ManifestRecord], config: SplitConfig = SplitCon
                 raise ValueError(f"dataset {name}: official folds share patients; cannot hold out a fold")
             split.test.extend(r for r in items if r.fold == config.test_fold)
             rest = [r for r in items if r.fold != config.test_fold]
+            val, train = _group_split(rest, [config.val_fraction], config.seed, stratify)
+        elif config.folds:
+            fold_of = assign_folds(items, config.folds, config.seed)
+            split.test.extend(r for r in items if fold_of[f"{r.dataset}/{r.id}"] == config.test_fold - 1)
+            rest = [r for r in items if fold_of[f"{r.dataset}/{r.id}"] != config.test_fold - 1]
             val, train = _group_split(rest, [config.val_fraction], config.seed, stratify)
         else:
             test, val, train = _group_split(items, [config.test_fraction, config.val_fraction],

@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.splits import assign_folds
 from sonograde import RESEARCH_USE_ONLY
 from sonograde.evaluation.labels import CATEGORIES, grading_label
 from sonograde.evaluation.summary import GradedCase, summarize_grading
@@ -159,32 +159,6 @@ class Table3Result:
     seconds: float = 0.0
     trained: int = 0
     reused: int = 0
-
-
-# ------------------------------------------------------------------------------------------------ folds
-
-
-def assign_folds(records: Sequence[ManifestRecord], folds: int, seed: int) -> dict[str, int]:
-    """Patient-disjoint fold per ``"dataset/id"``: groups dealt round-robin within each BI-RADS stratum
-    after a seeded shuffle, so every fold gets about the same mix of categories."""
-    groups: dict[str, list[ManifestRecord]] = defaultdict(list)
-    for record in records:
-        groups[record.group].append(record)
-    strata: dict[str, list[str]] = defaultdict(list)
-    for key in sorted(groups):
-        strata[groups[key][0].birads or "-"].append(key)
-    rng = np.random.default_rng(seed)
-    assignment: dict[str, int] = {}
-    offset = 0
-    for stratum in sorted(strata):
-        keys = strata[stratum]
-        order = rng.permutation(len(keys))
-        for position, index in enumerate(order):
-            fold = (position + offset) % folds
-            for record in groups[keys[index]]:
-                assignment[f"{record.dataset}/{record.id}"] = fold
-        offset += len(keys)  # continue the deal where the last stratum stopped: balanced fold sizes
-    return assignment
 
 
 # ------------------------------------------------------------------------------------------------ inputs

@@ -145,6 +145,34 @@ def test_one_channel_grader(tmp_path, rng):
     assert grader.grade(image).category in CATEGORIES
 
 
+def test_frame_view_grader_sees_the_whole_frame(tmp_path, rng, monkeypatch):
+    make_roi_model(tmp_path / "roi_cnn.onnx")
+    make_grader_model(tmp_path / "g_cnn.onnx", size=72, channels=2, view="frame")
+    grader = TwoStageGrader.from_models_dir(tmp_path)
+    assert grader.grader_view == "frame"
+    height, width = int(rng.integers(200, 400)), int(rng.integers(200, 500))
+    image, _ = synthetic_frame(rng, height, width)
+    seen = []
+    run = grader.grader.run
+    monkeypatch.setattr(grader.grader, "run", lambda batch: seen.append(batch) or run(batch))
+    result = grader.grade(image)
+    assert result.lesion_found and result.category in CATEGORIES
+    expected = grader_input(image, result.refined_mask, size=72, mask_channel=True, view="frame")
+    np.testing.assert_allclose(seen[0][0], expected, atol=1e-6)
+    # the mask channel marks the lesion where it lies in the frame, not a centred crop
+    ys, xs = np.nonzero(seen[0][0, 1])
+    x, y, w, h = result.bbox
+    assert abs(xs.mean() / 72 - (x + w / 2) / width) < 0.05
+    assert abs(ys.mean() / 72 - (y + h / 2) / height) < 0.05
+
+
+def test_unknown_grader_view_is_refused(tmp_path):
+    make_roi_model(tmp_path / "roi_cnn.onnx")
+    make_grader_model(tmp_path / "g_cnn.onnx", view="panorama")
+    with pytest.raises(ValueError, match="grader_view is 'panorama'"):
+        TwoStageGrader.from_models_dir(tmp_path)
+
+
 def test_swapped_models_are_refused(models_dir):
     roi = load_backend(models_dir / "roi_cnn.onnx")
     g = load_backend(models_dir / "g_cnn.onnx")

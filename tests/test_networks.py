@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from engine.augment import translate_frame
 from engine.networks import (
     GCNN,
     VGG16,
@@ -18,7 +19,7 @@ from engine.networks import (
     RoiProbability,
     build,
 )
-from engine.preprocess import grader_input, mask_bbox, square_crop_box
+from engine.preprocess import grader_input, mask_bbox, roi_input, square_crop_box
 
 
 def _convs(net: nn.Module) -> list[nn.Conv2d]:
@@ -118,6 +119,40 @@ def test_grader_input_pads_at_border_and_rejects_bad_masks() -> None:
         grader_input(image, np.zeros((100, 100), bool), size=32, margin=0.1, mask_channel=False)
     with pytest.raises(ValueError, match="shape"):
         grader_input(image, np.ones((50, 100), bool), size=32, margin=0.1, mask_channel=False)
+
+
+def test_grader_input_frame_keeps_lesion_size_and_place(rng: np.random.Generator) -> None:
+    h, w = int(rng.integers(150, 400)), int(rng.integers(150, 400))
+    image = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    mask = np.zeros((h, w), bool)
+    y0, x0 = int(rng.integers(0, h - 40)), int(rng.integers(0, w - 60))
+    mask[y0:y0 + 30, x0:x0 + 50] = True
+    frame = grader_input(image, mask, size=96, mask_channel=True, view="frame")
+    assert frame.shape == (2, 96, 96) and frame.dtype == np.float32
+    np.testing.assert_allclose(frame[0], roi_input(image, 96)[0])  # the frame exactly as the ROI-CNN's input
+    ys, xs = np.nonzero(frame[1])
+    # the lesion keeps its share of the field of view (a crop would scale it to fill the input)
+    assert abs((xs.max() - xs.min() + 1) - 50 * 96 / w) <= 2
+    assert abs((ys.max() - ys.min() + 1) - 30 * 96 / h) <= 2
+    assert abs(xs.min() - x0 * 96 / w) <= 2 and abs(ys.min() - y0 * 96 / h) <= 2
+    with pytest.raises(ValueError, match="empty"):
+        grader_input(image, np.zeros_like(mask), size=96, mask_channel=True, view="frame")
+    with pytest.raises(ValueError, match="unknown G-CNN view"):
+        grader_input(image, mask, size=96, view="panorama")
+
+
+def test_translate_frame_moves_image_and_mask_together_and_keeps_the_lesion(rng: np.random.Generator) -> None:
+    image = rng.integers(1, 256, (120, 160), dtype=np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[2:30, 140:158] = True  # near the top-right corner: most shifts would push it out
+    for _ in range(20):
+        moved, moved_mask = translate_frame(image, mask, rng)
+        assert moved_mask.sum() == mask.sum()  # never cut off
+        ys, xs = np.nonzero(moved_mask)
+        dy, dx = int(ys.min()) - 2, int(xs.min()) - 140
+        assert abs(dx) <= 16 and abs(dy) <= 12  # at most 10 % of each side
+        np.testing.assert_array_equal(moved[max(dy, 0):120 + min(dy, 0), max(dx, 0):160 + min(dx, 0)],
+                                      image[max(-dy, 0):120 - max(dy, 0), max(-dx, 0):160 - max(dx, 0)])
 
 
 def test_grader_ensemble_averages_member_probabilities() -> None:

@@ -107,6 +107,29 @@ def test_split_is_patient_disjoint_and_holds_out_the_fold(rng: np.random.Generat
         make_split(shared)
 
 
+def test_cross_validation_folds_partition_the_cases(rng: np.random.Generator) -> None:
+    patient_fold = rng.integers(1, 6, 20)
+    records = [_record("busbra", f"p{i}", str(i // 2), int(patient_fold[i // 2])) for i in range(40)]
+    categories = ("3", "4A", "4B", "4C", "5")
+    records += [_record("usg", f"c{i}", None, None, birads=categories[int(rng.integers(5))])
+                for i in range(57)]
+    seed = int(rng.integers(1000))
+    tests = []
+    for fold in range(1, 6):
+        split = make_split(records, SplitConfig(test_fold=fold, val_fraction=0.1, seed=seed, folds=5))
+        check_disjoint(split)
+        assert {r.fold for r in split.test if r.dataset == "busbra"} <= {fold}
+        assert split.val and all(r.dataset in ("busbra", "usg") for r in split.val)
+        tests.append({r.id for r in split.test if r.dataset == "usg"})
+        assert 57 // 5 - 1 <= len(tests[-1]) <= 57 // 5 + 2  # balanced folds
+    assert set.union(*tests) == {f"c{i}" for i in range(57)}  # every case held out ...
+    assert sum(len(t) for t in tests) == 57  # ... exactly once
+    with pytest.raises(ValueError, match=r"test_fold must be 1\.\.5"):
+        SplitConfig(test_fold=6, folds=5)
+    with pytest.raises(ValueError, match="folds must be"):
+        SplitConfig(folds=1)
+
+
 @pytest.mark.realdata
 def test_busbra_official_folds_are_patient_disjoint(shared_data: Path) -> None:
     records = read_manifest(shared_data / "busbra")
@@ -170,6 +193,35 @@ def test_train_grader_command_on_phantom(tmp_path: Path) -> None:
     row = {k: float(v) for k, v in rows[0].items() if k.startswith("val_") and "loss" in k}
     expected = row["val_category_loss"] + 0.5 * row["val_malignancy_loss"]
     assert row["val_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_frame_view_grader_trains_and_exports_its_view(tmp_path: Path) -> None:
+    out = tmp_path / "grader"
+    code = _cli(["grader", "--phantom", "10", "--out", str(out), "--epochs", "1", "--width", "0.125",
+                 "--input-size", "48", "--batch-size", "4", "--optimizer", "adamw", "--no-progress",
+                 "--view", "frame", "--mask-channel"])
+    assert code == 0
+    payload = load_checkpoint(out / "best.pt")
+    assert payload["train_config"]["view"] == "frame" and payload["net_config"]["in_channels"] == 2
+    from sonograde.commands import export as export_command
+
+    parser = argparse.ArgumentParser()
+    export_command.add_arguments(parser)
+    args = parser.parse_args(["--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "g.onnx"),
+                              "--no-dynamo"])
+    assert export_command.run(args) == 0
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "g.onnx")).metadata_props}
+    assert meta["sonograde.grader_view"] == "frame" and "-frame-" in meta["sonograde.model_id"]
+
+
+def test_train_command_rejects_a_bad_cross_validation_fold(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["grader", "--phantom", "4", "--out", str(tmp_path), "--cv-folds", "5", "--test-fold", "7"]
+    assert _cli(argv) == 2
+    assert "test_fold must be 1..5" in capsys.readouterr().err
 
 
 def test_grader_label_rules() -> None:

@@ -59,10 +59,11 @@ def make_roi_model(path: str | os.PathLike, *, size: int = 288, model_id: str = 
 
 
 def make_grader_model(path: str | os.PathLike, *, size: int = 64, channels: int = 2, margin: float = 0.1,
-                      seed: int = 0, model_id: str = "dev-grader") -> Path:
+                      seed: int = 0, model_id: str = "dev-grader", view: str = "crop") -> Path:
     """Write a dev grader: "image" (N,channels,size,size) -> "probs" (N,5), softmax; random weights.
 
-    ``margin`` is stored as ``sonograde.roi_margin`` and ``channels == 2`` as ``sonograde.mask_channel = 1``.
+    ``margin`` is stored as ``sonograde.roi_margin``, ``channels == 2`` as ``sonograde.mask_channel = 1``
+    and ``view`` as ``sonograde.grader_view``.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -92,6 +93,7 @@ def make_grader_model(path: str | os.PathLike, *, size: int = 64, channels: int 
         "sonograde.input_channels": str(channels), "sonograde.width": "0",
         "sonograde.categories": ",".join(CATEGORIES), "sonograde.roi_margin": str(margin),
         "sonograde.mask_channel": "1" if channels == 2 else "0", "sonograde.model_id": model_id,
+        "sonograde.grader_view": view,
     }
     return _save(graph, path, metadata)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from engine.networks import config_dict
+from engine.splits import SplitConfig
 
 
 class TrainingError(ValueError):
@@ -31,8 +32,10 @@ class TrainConfig:
     after this many optimizer steps in total (smoke runs). phantom: number of phantom samples to add
     (used alone when no data folder is given). cache_dir: where decoded arrays are cached (outside the
     repository). threads: torch intra-op threads. loss (ROI): "dice" or "dice+bce".
-    input_size, margin, mask_channel (grader): what the G-CNN sees, see engine.preprocess.grader_input.
-    test_fold, val_fraction, test_fraction: the split, see engine.splits.
+    input_size, margin, mask_channel, view (grader): what the G-CNN sees, see
+    engine.preprocess.grader_input ("crop": the lesion box with margin; "frame": the whole frame).
+    test_fold, val_fraction, test_fraction, cv_folds: the split, see engine.splits (cv_folds 0: a fixed
+    test fraction; K: cross-validation fold ``test_fold`` of K).
     fine_repeat (grader): times each five-way (4A/4B/4C-labelled dataset) sample is seen per epoch.
     malignancy_weight (grader): weight of the pathology term (``engine.training.grader.malignancy_loss``)
     added to the category loss for lesions whose pathology is known; 0 trains on categories alone.
@@ -58,6 +61,7 @@ class TrainConfig:
     input_size: int = 128
     margin: float = 0.25
     mask_channel: bool = False
+    view: str = "crop"
     test_fold: int = 1
     val_fraction: float = 0.1
     test_fraction: float = 0.3
@@ -65,12 +69,18 @@ class TrainConfig:
     malignancy_weight: float = 0.0
     coarse_bias: bool = False
     split_seed: int | None = None
+    cv_folds: int = 0
     progress: bool = True
 
     def split_config_seed(self) -> int:
         """Seed of the data split: ``split_seed`` if set, else ``seed`` (so runs that differ only in
         their initialization can share one split)."""
         return self.seed if self.split_seed is None else self.split_seed
+
+    def split_config(self) -> SplitConfig:
+        """The ``engine.splits.SplitConfig`` of this run."""
+        return SplitConfig(self.test_fold, self.val_fraction, self.test_fraction, self.split_config_seed(),
+                           folds=self.cv_folds)
 
     def learning_rate(self) -> float:
         if self.lr is not None:

@@ -12,6 +12,10 @@ metrics (accuracy, per-category accuracy, confusion matrix, one-vs-rest and macr
 against pathology) and the majority-class baseline (the most frequent training category), once with the
 ground-truth masks and once with the masks of the two-stage pipeline (ROI-CNN + refinement).
 
+Cross-validation (``--cv-folds K`` with K models trained by ``sonograde train grader --cv-folds K
+--test-fold i``): model i is evaluated on fold i and the K folds are pooled, so every five-way case is
+graded once by a network that never saw it; each case's baseline is its own fold's training majority.
+
 Usage:
   python -m engine.training.evaluate roi --model models/roi_cnn.onnx --data ../shared/data/busbra
   python -m engine.training.evaluate grader --model models/g_cnn.onnx --roi-model models/roi_cnn.onnx \\
@@ -34,7 +38,15 @@ from engine.data.datasets import GRADER_CATEGORIES, grader_allowed, load_records
 from engine.data.manifest import ManifestRecord, load_gray, load_mask
 from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input
 from engine.splits import SplitConfig, make_split
-from engine.training.metrics import confusion, macro_auc, one_vs_rest_auc, roc_auc
+from engine.training.metrics import (
+    binomial_p,
+    bootstrap_interval,
+    confusion,
+    macro_auc,
+    one_vs_rest_auc,
+    paired_sign_p,
+    roc_auc,
+)
 
 
 def _session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
@@ -115,26 +127,40 @@ def _five_way_label(record: ManifestRecord) -> int | None:
     return int(np.argmax(allowed))
 
 
-def grader_report(probs: np.ndarray, labels: np.ndarray, malignant: np.ndarray, majority: int) -> dict:
-    """Five-way metrics and the majority-class baseline for one set of predictions."""
+def grader_report(probs: np.ndarray, labels: np.ndarray, malignant: np.ndarray,
+                  majority: int | np.ndarray) -> dict:
+    """Five-way metrics of one set of predictions against the majority-class baseline.
+
+    ``majority`` is the baseline's category (index), or one per case when cases come from several
+    cross-validation folds, each with its own training majority. Besides the point estimates: a 95 %
+    bootstrap interval of accuracy and macro AUC, the one-sided exact binomial p-value of the accuracy
+    against the baseline's accuracy, and the exact McNemar p-value of grader vs baseline on the same
+    cases."""
+    from engine.training.grader import malignancy_score
+
     predicted = probs.argmax(1)
     matrix = confusion(labels, predicted, len(GRADER_CATEGORIES))
     per_category = {c: (float(matrix[k, k] / matrix[k].sum()) if matrix[k].sum() else None)
                     for k, c in enumerate(GRADER_CATEGORIES)}
-    from engine.training.grader import malignancy_score
-
+    baseline = np.broadcast_to(np.asarray(majority), labels.shape)
+    correct, baseline_correct = predicted == labels, baseline == labels
     known = malignant >= 0
     return {
         "cases": len(labels),
-        "accuracy": float((predicted == labels).mean()),
+        "accuracy": float(correct.mean()),
+        "accuracy_95ci": bootstrap_interval(lambda c: float(c.mean()), (correct,)),
         "per_category_accuracy": per_category,
         "confusion_rows_truth_cols_pred": matrix.tolist(),
         "one_vs_rest_auc": dict(zip(GRADER_CATEGORIES, one_vs_rest_auc(probs, labels), strict=True)),
         "macro_auc": macro_auc(probs, labels),
+        "macro_auc_95ci": bootstrap_interval(macro_auc, (probs, labels)),
         "malignancy_auc": roc_auc(malignancy_score(probs[known]), malignant[known] == 1),
-        "majority_class": GRADER_CATEGORIES[majority],
-        "majority_accuracy": float((labels == majority).mean()),
+        "majority_class": GRADER_CATEGORIES[int(Counter(baseline.tolist()).most_common(1)[0][0])],
+        "majority_accuracy": float(baseline_correct.mean()),
         "majority_macro_auc": 0.5,
+        "accuracy_vs_majority_binomial_p": binomial_p(int(correct.sum()), len(labels),
+                                                      float(baseline_correct.mean())),
+        "accuracy_vs_majority_mcnemar_p": paired_sign_p(correct, baseline_correct),
     }
 
 
@@ -149,6 +175,7 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
     size = int(meta.get("sonograde.input_size", "128"))
     margin = float(meta.get("sonograde.roi_margin", "0.25"))
     mask_channel = meta.get("sonograde.mask_channel", "0") == "1"
+    view = meta.get("sonograde.grader_view", "crop")
     roi_session = _session(roi_model) if roi_model else None
     cases = [r for r in test if r.mask is not None and _five_way_label(r) is not None
              and r.birads not in ("4",)]
@@ -163,14 +190,15 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
         assert truth is not None
         labels.append(_five_way_label(record))
         malignant.append({"malignant": 1, "benign": 0}.get(record.pathology or "", -1))
-        x = grader_input(gray, truth, size=size, margin=margin, mask_channel=mask_channel)
+        x = grader_input(gray, truth, size=size, margin=margin, mask_channel=mask_channel, view=view)
         gt_probs.append(session.run(None, {"image": x[None]})[0][0])
         if roi_session is not None:
             _, _, _, refined = locate_and_refine(roi_session, gray)
             full = _upsample(refined, gray.shape)
             found.append(bool(full.any()))
             if full.any():
-                x = grader_input(gray, full, size=size, margin=margin, mask_channel=mask_channel)
+                x = grader_input(gray, full, size=size, margin=margin, mask_channel=mask_channel,
+                                 view=view)
                 pipe_probs.append(session.run(None, {"image": x[None]})[0][0])
             else:  # no lesion found: counts as a miss, uniform probabilities
                 pipe_probs.append(np.full(len(GRADER_CATEGORIES), 1.0 / len(GRADER_CATEGORIES), np.float32))
@@ -178,35 +206,84 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
     result = {"datasets": sorted(fine_sets), "metadata": meta,
               "ground_truth_masks": grader_report(np.array(gt_probs), labels_a, malignant_a, majority),
               "ids": [f"{r.dataset}/{r.id}" for r in cases]}
+    per_case = [{"id": f"{r.dataset}/{r.id}", "label": int(labels[i]), "malignant": int(malignant[i]),
+                 "majority": int(majority), "ground_truth_masks": [float(v) for v in gt_probs[i]]}
+                for i, r in enumerate(cases)]
     if roi_session is not None:
         result["two_stage_masks"] = grader_report(np.array(pipe_probs), labels_a, malignant_a, majority)
         result["two_stage_masks"]["lesion_found"] = int(sum(found))
+        for i, row in enumerate(per_case):
+            row["two_stage_masks"] = [float(v) for v in pipe_probs[i]]
+            row["lesion_found"] = bool(found[i])
+    result["per_case"] = per_case
     return result
+
+
+def pool_grader_results(results: list[dict]) -> dict:
+    """One report over the per-case predictions of several ``evaluate_grader`` results (e.g. the K
+    folds of a cross-validation: every case predicted once by a network that never saw it), each case
+    against its own fold's majority class."""
+    rows = [row for result in results for row in result["per_case"]]
+    ids = [row["id"] for row in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError("a case appears in two of the pooled results: are the test folds disjoint?")
+    labels = np.array([row["label"] for row in rows])
+    malignant = np.array([row["malignant"] for row in rows])
+    majority = np.array([row["majority"] for row in rows])
+    pooled: dict = {"folds": len(results), "datasets": sorted({d for r in results for d in r["datasets"]}),
+                    "model_ids": [r["metadata"].get("sonograde.model_id") for r in results]}
+    for key in ("ground_truth_masks", "two_stage_masks"):
+        if all(key in row for row in rows):
+            pooled[key] = grader_report(np.array([row[key] for row in rows]), labels, malignant, majority)
+    if "two_stage_masks" in pooled:
+        pooled["two_stage_masks"]["lesion_found"] = int(sum(row["lesion_found"] for row in rows))
+    pooled["per_case"] = rows
+    return pooled
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.training.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_kind", choices=["roi", "grader"])
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", action="append", required=True,
+                        help="ONNX model; with --cv-folds K give it K times, the i-th is evaluated on "
+                             "fold i and the K test folds are pooled")
     parser.add_argument("--roi-model", default=None, help="grader: also evaluate on two-stage masks")
     parser.add_argument("--data", action="append", required=True)
     parser.add_argument("--test-fold", type=int, default=1)
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--test-fraction", type=float, default=0.3)
+    parser.add_argument("--cv-folds", type=int, default=0, metavar="K",
+                        help="the models were trained with sonograde train --cv-folds K (default 0: one "
+                             "model, test side of --test-fraction / --test-fold)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-refine", action="store_true")
     parser.add_argument("--json", default=None, help="write the full result here")
     args = parser.parse_args(argv)
+    expected = args.cv_folds if args.cv_folds else 1
+    if len(args.model) != expected:
+        how = "one per fold" if args.cv_folds else "no --cv-folds"
+        parser.error(f"give --model {expected} time(s) ({how}), got {len(args.model)}")
     records = load_records(args.data)
-    split = make_split(records, SplitConfig(args.test_fold, args.val_fraction, args.test_fraction, args.seed))
-    print(split.summary(), file=sys.stderr)
+    folds = range(1, args.cv_folds + 1) if args.cv_folds else [args.test_fold]
+    results = []
+    for model, fold in zip(args.model, folds, strict=True):
+        split = make_split(records, SplitConfig(fold, args.val_fraction, args.test_fraction, args.seed,
+                                                folds=args.cv_folds))
+        print(f"{model}: {split.summary()}", file=sys.stderr)
+        if args.model_kind == "roi":
+            results.append(evaluate_roi(model, split.test, refine=not args.no_refine))
+        else:
+            results.append(evaluate_grader(model, args.roi_model, split.test, split.train))
     if args.model_kind == "roi":
-        result = evaluate_roi(args.model, split.test, refine=not args.no_refine)
+        if len(results) > 1:
+            parser.error("--cv-folds pools grader results only")
+        result = results[0]
         print(json.dumps(result["summary"], indent=1))
     else:
-        result = evaluate_grader(args.model, args.roi_model, split.test, split.train)
-        print(json.dumps({k: v for k, v in result.items() if k not in ("ids", "metadata")}, indent=1))
+        result = pool_grader_results(results) if args.cv_folds else results[0]
+        print(json.dumps({k: v for k, v in result.items() if k not in ("ids", "metadata", "per_case")},
+                         indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.augment import GraderAugment, jitter_box, perturb_mask
+from engine.augment import GraderAugment, jitter_box, perturb_mask, translate_frame
 from engine.data.datasets import (
     GRADER_CATEGORIES,
     GraderSample,
@@ -36,7 +36,7 @@ from engine.data.datasets import (
 )
 from engine.networks import GCNN, GraderConfig
 from engine.preprocess import grader_input, mask_bbox
-from engine.splits import SplitConfig, make_split
+from engine.splits import make_split
 from engine.training.common import (
     MetricsLog,
     RunState,
@@ -77,6 +77,15 @@ def malignancy_loss(logits: torch.Tensor, malignant: torch.Tensor) -> torch.Tens
 def sample_input(sample: GraderSample, config: TrainConfig, rng: np.random.Generator | None) -> np.ndarray:
     """The G-CNN input for one sample: with ``rng``, randomly translated and horizontally flipped."""
     image, mask = sample.image, sample.mask
+    if config.view == "frame":
+        if rng is not None:
+            if config.mask_channel:
+                mask = perturb_mask(mask, rng)
+            if rng.random() < GraderAugment().flip:
+                image, mask = image[:, ::-1], mask[:, ::-1]
+            image, mask = translate_frame(np.ascontiguousarray(image), np.ascontiguousarray(mask), rng)
+        return grader_input(np.ascontiguousarray(image), np.ascontiguousarray(mask), size=config.input_size,
+                            mask_channel=config.mask_channel, view="frame")
     box = mask_bbox(mask)
     assert box is not None
     if rng is not None:
@@ -165,8 +174,7 @@ def prepare_grader_data(config: TrainConfig,
     info: dict = {}
     if config.data:
         records = load_records(config.data)
-        split = make_split(records, SplitConfig(config.test_fold, config.val_fraction, config.test_fraction,
-                                                config.split_config_seed()))
+        split = make_split(records, config.split_config())
         info = {"summary": split.summary(), "test_fold": config.test_fold,
                 "val_ids": [f"{r.dataset}/{r.id}" for r in split.val],
                 "test_ids": [f"{r.dataset}/{r.id}" for r in split.test]}
@@ -222,7 +230,7 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
     coarse_train = np.array([s.id.split("/")[0] not in fine for s in train])
     coarse_val = [s.id.split("/")[0] not in fine for s in val]
     pool = np.repeat(np.arange(len(train)), np.where(coarse_train, 1, config.fine_repeat))
-    print(f"G-CNN width {config.width} S={config.input_size} margin={config.margin} "
+    print(f"G-CNN width {config.width} view={config.view} S={config.input_size} margin={config.margin} "
           f"mask_channel={config.mask_channel} malignancy_weight={config.malignancy_weight}: "
           f"{len(train)} training lesions ({len(pool)} per epoch with "
           f"five-way x{config.fine_repeat}), {len(val)} validation; five-way datasets: {sorted(fine)}",

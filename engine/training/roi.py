@@ -15,7 +15,7 @@ from engine.augment import augment_roi
 from engine.data.datasets import RoiArrays, load_records, load_roi_arrays, phantom_roi_arrays
 from engine.networks import RoiCNN, RoiConfig
 from engine.preprocess import ROI_INPUT_SIZE, standardize
-from engine.splits import SplitConfig, make_split
+from engine.splits import make_split
 from engine.training.common import (
     MetricsLog,
     RunState,
@@ -102,8 +102,7 @@ def prepare_roi_data(config: TrainConfig, out: Path) -> tuple[RoiArrays, RoiArra
     train_parts, val_parts, split_info = [], [], {}
     if config.data:
         records = load_records(config.data)
-        split = make_split(records, SplitConfig(config.test_fold, config.val_fraction, config.test_fraction,
-                                                config.split_config_seed()))
+        split = make_split(records, config.split_config())
         split_info = {"summary": split.summary(), "test_fold": config.test_fold,
                       "val_ids": [f"{r.dataset}/{r.id}" for r in split.val],
                       "test_ids": [f"{r.dataset}/{r.id}" for r in split.test]}

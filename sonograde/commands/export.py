@@ -6,7 +6,7 @@ Examples:
 
 The ONNX file has input "image" (N, C, S, S) float32 with a dynamic batch N, output "prob" (ROI-CNN,
 sigmoid map N x 1 x 288 x 288) or "probs" (G-CNN, softmax N x 5 over 3, 4A, 4B, 4C, 5), opset 17, and
-sonograde.* metadata (model kind, input size and channels, width, grader margin and mask channel, model
+sonograde.* metadata (model kind, input size and channels, width, grader margin, mask channel and view, model
 id). After writing, it runs the file in ONNX Runtime on fresh random inputs and prints the largest
 absolute difference from torch; a difference above --tolerance fails the command (exit 1).
 """
@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"sonograde export: {error}", file=sys.stderr)
         return 2
     report = export_onnx(kind, net, args.out, model_id=args.model_id,
-                         grader_margin=train_config.get("margin"), dynamo=not args.no_dynamo)
+                         grader_margin=train_config.get("margin"),
+                         grader_view=train_config.get("view", "crop"), dynamo=not args.no_dynamo)
     print(f"wrote {report.path} ({report.kind}, input {report.input_shape}, "
           f"{report.size_bytes / 1e6:.2f} MB, exporter {report.exporter})")
     print(f"sha256 {report.sha256}")

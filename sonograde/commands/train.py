@@ -48,7 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--margin", type=float, default=0.25,
                         help="G-CNN crop margin, fraction of the lesion box side (default 0.25)")
     parser.add_argument("--mask-channel", action="store_true", help="G-CNN sees the mask as channel 2")
-    parser.add_argument("--test-fold", type=int, default=1, help="BUS-BRA official fold held out (default 1)")
+    parser.add_argument("--view", choices=["crop", "frame"], default="crop",
+                        help="G-CNN input: 'crop' = the lesion box with --margin, resized to S (default); "
+                             "'frame' = the whole frame resized to S, so lesion size and surroundings stay "
+                             "(use with --mask-channel so it knows which lesion)")
+    parser.add_argument("--test-fold", type=int, default=1,
+                        help="BUS-BRA official fold held out (default 1); with --cv-folds also the "
+                             "cross-validation fold of the other datasets")
+    parser.add_argument("--cv-folds", type=int, default=0, metavar="K",
+                        help="cross-validation: deal datasets without official folds into K stratified "
+                             "patient-disjoint folds and hold out fold --test-fold (default 0: hold out "
+                             "--test-fraction)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share of patients")
     parser.add_argument("--test-fraction", type=float, default=0.3,
                         help="test share of cases in folders without folds (default 0.3)")
@@ -78,10 +88,16 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, split_seed=args.split_seed, max_steps=args.max_steps, phantom=args.phantom,
         cache_dir=args.cache_dir,
         threads=args.threads, loss=args.loss, input_size=args.input_size, margin=args.margin,
-        mask_channel=args.mask_channel, test_fold=args.test_fold, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, fine_repeat=args.fine_repeat,
-        malignancy_weight=args.malignancy_weight, coarse_bias=args.coarse_bias, progress=not args.no_progress,
+        mask_channel=args.mask_channel, view=args.view, test_fold=args.test_fold,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, cv_folds=args.cv_folds,
+        fine_repeat=args.fine_repeat, malignancy_weight=args.malignancy_weight, coarse_bias=args.coarse_bias,
+        progress=not args.no_progress,
     )
+    try:
+        config.split_config()
+    except ValueError as error:
+        print(f"sonograde train: {error} (--cv-folds / --test-fold)", file=sys.stderr)
+        return 2
     try:
         if args.model == "roi":
             from engine.training.roi import train_roi
