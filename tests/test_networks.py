@@ -89,12 +89,18 @@ def test_comparison_classifiers() -> None:
     assert len(_convs(ResNet50(width=0.125))) == 53
 
 
-def test_grader_input_crop(rng: np.random.Generator) -> None:
+def _image_with_box_lesion(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """A random-size noise image and the mask of a 50 x 30 px lesion at a random place (x0, y0)."""
     h, w = int(rng.integers(150, 400)), int(rng.integers(150, 400))
     image = rng.integers(0, 256, (h, w), dtype=np.uint8)
     mask = np.zeros((h, w), bool)
     y0, x0 = int(rng.integers(0, h - 40)), int(rng.integers(0, w - 60))
     mask[y0:y0 + 30, x0:x0 + 50] = True
+    return image, mask, x0, y0
+
+
+def test_grader_input_crop(rng: np.random.Generator) -> None:
+    image, mask, x0, y0 = _image_with_box_lesion(rng)
     assert mask_bbox(mask) == (x0, y0, 50, 30)
     one = grader_input(image, mask, size=64, margin=0.25, mask_channel=False)
     assert one.shape == (1, 64, 64) and one.dtype == np.float32
@@ -122,11 +128,8 @@ def test_grader_input_pads_at_border_and_rejects_bad_masks() -> None:
 
 
 def test_grader_input_frame_keeps_lesion_size_and_place(rng: np.random.Generator) -> None:
-    h, w = int(rng.integers(150, 400)), int(rng.integers(150, 400))
-    image = rng.integers(0, 256, (h, w), dtype=np.uint8)
-    mask = np.zeros((h, w), bool)
-    y0, x0 = int(rng.integers(0, h - 40)), int(rng.integers(0, w - 60))
-    mask[y0:y0 + 30, x0:x0 + 50] = True
+    image, mask, x0, y0 = _image_with_box_lesion(rng)
+    h, w = image.shape
     frame = grader_input(image, mask, size=96, mask_channel=True, view="frame")
     assert frame.shape == (2, 96, 96) and frame.dtype == np.float32
     np.testing.assert_allclose(frame[0], roi_input(image, 96)[0])  # the frame exactly as the ROI-CNN's input
