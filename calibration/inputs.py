@@ -2,7 +2,7 @@
 
 ROI-CNN: ``engine.preprocess.roi_input`` of the frame. Grader: the refined ROI that the real first stage
 produces in the live pipeline (``TwoStageGrader.locate`` + ``refine``: ROI-CNN, area filter, Chan–Vese),
-cut out by ``engine.preprocess.grader_input`` with the grader's own size, margin and mask channel. Frames
+cut out by ``engine.preprocess.grader_input`` with the grader's own size, margin, mask channel and view. Frames
 in which the first stage finds no lesion give no grader input (the pipeline would not grade them either).
 """
 
@@ -60,12 +60,12 @@ def grader_inputs(frames: Iterable[LabelledFrame], *, roi_model: str | os.PathLi
                   total: int | None = None) -> ModelInputs:
     """Refined-ROI grader inputs from the real first stage with the FP32 ``roi_model``.
 
-    ``grader_model`` supplies the grader's input size, margin and mask channel (its metadata, read by
+    ``grader_model`` supplies the grader's input size, margin, mask channel and view (its metadata, read by
     ``engine.grader.TwoStageGrader``); it is not run. Raises ValueError if no frame yields a lesion.
     """
     from engine.backends import load_backend
     from engine.grader import TwoStageGrader
-    from engine.preprocess import grader_input, to_gray_u8
+    from engine.preprocess import to_gray_u8
 
     stages = TwoStageGrader(load_backend(Path(roi_model), threads=threads),
                             load_backend(Path(grader_model), threads=threads))
@@ -77,8 +77,7 @@ def grader_inputs(frames: Iterable[LabelledFrame], *, roi_model: str | os.PathLi
             skipped.append(frame.key)
             continue
         # The same call TwoStageGrader.classify makes, with the same grader parameters.
-        rows.append(grader_input(gray, refined.refined_mask, size=stages.grader_size,
-                                 margin=stages.grader_margin, mask_channel=stages.mask_channel))
+        rows.append(stages.grader_input(gray, refined.refined_mask))
         keys.append(frame.key)
     if not rows:
         raise ValueError(f"the first stage ({roi_model}) found no lesion in any of {len(skipped)} frame(s); "

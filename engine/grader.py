@@ -242,6 +242,13 @@ class TwoStageGrader:
             ms=(time.perf_counter() - t0) * 1e3,
         )
 
+    def grader_input(self, gray: np.ndarray, mask: np.ndarray,
+                     box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The G-CNN's (C, S, S) input for a lesion ``mask`` on the frame ``gray``, as this grader's model
+        wants it (its size, margin, mask channel and view; ``engine.preprocess.grader_input``)."""
+        return grader_input(gray, mask, size=self.grader_size, margin=self.grader_margin,
+                            mask_channel=self.mask_channel, box=box, view=self.grader_view)
+
     def classify(self, image: np.ndarray, refined: RefineStageResult) -> ClassifyStageResult:
         """Stage 3: G-CNN on ``grader_input`` of the frame at its own size with the refined mask.
 
@@ -262,10 +269,7 @@ class TwoStageGrader:
         box = cv2.boundingRect(mask.view(np.uint8))
         if box[2] == 0:
             raise ValueError("classify: the refined mask is empty although lesion_found is True")
-        batch = grader_input(gray, mask, size=self.grader_size, margin=self.grader_margin,
-                             mask_channel=self.mask_channel, box=box, view=self.grader_view)
-        if batch.ndim == 3:
-            batch = batch[None]
+        batch = self.grader_input(gray, mask, box)[None]
         probs = self.grader.run(batch)[0]
         if probs.shape != (len(self.categories),):
             raise ValueError(f"{self.grader.path}: output shape {probs.shape}, expected "

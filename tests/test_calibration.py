@@ -261,3 +261,17 @@ def test_float_stem_keeps_first_convolution_in_float(models, phantom_frames, tmp
     held_out = roi_inputs(phantom_frames[16:], size=ROI_SIZE)
     report = verify("roi", load_backend(models["roi"]), load_backend(out), held_out)
     assert report.passed, report.reason
+
+
+def test_grader_inputs_follow_the_models_view(models, phantom_frames, tmp_path):
+    """A frame-view grader is calibrated on whole frames with the mask channel, as it runs."""
+    from engine.backends.dev_models import make_grader_model
+    from engine.preprocess import grader_input, to_gray_u8
+
+    frame_model = make_grader_model(tmp_path / "g_frame.onnx", size=40, channels=2, view="frame")
+    inputs = grader_inputs(phantom_frames[:4], roi_model=models["roi"], grader_model=frame_model, threads=1)
+    assert len(inputs) >= 1 and inputs.batch.shape[1:] == (2, 40, 40)
+    first = next(f for f in phantom_frames[:4] if f.key == inputs.keys[0])
+    gray = to_gray_u8(first.image)
+    np.testing.assert_allclose(inputs.batch[0, 0], grader_input(gray, np.ones_like(gray, bool), size=40,
+                                                                 mask_channel=True, view="frame")[0])

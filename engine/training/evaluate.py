@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_kind", choices=["roi", "grader"])
     parser.add_argument("--model", action="append", required=True,
                         help="ONNX model; with --cv-folds K give it K times, the i-th is evaluated on "
-                             "fold i and the K test folds are pooled")
+                             "fold i and the K test folds are pooled (or once: fold --test-fold only)")
     parser.add_argument("--roi-model", default=None, help="grader: also evaluate on two-stage masks")
     parser.add_argument("--data", action="append", required=True)
     parser.add_argument("--test-fold", type=int, default=1)
@@ -260,12 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-refine", action="store_true")
     parser.add_argument("--json", default=None, help="write the full result here")
     args = parser.parse_args(argv)
-    expected = args.cv_folds if args.cv_folds else 1
-    if len(args.model) != expected:
-        how = "one per fold" if args.cv_folds else "no --cv-folds"
-        parser.error(f"give --model {expected} time(s) ({how}), got {len(args.model)}")
+    pooled = args.cv_folds > 0 and len(args.model) > 1
+    if pooled and len(args.model) != args.cv_folds:
+        parser.error(f"with --cv-folds {args.cv_folds} give --model once (evaluated on --test-fold) or "
+                     f"{args.cv_folds} times (one per fold, pooled), got {len(args.model)}")
+    if not args.cv_folds and len(args.model) > 1:
+        parser.error("several --model files need --cv-folds K (one model per fold)")
     records = load_records(args.data)
-    folds = range(1, args.cv_folds + 1) if args.cv_folds else [args.test_fold]
+    folds = range(1, args.cv_folds + 1) if pooled else [args.test_fold]
     results = []
     for model, fold in zip(args.model, folds, strict=True):
         split = make_split(records, SplitConfig(fold, args.val_fraction, args.test_fraction, args.seed,
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         result = results[0]
         print(json.dumps(result["summary"], indent=1))
     else:
-        result = pool_grader_results(results) if args.cv_folds else results[0]
+        result = pool_grader_results(results) if pooled else results[0]
         print(json.dumps({k: v for k, v in result.items() if k not in ("ids", "metadata", "per_case")},
                          indent=1))
     if args.json:
