@@ -2,8 +2,9 @@
 
 ROI-CNN: ``engine.preprocess.roi_input`` of the frame. Grader: the refined ROI that the real first stage
 produces in the live pipeline (``TwoStageGrader.locate`` + ``refine``: ROI-CNN, area filter, Chan–Vese),
-cut out by ``engine.preprocess.grader_input`` with the grader's own size, margin, mask channel and view. Frames
-in which the first stage finds no lesion give no grader input (the pipeline would not grade them either).
+cut out by ``engine.preprocess.grader_input`` with the grader's own size, margin, mask channel and view.
+Frames in which the first stage finds no lesion give no grader input (the pipeline would not grade them
+either).
 """
 
 from __future__ import annotations

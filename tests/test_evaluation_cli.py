@@ -126,3 +126,7 @@ def test_evaluate_clear_errors(workspace: dict[str, Path], capsys: pytest.Captur
     assert "fold" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(workspace["data"]), "--models", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
+    argv = ["evaluate", "--data", str(workspace["data"]), *models, "--split", "test", "--split-cv-folds", "5",
+            "--split-test-fold", "6"]
+    assert main(argv) == 2
+    assert "--split-cv-folds" in capsys.readouterr().err

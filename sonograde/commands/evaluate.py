@@ -20,6 +20,8 @@ Honest numbers need held-out images: evaluate the shipped models only on the par
 trained on (models/roi_cnn.md and models/g_cnn.md say which), e.g.
   sonograde evaluate --data ../shared/data/busbra --fold 1                 # BUS-BRA held-out fold
   sonograde evaluate --data ../shared/data/breast_lesions_usg --split test # held-out cases
+  sonograde evaluate --data ../shared/data/breast_lesions_usg --split test --split-cv-folds 5 \
+      --split-test-fold 1                     # the shipped G-CNN's held-out fold (models/g_cnn.md)
   sonograde evaluate --data DIR --ids held_out_ids.txt --json              # ids file: ID or DATASET:ID
   sonograde evaluate --data DIR --out report/                               # Markdown + ROC + case grid
   sonograde evaluate --data DIR --limit 20 --skip-no-roi                    # quick look
@@ -90,6 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     select.add_argument("--split-val-fraction", type=float, default=0.1, metavar="F",
                         help="make_split val_fraction (default 0.1)")
     select.add_argument("--split-seed", type=int, default=0, metavar="S", help="make_split seed (default 0)")
+    select.add_argument("--split-cv-folds", type=int, default=0, metavar="K",
+                        help="make_split cross-validation folds (default 0: none): with K, --split test is "
+                             "fold --split-test-fold of K, as sonograde train --cv-folds K --test-fold i")
 
 
 def _fail(message: str) -> int:
@@ -119,8 +124,12 @@ def run(args: argparse.Namespace) -> int:
     if args.split:
         from engine.splits import SplitConfig
 
-        split_config = SplitConfig(test_fold=args.split_test_fold, val_fraction=args.split_val_fraction,
-                                   test_fraction=args.split_test_fraction, seed=args.split_seed)
+        try:
+            split_config = SplitConfig(test_fold=args.split_test_fold, val_fraction=args.split_val_fraction,
+                                       test_fraction=args.split_test_fraction, seed=args.split_seed,
+                                       folds=args.split_cv_folds)
+        except ValueError as error:
+            return _fail(f"{error} (--split-cv-folds / --split-test-fold)")
     selection = Selection(folds=tuple(args.fold) if args.fold else None, ids_file=args.ids,
                           split=args.split, split_config=split_config)
     try:
