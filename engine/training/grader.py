@@ -1,6 +1,6 @@
-"""G-CNN training: cross-entropy over the five categories "3", "4A", "4B", "4C", "5", on lesion crops made
-by ``engine.preprocess.grader_input`` from the ground-truth masks, with the paper's translation and
-horizontal-flip augmentation.
+"""G-CNN training: cross-entropy over the five categories "3", "4A", "4B", "4C", "5", on lesion crops (or
+whole frames, ``--view frame``) made by ``engine.preprocess.grader_input`` from the ground-truth masks,
+with the paper's translation and horizontal-flip augmentation.
 
 Coarse labels keep their information: a BUS-BRA "4" (sub-category unknown) is trained with the negative
 log of the summed probability of 4A, 4B and 4C; a five-way label is plain cross-entropy (both are
@@ -175,7 +175,7 @@ def prepare_grader_data(config: TrainConfig,
     if config.data:
         records = load_records(config.data)
         split = make_split(records, config.split_config())
-        info = {"summary": split.summary(), "test_fold": config.test_fold,
+        info = {"summary": split.summary(), "test_fold": config.test_fold, "cv_folds": config.cv_folds,
                 "val_ids": [f"{r.dataset}/{r.id}" for r in split.val],
                 "test_ids": [f"{r.dataset}/{r.id}" for r in split.test]}
         train = load_grader_samples(split.train, cache_dir=config.cache_dir, progress=config.progress)
