@@ -29,14 +29,16 @@ class RoiAugment:
     flip: float = 0.5
 
 
-def _shift_limits(mask: np.ndarray, limit: int) -> tuple[int, int, int, int]:
-    """Allowed (dx_min, dx_max, dy_min, dy_max) so that the mask's bounding box stays in the image."""
+def _shift_limits(mask: np.ndarray, limit: int, limit_y: int | None = None) -> tuple[int, int, int, int]:
+    """Allowed (dx_min, dx_max, dy_min, dy_max), at most ``limit`` (``limit_y`` vertically, default the
+    same) pixels, so that the mask's bounding box stays in the image."""
     h, w = mask.shape
+    limit_y = limit if limit_y is None else limit_y
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
-        return -limit, limit, -limit, limit
+        return -limit, limit, -limit_y, limit_y
     return (max(-limit, -int(xs.min())), min(limit, w - 1 - int(xs.max())),
-            max(-limit, -int(ys.min())), min(limit, h - 1 - int(ys.max())))
+            max(-limit_y, -int(ys.min())), min(limit_y, h - 1 - int(ys.max())))
 
 
 def translate(image: np.ndarray, mask: np.ndarray, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +91,7 @@ def translate_frame(image: np.ndarray, mask: np.ndarray, rng: np.random.Generato
     """Shift a whole frame and its lesion mask by up to ``config.translate`` of the frame's side, never
     moving the lesion out (the G-CNN's "random movement" when it sees the whole frame)."""
     h, w = image.shape
-    x0, x1, _, _ = _shift_limits(mask > 0, int(config.translate * w))
-    _, _, y0, y1 = _shift_limits(mask > 0, int(config.translate * h))
+    x0, x1, y0, y1 = _shift_limits(mask > 0, int(config.translate * w), int(config.translate * h))
     return translate(image, mask, int(rng.integers(x0, x1 + 1)), int(rng.integers(y0, y1 + 1)))
 
 

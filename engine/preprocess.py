@@ -130,9 +130,9 @@ def grader_input(image_gray_u8: np.ndarray, mask: np.ndarray, *, size: int = GRA
 
 
 def _frame_input(gray: np.ndarray, mask: np.ndarray, size: int, mask_channel: bool) -> np.ndarray:
-    interpolation = cv2.INTER_AREA if min(gray.shape) > size else cv2.INTER_LINEAR
-    channels = [standardize(cv2.resize(gray, (size, size), interpolation=interpolation))]
+    channels = [roi_input(gray, size)[0]]
     if mask_channel:
+        interpolation = cv2.INTER_AREA if min(gray.shape) > size else cv2.INTER_LINEAR
         small = cv2.resize(mask.astype(np.uint8) * 255, (size, size), interpolation=interpolation)
         channels.append((small > 127).astype(np.float32))
     return np.stack(channels).astype(np.float32, copy=False)

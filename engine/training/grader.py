@@ -84,8 +84,8 @@ def sample_input(sample: GraderSample, config: TrainConfig, rng: np.random.Gener
             if rng.random() < GraderAugment().flip:
                 image, mask = image[:, ::-1], mask[:, ::-1]
             image, mask = translate_frame(np.ascontiguousarray(image), np.ascontiguousarray(mask), rng)
-        return grader_input(np.ascontiguousarray(image), np.ascontiguousarray(mask), size=config.input_size,
-                            mask_channel=config.mask_channel, view="frame")
+        return grader_input(image, mask, size=config.input_size, mask_channel=config.mask_channel,
+                            view="frame")
     box = mask_bbox(mask)
     assert box is not None
     if rng is not None:
