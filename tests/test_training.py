@@ -280,3 +280,29 @@ def test_with_offset_equals_softmax_of_shifted_logits(rng: np.random.Generator) 
     out = with_offset(probs, rows, offset)
     np.testing.assert_allclose(out[[0, 2]], torch.softmax(logits[[0, 2]] + offset, 1).numpy(), atol=1e-6)
     np.testing.assert_array_equal(out[[1, 3]], probs[[1, 3]])
+
+
+def test_train_command_explains_an_unusable_device(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["roi", "--phantom", "3", "--out", str(tmp_path / "run"), "--no-progress", "--max-steps", "1"]
+    assert _cli([*argv, "--device", "tpu"]) == 2
+    assert "unknown training device 'tpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert _cli([*argv, "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "sees no CUDA GPU" in err and "--device cpu" in err
+        assert not (tmp_path / "run" / "last.pt").exists()
+    else:
+        assert _cli([*argv, "--device", f"cuda:{torch.cuda.device_count()}"]) == 2
+        assert "CUDA device(s) here" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of PyTorch and an NVIDIA GPU")
+def test_grader_trained_on_a_gpu_resumes_on_the_cpu(tmp_path: Path) -> None:
+    base = ["grader", "--phantom", "10", "--out", str(tmp_path), "--width", "0.125", "--input-size", "48",
+            "--batch-size", "4", "--optimizer", "adamw", "--no-progress", "--mask-channel"]
+    assert _cli([*base, "--epochs", "1", "--device", "cuda"]) == 0
+    assert _cli([*base, "--epochs", "2", "--device", "cpu", "--resume"]) == 0
+    payload = load_checkpoint(tmp_path / "last.pt")
+    assert payload["state"]["epoch"] == 2
+    assert all(t.device.type == "cpu" for t in payload["model"].values())

@@ -31,7 +31,9 @@ class TrainConfig:
     decoupled decay (AdamW). seed: seeds the split, initialisation and augmentation. max_steps: stop
     after this many optimizer steps in total (smoke runs). phantom: number of phantom samples to add
     (used alone when no data folder is given). cache_dir: where decoded arrays are cached (outside the
-    repository). threads: torch intra-op threads. loss (ROI): "dice" or "dice+bce".
+    repository). threads: torch intra-op threads. device: where the network trains, "cpu" or "cuda"
+    (an NVIDIA GPU through PyTorch; checkpoints are written device-independent, so a run trained on a GPU
+    resumes and exports on a CPU). loss (ROI): "dice" or "dice+bce".
     input_size, margin, mask_channel, view (grader): what the G-CNN sees, see
     engine.preprocess.grader_input ("crop": the lesion box with margin; "frame": the whole frame).
     test_fold, val_fraction, test_fraction, cv_folds: the split, see engine.splits (cv_folds 0: a fixed
@@ -57,6 +59,7 @@ class TrainConfig:
     phantom: int = 0
     cache_dir: str | None = None
     threads: int = 2
+    device: str = "cpu"
     loss: str = "dice+bce"
     input_size: int = 128
     margin: float = 0.25
@@ -88,6 +91,22 @@ class TrainConfig:
         if self.optimizer == "adamw":
             return 1e-3
         return 1e-4 if self.kind == "roi" else 1e-3
+
+
+def training_device(name: str) -> torch.device:
+    """The torch device for ``TrainConfig.device``; TrainingError when it is unknown or absent here."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.split(":")[0] != "cuda":
+        raise TrainingError(f"unknown training device {name!r}; use cpu or cuda (cuda:N for GPU N)")
+    if not torch.cuda.is_available():
+        raise TrainingError(f"--device {name}: PyTorch sees no CUDA GPU here (torch {torch.__version__}, "
+                            "a CPU build or no NVIDIA driver); train with --device cpu, or install a CUDA "
+                            "build of torch on a machine with an NVIDIA GPU")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise TrainingError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:

@@ -47,6 +47,7 @@ from engine.training.common import (
     lr_at,
     make_optimizer,
     set_lr,
+    training_device,
     write_json,
 )
 from engine.training.metrics import macro_auc, roc_auc
@@ -110,13 +111,14 @@ def fine_datasets(samples: list[GraderSample]) -> set[str]:
 
 @torch.no_grad()
 def predict(net: torch.nn.Module, samples: list[GraderSample], config: TrainConfig) -> np.ndarray:
-    """Softmax probabilities (N, 5) for samples, no augmentation."""
+    """Softmax probabilities (N, 5) for samples, no augmentation (on the network's device)."""
     net.eval()
+    device = next(net.parameters()).device
     out = []
     for start in range(0, len(samples), 64):
         x = np.stack([sample_input(s, config, None) for s in samples[start:start + 64]])
-        x = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-        out.append(torch.softmax(net(x), dim=1).numpy())
+        x = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
+        out.append(torch.softmax(net(x), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(GRADER_CATEGORIES)), np.float32)
 
 
@@ -125,7 +127,7 @@ def with_offset(probs: np.ndarray, rows: list[bool], offset: torch.Tensor) -> np
     softmax(z) * exp(b), renormalized."""
     out = probs.astype(np.float64, copy=True)
     selected = np.asarray(rows, bool)
-    out[selected] *= np.exp(offset.detach().numpy().astype(np.float64))
+    out[selected] *= np.exp(offset.detach().cpu().numpy().astype(np.float64))
     out[selected] /= out[selected].sum(axis=1, keepdims=True)
     return out.astype(probs.dtype)
 
@@ -198,6 +200,7 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    device = training_device(config.device)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     net_config = GraderConfig(width=config.width, in_channels=2 if config.mask_channel else 1,
@@ -211,20 +214,22 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
         net_config = GraderConfig(**payload["net_config"])
         state = RunState(**payload["state"])
     net = GCNN(net_config)
+    if payload is not None:
+        net.load_state_dict(payload["model"])
+    # channels_last: faster oneDNN convolutions on the CPU, and the layout cuDNN prefers on a GPU.
+    net = net.to(device=device, memory_format=torch.channels_last)
     optimizer = make_optimizer(config, net.parameters())
     # Logit offset for lesions of coarse-label datasets (zeros and unused without --coarse-bias).
-    coarse_bias = torch.zeros(len(GRADER_CATEGORIES), requires_grad=config.coarse_bias)
+    coarse_bias = torch.zeros(len(GRADER_CATEGORIES), device=device, requires_grad=config.coarse_bias)
     if config.coarse_bias:
         optimizer.add_param_group({"params": [coarse_bias], "weight_decay": 0.0})
     if payload is not None:
-        net.load_state_dict(payload["model"])
         if len(payload["optimizer"]["param_groups"]) != len(optimizer.param_groups):
             raise TrainingError(f"{out / 'last.pt'} was trained with{'out' if config.coarse_bias else ''} "
                                 "--coarse-bias; resume with the same setting")
-        optimizer.load_state_dict(payload["optimizer"])
+        optimizer.load_state_dict(payload["optimizer"])  # moves its state to the parameters' device
         if config.coarse_bias:
             coarse_bias.data.copy_(payload["extra"]["coarse_bias"])
-    net = net.to(memory_format=torch.channels_last)
     train, val, _ = prepare_grader_data(config, out)
     fine = fine_datasets(train + val)
     coarse_train = np.array([s.id.split("/")[0] not in fine for s in train])
@@ -253,16 +258,16 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
             batch = [train[i] for i in indices]
             if len(batch) < 2:  # batch norm needs two samples
                 continue
-            x = torch.from_numpy(np.stack([sample_input(s, config, rng) for s in batch]))
-            x = x.contiguous(memory_format=torch.channels_last)  # faster oneDNN convolutions on CPU
-            allowed = torch.from_numpy(np.stack([s.allowed for s in batch]))
+            x = torch.from_numpy(np.stack([sample_input(s, config, rng) for s in batch])).to(device)
+            x = x.contiguous(memory_format=torch.channels_last)
+            allowed = torch.from_numpy(np.stack([s.allowed for s in batch])).to(device)
             logits = net(x)
             if config.coarse_bias:
-                is_coarse = torch.from_numpy(coarse_train[indices]).to(logits.dtype)
+                is_coarse = torch.from_numpy(coarse_train[indices]).to(device=device, dtype=logits.dtype)
                 logits = logits + is_coarse[:, None] * coarse_bias
             loss = allowed_set_loss(logits, allowed)
             if config.malignancy_weight > 0:
-                malignant = torch.tensor([s.malignant for s in batch])
+                malignant = torch.tensor([s.malignant for s in batch], device=device)
                 loss = loss + config.malignancy_weight * malignancy_loss(logits, malignant)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -283,5 +288,5 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
                 probs = with_offset(probs, coarse_val, coarse_bias)
             row.update(grader_metrics(probs, val, fine, "val", config.malignancy_weight))
         end_epoch(out, row, -row.get("val_loss", row["train_loss"]), net=net, optimizer=optimizer,
-                  config=config, state=state, log=log, extra={"coarse_bias": coarse_bias.detach().clone()})
+                  config=config, state=state, log=log, extra={"coarse_bias": coarse_bias.detach().cpu()})
     return state

@@ -26,6 +26,7 @@ from engine.training.common import (
     lr_at,
     make_optimizer,
     set_lr,
+    training_device,
     write_json,
 )
 
@@ -64,13 +65,14 @@ def batch_tensors(images: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def predict_probabilities(net: torch.nn.Module, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Sigmoid maps (N, S, S) float32 for uint8 images (N, S, S), in eval mode."""
+    """Sigmoid maps (N, S, S) float32 for uint8 images (N, S, S), in eval mode, on the network's device."""
     net.eval()
+    device = next(net.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.stack([standardize(i) for i in images[start:start + batch_size]])[:, None])
-        x = x.contiguous(memory_format=torch.channels_last)
-        out.append(torch.sigmoid(net(x))[:, 0].numpy())
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        out.append(torch.sigmoid(net(x))[:, 0].cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.float32)
 
 
@@ -129,22 +131,24 @@ def train_roi(config: TrainConfig, *, resume: bool = False) -> RunState:
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    device = training_device(config.device)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     net = RoiCNN(RoiConfig(width=config.width))
-    optimizer = make_optimizer(config, net.parameters())
     state = RunState()
     last = out / "last.pt"
+    payload = None
     if resume:
         payload = load_checkpoint(last)
         if payload["kind"] != "roi":
             raise TrainingError(f"{last} is a {payload['kind']} checkpoint, not roi")
         net = RoiCNN(RoiConfig(**payload["net_config"]))
         net.load_state_dict(payload["model"])
-        optimizer = make_optimizer(config, net.parameters())
-        optimizer.load_state_dict(payload["optimizer"])
         state = RunState(**payload["state"])
-    net = net.to(memory_format=torch.channels_last)
+    net = net.to(device=device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(config, net.parameters())
+    if payload is not None:
+        optimizer.load_state_dict(payload["optimizer"])  # moves its state to the parameters' device
     train, val, _ = prepare_roi_data(config, out)
     print(f"ROI-CNN width {config.width}: {len(train)} training, {len(val)} validation images; "
           f"{sum(p.numel() for p in net.parameters())} parameters", file=sys.stderr)
@@ -165,6 +169,7 @@ def train_roi(config: TrainConfig, *, resume: bool = False) -> RunState:
             index = order[step * config.batch_size:(step + 1) * config.batch_size]
             pairs = [augment_roi(train.images[i], train.masks[i], rng) for i in index]
             x, target = batch_tensors(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+            x, target = x.to(device), target.to(device)
             loss = roi_loss(net(x), target, config.loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

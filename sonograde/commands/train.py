@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None,
                         help="cache decoded arrays here (keep it outside the repository; default: none)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--device", default="cpu", metavar="cpu|cuda[:N]",
+                        help="train on the CPU (default) or an NVIDIA GPU through a CUDA build of PyTorch; "
+                             "checkpoints resume and export on either")
     parser.add_argument("--loss", choices=["dice", "dice+bce"], default="dice+bce", help="ROI-CNN loss")
     parser.add_argument("--input-size", type=int, default=128, help="G-CNN input side S (default 128)")
     parser.add_argument("--margin", type=float, default=0.25,
@@ -87,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
         seed=args.seed, split_seed=args.split_seed, max_steps=args.max_steps, phantom=args.phantom,
         cache_dir=args.cache_dir,
-        threads=args.threads, loss=args.loss, input_size=args.input_size, margin=args.margin,
+        threads=args.threads, device=args.device,
+        loss=args.loss, input_size=args.input_size, margin=args.margin,
         mask_channel=args.mask_channel, view=args.view, test_fold=args.test_fold,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, cv_folds=args.cv_folds,
         fine_repeat=args.fine_repeat, malignancy_weight=args.malignancy_weight, coarse_bias=args.coarse_bias,
