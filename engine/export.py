@@ -8,7 +8,8 @@ The ONNX contract (relied on by the inference backends, calibration and the pipe
 - Dynamic batch axis N, opset 17 or newer, and metadata_props: ``sonograde.model`` ("roi" | "grader"),
   ``sonograde.input_size``, ``sonograde.input_channels``, ``sonograde.width``, ``sonograde.categories``
   (grader), ``sonograde.roi_margin``, ``sonograde.mask_channel`` and ``sonograde.grader_view`` ("crop" or
-  "frame", grader), ``sonograde.model_id``,
+  "frame", grader), ``sonograde.ensemble_members`` (grader exported from several checkpoints, whose
+  output is the mean of the members' probabilities), ``sonograde.model_id``,
   ``sonograde.research_use``.
 """
 
@@ -94,6 +95,9 @@ def metadata_for(kind: str, net: torch.nn.Module, *, model_id: str | None = None
         meta["sonograde.mask_channel"] = "1" if config.in_channels == 2 else "0"
         meta["sonograde.grader_view"] = grader_view
         view_tag = "-frame" if grader_view == "frame" else ""
+        if isinstance(net, GraderEnsemble):
+            meta["sonograde.ensemble_members"] = str(len(net.members))
+            view_tag += f"-ens{len(net.members)}"
         meta["sonograde.model_id"] = (model_id
                                       or f"g_cnn-w{config.width:g}-s{config.input_size}{view_tag}-{date}")
     return meta
@@ -179,3 +183,31 @@ def load_trained(checkpoint: str | Path) -> tuple[str, torch.nn.Module, dict]:
         net = GCNN(GraderConfig(**payload["net_config"]))
     net.load_state_dict(payload["model"])
     return kind, net.eval(), payload["train_config"]
+
+
+# What must agree between the members of an exported G-CNN ensemble: they share one input.
+_ENSEMBLE_INPUT_KEYS = ("view", "input_size", "mask_channel", "margin")
+
+
+def load_ensemble(checkpoints: list[str | Path]) -> tuple[str, torch.nn.Module, dict]:
+    """("grader", ``GraderEnsemble`` in eval mode, the first member's training config) from several G-CNN
+    checkpoints; TrainingError unless all are G-CNNs that take the same input (view, input size, mask
+    channel, crop margin)."""
+    from engine.training.common import TrainingError
+
+    members, first = [], None
+    for path in checkpoints:
+        kind, net, train_config = load_trained(path)
+        if kind != "grader":
+            raise TrainingError(f"{path} is a {kind} checkpoint: only G-CNNs can be exported as an ensemble")
+        if first is None:
+            first = train_config
+        else:
+            differ = [k for k in _ENSEMBLE_INPUT_KEYS if train_config.get(k) != first.get(k)]
+            if differ:
+                detail = ", ".join(f"{k} {train_config.get(k)!r} vs {first.get(k)!r}" for k in differ)
+                raise TrainingError(f"{path} takes a different input than {checkpoints[0]} ({detail}); "
+                                    "ensemble members must share view, input size, mask channel and margin")
+        members.append(net)
+    assert first is not None
+    return "grader", GraderEnsemble(members).eval(), first

@@ -306,3 +306,53 @@ def test_grader_trained_on_a_gpu_resumes_on_the_cpu(tmp_path: Path) -> None:
     payload = load_checkpoint(tmp_path / "last.pt")
     assert payload["state"]["epoch"] == 2
     assert all(t.device.type == "cpu" for t in payload["model"].values())
+
+
+def _export_cli(argv: list[str]) -> int:
+    from sonograde.commands import export as export_command
+
+    parser = argparse.ArgumentParser()
+    export_command.add_arguments(parser)
+    return export_command.run(parser.parse_args(argv))
+
+
+@pytest.mark.slow
+def test_several_grader_checkpoints_export_as_one_averaging_model(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    base = ["grader", "--phantom", "10", "--epochs", "1", "--width", "0.125", "--input-size", "48",
+            "--batch-size", "4", "--optimizer", "adamw", "--no-progress", "--mask-channel"]
+    for seed in (1, 2):
+        assert _cli([*base, "--view", "frame", "--seed", str(seed), "--out", str(tmp_path / f"f{seed}")]) == 0
+    assert _cli([*base, "--view", "crop", "--out", str(tmp_path / "crop")]) == 0
+    members = [tmp_path / "f1" / "last.pt", tmp_path / "f2" / "last.pt"]
+    for i, member in enumerate(members):
+        out = tmp_path / f"m{i}.onnx"
+        assert _export_cli(["--checkpoint", str(member), "--out", str(out), "--no-dynamo"]) == 0
+    ensemble = tmp_path / "ens.onnx"
+    argv = [a for m in members for a in ("--checkpoint", str(m))]
+    assert _export_cli([*argv, "--out", str(ensemble), "--no-dynamo"]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(ensemble)).metadata_props}
+    assert meta["sonograde.ensemble_members"] == "2" and meta["sonograde.grader_view"] == "frame"
+    assert "-ens2" in meta["sonograde.model_id"]
+
+    x = np.random.default_rng(7).standard_normal((3, 2, 48, 48)).astype(np.float32)
+    x[:, 1] = x[:, 1] > 0
+
+    def run(path: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"image": x})[0]
+
+    singles = [run(tmp_path / f"m{i}.onnx") for i in range(2)]
+    assert not np.allclose(singles[0], singles[1], atol=1e-3)  # two different networks
+    np.testing.assert_allclose(run(ensemble), (singles[0] + singles[1]) / 2, atol=1e-5)
+
+    capsys.readouterr()
+    crop = tmp_path / "crop" / "last.pt"
+    mixed = [*argv[:2], "--checkpoint", str(crop), "--out", str(tmp_path / "bad.onnx")]
+    assert _export_cli(mixed) == 2
+    err = capsys.readouterr().err
+    assert "different input" in err and "view 'crop' vs 'frame'" in err
+    assert not (tmp_path / "bad.onnx").exists()

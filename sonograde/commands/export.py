@@ -18,7 +18,10 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by sonograde train")
+    parser.add_argument("--checkpoint", required=True, action="append", metavar="PT",
+                        help="a best.pt / last.pt written by sonograde train; give it several times to "
+                             "export G-CNNs of one recipe (same view, input size, channels and margin) as "
+                             "one ensemble model whose output is the mean of the members' probabilities")
     parser.add_argument("--out", required=True, help="ONNX file to write")
     parser.add_argument("--model-id", default=None, help="sonograde.model_id (default kind-width-date)")
     parser.add_argument("--no-dynamo", action="store_true",
@@ -29,13 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from engine.export import export_onnx, load_trained
+        from engine.export import export_onnx, load_ensemble, load_trained
         from engine.training.common import TrainingError
     except ImportError as error:
         print(f"export needs the train extra (pip install 'sonograde[train]'): {error}", file=sys.stderr)
         return 2
     try:
-        kind, net, train_config = load_trained(args.checkpoint)
+        if len(args.checkpoint) == 1:
+            kind, net, train_config = load_trained(args.checkpoint[0])
+        else:
+            kind, net, train_config = load_ensemble(args.checkpoint)
     except TrainingError as error:
         print(f"sonograde export: {error}", file=sys.stderr)
         return 2
