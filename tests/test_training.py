@@ -356,3 +356,37 @@ def test_several_grader_checkpoints_export_as_one_averaging_model(
     err = capsys.readouterr().err
     assert "different input" in err and "view 'crop' vs 'frame'" in err
     assert not (tmp_path / "bad.onnx").exists()
+
+
+@pytest.mark.slow
+def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["grader", "--phantom", "10", "--epochs", "1", "--width", "0.125", "--input-size", "48",
+            "--batch-size", "4", "--optimizer", "adamw", "--no-progress", "--mask-channel"]
+    assert _cli([*base, "--out", str(tmp_path / "source"), "--seed", "1"]) == 0
+    source = load_checkpoint(tmp_path / "source" / "last.pt")["model"]
+    # a learning rate of 1e-12 leaves the weights where they started: the source's, not a fresh seed-2 init
+    assert _cli([*base, "--out", str(tmp_path / "tuned"), "--seed", "2", "--lr", "1e-12", "--max-steps", "1",
+                 "--init-from", str(tmp_path / "source" / "last.pt")]) == 0
+    fresh_argv = ["--out", str(tmp_path / "fresh"), "--seed", "2", "--lr", "1e-12", "--max-steps", "1"]
+    assert _cli([*base, *fresh_argv]) == 0
+    tuned = load_checkpoint(tmp_path / "tuned" / "last.pt")
+    fresh = load_checkpoint(tmp_path / "fresh" / "last.pt")["model"]
+    weights = [k for k in source if k.endswith("weight") and source[k].dim() == 4]
+    assert weights
+    for key in weights:
+        torch.testing.assert_close(tuned["model"][key], source[key], atol=1e-6, rtol=0)
+    assert any(not torch.allclose(fresh[k], source[k]) for k in weights)
+    assert tuned["state"]["epoch"] == 1 and tuned["train_config"]["init_from"].endswith("last.pt")
+
+    capsys.readouterr()
+    other = [a if a != "48" else "64" for a in base]
+    source_pt = str(tmp_path / "source" / "last.pt")
+    assert _cli([*other, "--out", str(tmp_path / "bad"), "--init-from", source_pt]) == 2
+    assert "input_size 48 there, 64 here" in capsys.readouterr().err
+    roi = ["roi", "--phantom", "3", "--out", str(tmp_path / "roi"), "--no-progress", "--max-steps", "1"]
+    assert _cli([*roi, "--init-from", str(tmp_path / "source" / "last.pt")]) == 2
+    assert "is a grader checkpoint" in capsys.readouterr().err
+    assert _cli([*base, "--out", str(tmp_path / "tuned"), "--resume", "--init-from",
+                 str(tmp_path / "source" / "last.pt")]) == 2
+    assert "give one of them" in capsys.readouterr().err

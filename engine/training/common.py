@@ -41,6 +41,8 @@ class TrainConfig:
     fine_repeat (grader): times each five-way (4A/4B/4C-labelled dataset) sample is seen per epoch.
     malignancy_weight (grader): weight of the pathology term (``engine.training.grader.malignancy_loss``)
     added to the category loss for lesions whose pathology is known; 0 trains on categories alone.
+    init_from: a checkpoint (best.pt / last.pt of another run) whose network weights start this run
+    (fine-tuning: new optimizer, schedule and epochs; the network configuration must match).
     coarse_bias (grader): learn a separate logit offset for datasets without five-way labels (training
     only; the exported model carries the five-way datasets' base rates), see ``engine.training.grader``.
     """
@@ -71,6 +73,7 @@ class TrainConfig:
     fine_repeat: int = 4
     malignancy_weight: float = 0.0
     coarse_bias: bool = False
+    init_from: str | None = None
     split_seed: int | None = None
     cv_folds: int = 0
     progress: bool = True
@@ -107,6 +110,25 @@ def training_device(name: str) -> torch.device:
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise TrainingError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     return device
+
+
+def initial_weights(config: TrainConfig, net: torch.nn.Module) -> None:
+    """Load ``config.init_from``'s network weights into ``net`` (unchanged when it is None); TrainingError
+    when the checkpoint is of another kind or its network configuration differs from ``net``'s."""
+    if config.init_from is None:
+        return
+    payload = load_checkpoint(config.init_from)
+    if payload["kind"] != config.kind:
+        raise TrainingError(f"--init-from {config.init_from} is a {payload['kind']} checkpoint; this run "
+                            f"trains a {config.kind} network")
+    wanted = config_dict(net)
+    source = payload["net_config"]
+    differ = {k: (source.get(k), v) for k, v in wanted.items() if source.get(k) != v}
+    if differ:
+        detail = ", ".join(f"{k} {got!r} there, {want!r} here" for k, (got, want) in differ.items())
+        raise TrainingError(f"--init-from {config.init_from} holds another network ({detail}); give the same "
+                            "--width, --input-size and --mask-channel as the run that wrote it")
+    net.load_state_dict(payload["model"])
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:

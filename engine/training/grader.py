@@ -43,6 +43,7 @@ from engine.training.common import (
     TrainConfig,
     TrainingError,
     end_epoch,
+    initial_weights,
     load_checkpoint,
     lr_at,
     make_optimizer,
@@ -216,6 +217,8 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
     net = GCNN(net_config)
     if payload is not None:
         net.load_state_dict(payload["model"])
+    else:
+        initial_weights(config, net)
     # channels_last: faster oneDNN convolutions on the CPU, and the layout cuDNN prefers on a GPU.
     net = net.to(device=device, memory_format=torch.channels_last)
     optimizer = make_optimizer(config, net.parameters())

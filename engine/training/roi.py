@@ -22,6 +22,7 @@ from engine.training.common import (
     TrainConfig,
     TrainingError,
     end_epoch,
+    initial_weights,
     load_checkpoint,
     lr_at,
     make_optimizer,
@@ -135,6 +136,8 @@ def train_roi(config: TrainConfig, *, resume: bool = False) -> RunState:
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     net = RoiCNN(RoiConfig(width=config.width))
+    if not resume:
+        initial_weights(config, net)
     state = RunState()
     last = out / "last.pt"
     payload = None

@@ -7,6 +7,9 @@ Examples:
       --out runs/grader --epochs 30
   sonograde train roi --phantom 64 --out /tmp/smoke --max-steps 5      # smoke run, no real data
   sonograde train roi --data ... --out runs/roi --resume               # continue from runs/roi/last.pt
+  sonograde train grader --data my_images --out runs/mine --init-from runs/grader/last.pt \
+      --epochs 10 --lr 1e-4                                             # fine-tune on your own images
+  sonograde train grader --data ... --out runs/g --device cuda          # on an NVIDIA GPU (CUDA torch)
 
 Splits are by patient (BUS-BRA: official fold --test-fold held out as test, validation by patient from
 the other folds; BUSI: training only; folders without folds: stratified --test-fraction held out).
@@ -38,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-seed", type=int, default=None,
                         help="seed of the train/val/test split (default: --seed)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--init-from", default=None, metavar="PT",
+                        help="start from the network weights of another run's best.pt / last.pt "
+                             "(fine-tuning, e.g. on your own images: new optimizer and schedule; same "
+                             "--width, --input-size and --mask-channel as that run)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke)")
     parser.add_argument("--phantom", type=int, default=0, metavar="N", help="add N phantom samples")
     parser.add_argument("--cache-dir", default=None,
@@ -95,8 +102,12 @@ def run(args: argparse.Namespace) -> int:
         mask_channel=args.mask_channel, view=args.view, test_fold=args.test_fold,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, cv_folds=args.cv_folds,
         fine_repeat=args.fine_repeat, malignancy_weight=args.malignancy_weight, coarse_bias=args.coarse_bias,
-        progress=not args.no_progress,
+        progress=not args.no_progress, init_from=args.init_from,
     )
+    if args.resume and args.init_from:
+        print("sonograde train: --resume continues this run from OUT/last.pt; --init-from starts a new run "
+              "from another run's weights: give one of them", file=sys.stderr)
+        return 2
     try:
         config.split_config()
     except ValueError as error:
