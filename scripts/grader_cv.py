@@ -26,12 +26,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.training.evaluate import grader_report  # noqa: E402
+from engine.training.evaluate import average_grader_results  # noqa: E402
 
 DEFAULT_RECIPE = ["--mask-channel", "--malignancy-weight", "1", "--optimizer", "adamw", "--lr", "1e-3"]
 MASK_KINDS = ("ground_truth_masks", "two_stage_masks")
@@ -204,21 +202,14 @@ class Runner:
                         + (" CLEARLY" if kind == MASK_KINDS[1] and clearly(result[kind]) else "")
                     )
         if len(pooled) >= 2:
-            cases = [{c["id"]: c for c in r["per_case"]} for r in pooled.values()]
-            ids = sorted(cases[0])
-            first = cases[0]
-            labels = np.array([first[i]["label"] for i in ids])
-            malignant = np.array([first[i]["malignant"] for i in ids])
-            majority = np.array([first[i]["majority"] for i in ids])
-            summary["ensemble"] = {}
+            summary["ensemble"] = average_grader_results(list(pooled.values()))
             for kind in MASK_KINDS:
-                probs = np.mean([[c[i][kind] for i in ids] for c in cases], axis=0)
-                report = grader_report(probs, labels, malignant, majority)
-                summary["ensemble"][kind] = report
-                self.log(
-                    describe(f"ensemble of {len(pooled)} {kind[:12]}", report)
-                    + (" CLEARLY" if kind == MASK_KINDS[1] and clearly(report) else "")
-                )
+                if kind in summary["ensemble"]:
+                    report = summary["ensemble"][kind]
+                    self.log(
+                        describe(f"ensemble of {len(pooled)} {kind[:12]}", report)
+                        + (" CLEARLY" if kind == MASK_KINDS[1] and clearly(report) else "")
+                    )
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         self.log(f"wrote {self.out / 'summary.json'} (research use only, not for diagnosis)")
         return 0 if len(pooled) == len(self.args.seeds) else 1

@@ -8,7 +8,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from engine.training.evaluate import grader_report, pool_grader_results
+from engine.training.evaluate import average_grader_results, grader_report, pool_grader_results
 from engine.training.metrics import binomial_p, bootstrap_interval, paired_sign_p
 
 
@@ -82,3 +82,23 @@ def test_pooling_grades_every_case_once_against_its_folds_majority(rng: np.rando
     assert "two_stage_masks" not in pooled
     with pytest.raises(ValueError, match="two of the pooled results"):
         pool_grader_results([first, first])
+
+
+def test_averaging_reports_the_mean_of_the_members_probabilities(rng: np.random.Generator) -> None:
+    n = int(rng.integers(10, 30))
+    ids = [f"c{i}" for i in range(n)]
+    labels = rng.integers(0, 5, n).tolist()
+    members = [_fold(ids, labels, (rng.random(n) < 0.5).tolist(), majority=2) for _ in range(3)]
+    for member in members:  # fresh probabilities, so the mean is not any member's
+        for row in member["per_case"]:
+            row["ground_truth_masks"] = rng.dirichlet(np.ones(5)).tolist()
+    averaged = average_grader_results(list(reversed(members)))
+    mean = np.mean([[row["ground_truth_masks"] for row in m["per_case"]] for m in members], axis=0)
+    expected = grader_report(mean, np.array(labels), np.array([int(x >= 3) for x in labels]), 2)
+    assert averaged["members"] == 3
+    assert averaged["ground_truth_masks"]["accuracy"] == pytest.approx(expected["accuracy"])
+    assert averaged["ground_truth_masks"]["macro_auc"] == pytest.approx(expected["macro_auc"])
+    with pytest.raises(ValueError, match="different cases"):
+        average_grader_results([members[0], _fold(ids[1:], labels[1:], [True] * (n - 1), majority=2)])
+    with pytest.raises(ValueError, match="different majority"):
+        average_grader_results([members[0], _fold(ids, labels, [True] * n, majority=3)])

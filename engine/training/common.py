@@ -32,8 +32,8 @@ class TrainConfig:
     after this many optimizer steps in total (smoke runs). phantom: number of phantom samples to add
     (used alone when no data folder is given). cache_dir: where decoded arrays are cached (outside the
     repository). threads: torch intra-op threads. device: where the network trains, "cpu" or "cuda"
-    (an NVIDIA GPU through PyTorch; checkpoints are written device-independent, so a run trained on a GPU
-    resumes and exports on a CPU). loss (ROI): "dice" or "dice+bce".
+    (an NVIDIA GPU through PyTorch; ``load_checkpoint`` maps every tensor to the CPU, so a run trained on a
+    GPU resumes and exports on a CPU). loss (ROI): "dice" or "dice+bce".
     input_size, margin, mask_channel, view (grader): what the G-CNN sees, see
     engine.preprocess.grader_input ("crop": the lesion box with margin; "frame": the whole frame).
     test_fold, val_fraction, test_fraction, cv_folds: the split, see engine.splits (cv_folds 0: a fixed

@@ -241,6 +241,27 @@ def pool_grader_results(results: list[dict]) -> dict:
     return pooled
 
 
+def average_grader_results(results: list[dict]) -> dict:
+    """One report of the mean of several results' probabilities over the same cases (an ensemble of
+    networks, e.g. the pooled cross-validations of several initializations on one fold assignment)."""
+    by_id = [{row["id"]: row for row in result["per_case"]} for result in results]
+    ids = sorted(by_id[0])
+    if any(sorted(cases) != ids for cases in by_id[1:]):
+        raise ValueError("the results to average hold different cases: use the same data and folds")
+    first = by_id[0]
+    if any(cases[i]["majority"] != first[i]["majority"] for cases in by_id[1:] for i in ids):
+        raise ValueError("the results to average have different majority classes: use one fold assignment")
+    labels = np.array([first[i]["label"] for i in ids])
+    malignant = np.array([first[i]["malignant"] for i in ids])
+    majority = np.array([first[i]["majority"] for i in ids])
+    averaged: dict = {"members": len(results)}
+    for key in ("ground_truth_masks", "two_stage_masks"):
+        if all(key in cases[i] for cases in by_id for i in ids):
+            probs = np.mean([[cases[i][key] for i in ids] for cases in by_id], axis=0)
+            averaged[key] = grader_report(probs, labels, malignant, majority)
+    return averaged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.training.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
