@@ -209,14 +209,15 @@ def test_shipped_models_find_phantom_lesions():
     grader.warm_up()
     seed = int(np.random.default_rng().integers(0, 2**31))
     scores = []
-    # The shipped models are trained on real images; on the phantom the refined DSC was > 0.5 on 92.5-95 %
-    # of 40 frames, so >= 6 of 10 fails by chance about once in 2000 runs.
-    for i in range(10):
+    # The shipped models are trained on real images; on the phantom the refined DSC was > 0.5 on 85 % of
+    # 200 random frames (session 4), so >= 12 of 20 fails by chance about once in 750 runs (>= 6 of 10,
+    # the earlier check, about once in 100: it did once).
+    for i in range(20):
         sample = phantom.PhantomScanner(seed + i).sample()
         result = grader.grade(sample.image)
         scores.append(dsc(result.refined_mask, np.asarray(sample.mask, bool)) if result.lesion_found else 0.0)
         assert result.refined_mask.shape == sample.image.shape[:2]
-    assert sum(s > 0.5 for s in scores) >= 6, f"DSC per phantom frame (seed {seed}): {scores}"
+    assert sum(s > 0.5 for s in scores) >= 12, f"DSC per phantom frame (seed {seed}): {scores}"
 
 
 def test_bench_grader_json(models_dir, capsys):
