@@ -139,7 +139,7 @@ class Runner:
                 self.args.roi_model,
                 "--json",
                 str(target),
-                *[a for d in self.args.data for a in ("--data", d)],
+                *[a for d in (self.args.eval_data or self.args.data) for a in ("--data", d)],
             ]
             with (self.out / f"seed{seed}" / "evaluate.log").open("w") as handle:
                 subprocess.run(argv, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, check=False)
@@ -225,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", action="append", required=True, metavar="DIR", help="manifest folder(s)")
+    parser.add_argument(
+        "--eval-data", action="append", default=None, metavar="DIR",
+        help="pool the out-of-fold grades on these folders only (default: every --data; give the five-way "
+        "dataset alone when another dataset, e.g. BUS-BRA, only joins the training sets)",
+    )
     parser.add_argument("--out", required=True, help="run folder (keep it outside the repository)")
     parser.add_argument("--seeds", default="0", help="initialization seeds, comma-separated (default 0)")
     parser.add_argument("--split-seed", type=int, default=0, help="fold assignment seed (default 0)")
