@@ -43,6 +43,20 @@ def clearly(report: dict) -> bool:
     )
 
 
+def without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` and ``option=VALUE``."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
+
+
 def describe(tag: str, report: dict) -> str:
     lo, hi = report["accuracy_95ci"]
     alo, ahi = report["macro_auc_95ci"]
@@ -85,6 +99,8 @@ class Runner:
             return True
         data = [a for d in self.args.data for a in ("--data", d)]
         resume = ["--resume"] if (run / "last.pt").is_file() else []
+        # A resumed fold continues from its own last.pt; `sonograde train` refuses --init-from with --resume.
+        recipe = without_option(self.recipe, "--init-from") if resume else self.recipe
         ok = self.sonograde(
             [
                 "train",
@@ -108,7 +124,7 @@ class Runner:
                 "--cache-dir",
                 str(self.out / "cache"),
                 *resume,
-                *self.recipe,
+                *recipe,
             ],
             run / "train.log",
         )

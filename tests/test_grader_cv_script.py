@@ -1,0 +1,45 @@
+"""scripts/grader_cv.py: an interrupted cross-validation resumes its folds (research use only)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("grader_cv", REPO / "scripts" / "grader_cv.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resumed_fold_drops_init_from_and_fresh_fold_keeps_it(tmp_path: Path) -> None:
+    grader_cv = load_script()
+    args = argparse.Namespace(out=str(tmp_path), data=["d1", "d2"], folds=5, split_seed=5, device="cpu")
+    recipe = ["--view", "frame", "--init-from", "pre.pt", "--lr", "3e-4"]
+    runner = grader_cv.Runner(args, recipe)
+    calls: list[list[str]] = []
+
+    def fake_sonograde(argv: list[str], log_path: Path) -> bool:
+        calls.append(argv)
+        return argv[0] == "train"  # export "fails": only the training command is checked here
+
+    runner.sonograde = fake_sonograde
+    runner.fold_dir(31, 2).mkdir(parents=True)
+    (runner.fold_dir(31, 2) / "last.pt").write_bytes(b"a checkpoint")
+
+    runner.train_fold(31, 1)
+    runner.train_fold(31, 2)
+    fresh, resumed = calls[0], calls[2]
+    assert "--init-from" in fresh and "--resume" not in fresh
+    assert "--resume" in resumed and "--init-from" not in resumed and "pre.pt" not in resumed
+    assert resumed[resumed.index("--test-fold") + 1] == "2" and resumed[-2:] == ["--lr", "3e-4"]
+
+
+def test_without_option_removes_both_spellings() -> None:
+    grader_cv = load_script()
+    argv = ["--a", "1", "--init-from", "x.pt", "--b", "--init-from=y.pt", "--init-from-other", "z"]
+    assert grader_cv.without_option(argv, "--init-from") == ["--a", "1", "--b", "--init-from-other", "z"]
