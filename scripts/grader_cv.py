@@ -43,18 +43,8 @@ def clearly(report: dict) -> bool:
     )
 
 
-def without_option(argv: list[str], option: str) -> list[str]:
-    """``argv`` without ``option VALUE`` and ``option=VALUE``."""
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(option + "="):
-            kept.append(arg)
-    return kept
+def data_args(folders: list[str]) -> list[str]:
+    return [arg for folder in folders for arg in ("--data", folder)]
 
 
 def describe(tag: str, report: dict) -> str:
@@ -97,15 +87,12 @@ class Runner:
         onnx = run / "last.onnx"
         if onnx.is_file():
             return True
-        data = [a for d in self.args.data for a in ("--data", d)]
         resume = ["--resume"] if (run / "last.pt").is_file() else []
-        # A resumed fold continues from its own last.pt; `sonograde train` refuses --init-from with --resume.
-        recipe = without_option(self.recipe, "--init-from") if resume else self.recipe
         ok = self.sonograde(
             [
                 "train",
                 "grader",
-                *data,
+                *data_args(self.args.data),
                 "--out",
                 str(run),
                 "--cv-folds",
@@ -124,7 +111,7 @@ class Runner:
                 "--cache-dir",
                 str(self.out / "cache"),
                 *resume,
-                *recipe,
+                *self.recipe,
             ],
             run / "train.log",
         )
@@ -155,7 +142,7 @@ class Runner:
                 self.args.roi_model,
                 "--json",
                 str(target),
-                *[a for d in (self.args.eval_data or self.args.data) for a in ("--data", d)],
+                *data_args(self.args.eval_data or self.args.data),
             ]
             with (self.out / f"seed{seed}" / "evaluate.log").open("w") as handle:
                 subprocess.run(argv, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, check=False)
@@ -164,12 +151,11 @@ class Runner:
     def run(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
         # One short run fills the decoded-image cache before the parallel runs read it.
-        data = [a for d in self.args.data for a in ("--data", d)]
         if not self.sonograde(
             [
                 "train",
                 "grader",
-                *data,
+                *data_args(self.args.data),
                 "--out",
                 str(self.out / "warm-up"),
                 "--max-steps",

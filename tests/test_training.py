@@ -386,6 +386,11 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path: Path,
     roi = ["roi", "--phantom", "3", "--out", str(tmp_path / "roi"), "--no-progress", "--max-steps", "1"]
     assert _cli([*roi, "--init-from", str(tmp_path / "source" / "last.pt")]) == 2
     assert "is a grader checkpoint" in capsys.readouterr().err
-    assert _cli([*base, "--out", str(tmp_path / "tuned"), "--resume", "--init-from",
-                 str(tmp_path / "source" / "last.pt")]) == 2
-    assert "give one of them" in capsys.readouterr().err
+    # the same command re-run with --resume continues the run; other starting weights are refused
+    tuned_argv = [*base, "--out", str(tmp_path / "tuned"), "--seed", "2", "--lr", "1e-12"]
+    assert _cli([*tuned_argv, "--epochs", "2", "--resume", "--init-from", source_pt]) == 0
+    assert load_checkpoint(tmp_path / "tuned" / "last.pt")["state"]["epoch"] == 2
+    assert _cli([*tuned_argv, "--epochs", "3", "--resume", "--init-from",
+                 str(tmp_path / "fresh" / "last.pt")]) == 2
+    assert "not --init-from" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "tuned" / "last.pt")["state"]["epoch"] == 2

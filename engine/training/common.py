@@ -131,6 +131,22 @@ def initial_weights(config: TrainConfig, net: torch.nn.Module) -> None:
     net.load_state_dict(payload["model"])
 
 
+def load_resume_checkpoint(config: TrainConfig, path: Path) -> dict:
+    """The checkpoint a ``--resume`` continues from; TrainingError when it is of another kind, or when
+    ``config.init_from`` names other weights than the run started from (the same command re-run with
+    ``--resume`` continues; its --init-from is then already in the checkpoint's weights)."""
+    payload = load_checkpoint(path)
+    if payload["kind"] != config.kind:
+        raise TrainingError(f"{path} is a {payload['kind']} checkpoint, not {config.kind}")
+    started_from = payload.get("train_config", {}).get("init_from")
+    if config.init_from is not None and (
+            started_from is None or Path(started_from).resolve() != Path(config.init_from).resolve()):
+        origin = started_from or "a fresh initialization"
+        raise TrainingError(f"--resume continues {path}, which started from {origin}, not --init-from "
+                            f"{config.init_from}: drop --init-from to continue it, or give another --out")
+    return payload
+
+
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     """SGD with momentum 0.9 (the paper) or AdamW."""
     lr = config.learning_rate()

@@ -44,7 +44,7 @@ from engine.training.common import (
     TrainingError,
     end_epoch,
     initial_weights,
-    load_checkpoint,
+    load_resume_checkpoint,
     lr_at,
     make_optimizer,
     set_lr,
@@ -209,9 +209,7 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
     state = RunState()
     payload = None
     if resume:
-        payload = load_checkpoint(out / "last.pt")
-        if payload["kind"] != "grader":
-            raise TrainingError(f"{out / 'last.pt'} is a {payload['kind']} checkpoint, not grader")
+        payload = load_resume_checkpoint(config, out / "last.pt")
         net_config = GraderConfig(**payload["net_config"])
         state = RunState(**payload["state"])
     net = GCNN(net_config)

@@ -23,7 +23,7 @@ from engine.training.common import (
     TrainingError,
     end_epoch,
     initial_weights,
-    load_checkpoint,
+    load_resume_checkpoint,
     lr_at,
     make_optimizer,
     set_lr,
@@ -142,9 +142,7 @@ def train_roi(config: TrainConfig, *, resume: bool = False) -> RunState:
     last = out / "last.pt"
     payload = None
     if resume:
-        payload = load_checkpoint(last)
-        if payload["kind"] != "roi":
-            raise TrainingError(f"{last} is a {payload['kind']} checkpoint, not roi")
+        payload = load_resume_checkpoint(config, last)
         net = RoiCNN(RoiConfig(**payload["net_config"]))
         net.load_state_dict(payload["model"])
         state = RunState(**payload["state"])

@@ -104,10 +104,6 @@ def run(args: argparse.Namespace) -> int:
         fine_repeat=args.fine_repeat, malignancy_weight=args.malignancy_weight, coarse_bias=args.coarse_bias,
         progress=not args.no_progress, init_from=args.init_from,
     )
-    if args.resume and args.init_from:
-        print("sonograde train: --resume continues this run from OUT/last.pt; --init-from starts a new run "
-              "from another run's weights: give one of them", file=sys.stderr)
-        return 2
     try:
         config.split_config()
     except ValueError as error:
