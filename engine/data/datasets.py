@@ -119,13 +119,15 @@ def grader_allowed(birads: str | None) -> np.ndarray | None:
 @dataclass
 class GraderSample:
     """One lesion for the G-CNN: original-size uint8 image, bool mask, allowed categories, pathology
-    (1 malignant, 0 benign, -1 unknown), source id."""
+    (1 malignant, 0 benign, -1 unknown), source id, and optionally the mask the two-stage pipeline finds
+    for the same lesion (``engine.training.pipeline_masks``; None where not computed or not usable)."""
 
     image: np.ndarray
     mask: np.ndarray
     allowed: np.ndarray
     malignant: int
     id: str
+    pipeline_mask: np.ndarray | None = None
 
 
 def grader_usable(record: ManifestRecord) -> bool:

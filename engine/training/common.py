@@ -45,6 +45,10 @@ class TrainConfig:
     (fine-tuning: new optimizer, schedule and epochs; the network configuration must match).
     coarse_bias (grader): learn a separate logit offset for datasets without five-way labels (training
     only; the exported model carries the five-way datasets' base rates), see ``engine.training.grader``.
+    train_masks (grader): where the mask channel and crop box of training and validation lesions come
+    from: "annotation" (the annotated mask, randomly eroded or dilated by up to 3 px) or "pipeline" (the
+    refined mask of the ROI-CNN ``roi_model`` where it finds the annotated lesion, see
+    ``engine.training.pipeline_masks``).
     """
 
     kind: str
@@ -73,6 +77,8 @@ class TrainConfig:
     fine_repeat: int = 4
     malignancy_weight: float = 0.0
     coarse_bias: bool = False
+    train_masks: str = "annotation"
+    roi_model: str | None = None
     init_from: str | None = None
     split_seed: int | None = None
     cv_folds: int = 0

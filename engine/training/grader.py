@@ -79,6 +79,8 @@ def malignancy_loss(logits: torch.Tensor, malignant: torch.Tensor) -> torch.Tens
 def sample_input(sample: GraderSample, config: TrainConfig, rng: np.random.Generator | None) -> np.ndarray:
     """The G-CNN input for one sample: with ``rng``, randomly translated and horizontally flipped."""
     image, mask = sample.image, sample.mask
+    if config.train_masks == "pipeline" and sample.pipeline_mask is not None:
+        mask = sample.pipeline_mask
     if config.view == "frame":
         if rng is not None:
             if config.mask_channel:
@@ -169,6 +171,22 @@ def malignancy_score(probs: np.ndarray) -> np.ndarray:
     return probs @ np.array(MALIGNANCY_LIKELIHOOD)
 
 
+def with_pipeline_masks(train: list[GraderSample], val: list[GraderSample],
+                        config: TrainConfig) -> tuple[list[GraderSample], list[GraderSample], dict]:
+    """``train`` and ``val`` with the pipeline's masks of ``config.roi_model`` attached, and the counts."""
+    from dataclasses import asdict
+
+    from engine.training.pipeline_masks import attach_pipeline_masks
+
+    if config.roi_model is None:
+        raise TrainingError("--train-masks pipeline needs --roi-model: the ROI-CNN ONNX model whose masks "
+                            "the grader will get in use (e.g. models/roi_cnn.onnx)")
+    both, stats = attach_pipeline_masks(train + val, config.roi_model, cache_dir=config.cache_dir,
+                                        threads=config.threads, progress=config.progress)
+    print(stats.describe(), file=sys.stderr)
+    return both[:len(train)], both[len(train):], {"roi_model": config.roi_model, **asdict(stats)}
+
+
 def prepare_grader_data(config: TrainConfig,
                         out: Path) -> tuple[list[GraderSample], list[GraderSample], dict]:
     """Train and validation lesions from the data folders (split by patient) plus phantom samples."""
@@ -191,6 +209,8 @@ def prepare_grader_data(config: TrainConfig,
     if not train:
         raise TrainingError("nothing to train the grader on: give --data DIR with lesion masks and BI-RADS "
                             "categories 2-5, or --phantom N")
+    if config.train_masks == "pipeline":
+        train, val, info["pipeline_masks"] = with_pipeline_masks(train, val, config)
     write_json(out / "split.json", info)
     return train, val, info
 
@@ -237,7 +257,8 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
     coarse_val = [s.id.split("/")[0] not in fine for s in val]
     pool = np.repeat(np.arange(len(train)), np.where(coarse_train, 1, config.fine_repeat))
     print(f"G-CNN width {config.width} view={config.view} S={config.input_size} margin={config.margin} "
-          f"mask_channel={config.mask_channel} malignancy_weight={config.malignancy_weight}: "
+          f"mask_channel={config.mask_channel} train_masks={config.train_masks} "
+          f"malignancy_weight={config.malignancy_weight}: "
           f"{len(train)} training lesions ({len(pool)} per epoch with "
           f"five-way x{config.fine_repeat}), {len(val)} validation; five-way datasets: {sorted(fine)}",
           file=sys.stderr)

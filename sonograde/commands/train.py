@@ -82,6 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="grader: learn a separate logit offset for datasets without five-way labels "
                              "(BUS-BRA), so their base rates do not set the five-way model's (training "
                              "only; not exported)")
+    parser.add_argument("--train-masks", choices=["annotation", "pipeline"], default="annotation",
+                        help="grader: mask channel and crop box of training lesions from the annotation "
+                             "(default; randomly eroded/dilated by up to 3 px) or from what the pipeline "
+                             "finds: --roi-model's refined mask where it overlaps the annotated lesion "
+                             "(Dice >= 0.3), the annotation elsewhere; computed once, cached in --cache-dir")
+    parser.add_argument("--roi-model", default=None, metavar="ONNX",
+                        help="grader with --train-masks pipeline: the ROI-CNN the grader will run behind "
+                             "(e.g. models/roi_cnn.onnx); it must not have been trained on these images")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -103,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, cv_folds=args.cv_folds,
         fine_repeat=args.fine_repeat, malignancy_weight=args.malignancy_weight, coarse_bias=args.coarse_bias,
         progress=not args.no_progress, init_from=args.init_from,
+        train_masks=args.train_masks, roi_model=args.roi_model,
     )
     try:
         config.split_config()
