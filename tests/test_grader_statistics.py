@@ -102,3 +102,32 @@ def test_averaging_reports_the_mean_of_the_members_probabilities(rng: np.random.
         average_grader_results([members[0], _fold(ids[1:], labels[1:], [True] * (n - 1), majority=2)])
     with pytest.raises(ValueError, match="different majority"):
         average_grader_results([members[0], _fold(ids, labels, [True] * n, majority=3)])
+
+
+def test_a_case_the_pipeline_did_not_grade_counts_wrong(rng: np.random.Generator) -> None:
+    # The evaluation gives a missed lesion uniform probabilities; their arg-max is category 0 ("3"),
+    # the usual majority class, which must not turn a miss into a correct "3".
+    n = int(rng.integers(20, 40))
+    labels = np.zeros(n, int)
+    labels[n // 2:] = rng.integers(1, 5, n - n // 2)
+    probs = np.eye(5)[labels] * 0.9 + 0.02  # right on every case it grades
+    missed = np.zeros(n, bool)
+    missed[: n // 4] = True  # some "3" cases the ROI-CNN missed
+    probs[missed] = 0.2
+    malignant = (labels >= 3).astype(int)
+    report = grader_report(probs, labels, malignant, 0, graded=~missed)
+    assert report["accuracy"] == pytest.approx(1 - missed.mean())
+    assert report["not_graded"] == int(missed.sum())
+    assert report["per_category_accuracy"]["3"] == pytest.approx(1 - missed.sum() / (labels == 0).sum())
+    assert int(np.sum(report["confusion_rows_truth_cols_pred"])) == n - int(missed.sum())
+    assert grader_report(probs, labels, malignant, 0)["accuracy"] == 1.0  # what counting it as "3" gave
+    # pooling and averaging read the per-case "lesion_found" of two-stage results
+    rows = [{"id": f"m{i}", "label": int(labels[i]), "malignant": int(malignant[i]), "majority": 0,
+             "ground_truth_masks": probs[i].tolist(), "two_stage_masks": probs[i].tolist(),
+             "lesion_found": bool(not missed[i])} for i in range(n)]
+    fold = {"datasets": ["usg"], "metadata": {}, "per_case": rows}
+    pooled = pool_grader_results([fold])
+    assert pooled["two_stage_masks"]["accuracy"] == pytest.approx(report["accuracy"])
+    assert pooled["ground_truth_masks"]["accuracy"] == 1.0
+    assert average_grader_results([fold, fold])["two_stage_masks"]["accuracy"] == pytest.approx(
+        report["accuracy"])

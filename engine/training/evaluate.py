@@ -128,22 +128,27 @@ def _five_way_label(record: ManifestRecord) -> int | None:
 
 
 def grader_report(probs: np.ndarray, labels: np.ndarray, malignant: np.ndarray,
-                  majority: int | np.ndarray) -> dict:
+                  majority: int | np.ndarray, graded: np.ndarray | None = None) -> dict:
     """Five-way metrics of one set of predictions against the majority-class baseline.
 
     ``majority`` is the baseline's category (index), or one per case when cases come from several
-    cross-validation folds, each with its own training majority. Besides the point estimates: a 95 %
-    bootstrap interval of accuracy and macro AUC, the one-sided exact binomial p-value of the accuracy
-    against the baseline's accuracy, and the exact McNemar p-value of grader vs baseline on the same
-    cases."""
+    cross-validation folds, each with its own training majority. ``graded`` (bool per case, default all)
+    marks the cases the two-stage pipeline graded; where it found no lesion the case counts as wrong in
+    every accuracy (its uniform probabilities only enter the AUCs, as ties), since the pipeline answers
+    no category there. Besides the point estimates: a 95 % bootstrap interval of accuracy and macro AUC,
+    the one-sided exact binomial p-value of the accuracy against the baseline's accuracy, and the exact
+    McNemar p-value of grader vs baseline on the same cases."""
     from engine.training.grader import malignancy_score
 
+    graded = np.ones(len(labels), bool) if graded is None else np.asarray(graded, bool)
     predicted = probs.argmax(1)
-    matrix = confusion(labels, predicted, len(GRADER_CATEGORIES))
-    per_category = {c: (float(matrix[k, k] / matrix[k].sum()) if matrix[k].sum() else None)
+    # Confusion over the graded cases; a row's accuracy is over all its cases (misses are wrong).
+    matrix = confusion(labels[graded], predicted[graded], len(GRADER_CATEGORIES))
+    correct = (predicted == labels) & graded
+    per_category = {c: (float(correct[labels == k].mean()) if (labels == k).any() else None)
                     for k, c in enumerate(GRADER_CATEGORIES)}
     baseline = np.broadcast_to(np.asarray(majority), labels.shape)
-    correct, baseline_correct = predicted == labels, baseline == labels
+    baseline_correct = baseline == labels
     known = malignant >= 0
     return {
         "cases": len(labels),
@@ -151,6 +156,7 @@ def grader_report(probs: np.ndarray, labels: np.ndarray, malignant: np.ndarray,
         "accuracy_95ci": bootstrap_interval(lambda c: float(c.mean()), (correct,)),
         "per_category_accuracy": per_category,
         "confusion_rows_truth_cols_pred": matrix.tolist(),
+        "not_graded": int((~graded).sum()),
         "one_vs_rest_auc": dict(zip(GRADER_CATEGORIES, one_vs_rest_auc(probs, labels), strict=True)),
         "macro_auc": macro_auc(probs, labels),
         "macro_auc_95ci": bootstrap_interval(macro_auc, (probs, labels)),
@@ -200,7 +206,7 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
                 x = grader_input(gray, full, size=size, margin=margin, mask_channel=mask_channel,
                                  view=view)
                 pipe_probs.append(session.run(None, {"image": x[None]})[0][0])
-            else:  # no lesion found: counts as a miss, uniform probabilities
+            else:  # no lesion found: not graded (wrong in every accuracy), uniform probabilities for AUCs
                 pipe_probs.append(np.full(len(GRADER_CATEGORIES), 1.0 / len(GRADER_CATEGORIES), np.float32))
     labels_a, malignant_a = np.array(labels), np.array(malignant)
     result = {"datasets": sorted(fine_sets), "metadata": meta,
@@ -210,7 +216,8 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
                  "majority": int(majority), "ground_truth_masks": [float(v) for v in gt_probs[i]]}
                 for i, r in enumerate(cases)]
     if roi_session is not None:
-        result["two_stage_masks"] = grader_report(np.array(pipe_probs), labels_a, malignant_a, majority)
+        result["two_stage_masks"] = grader_report(np.array(pipe_probs), labels_a, malignant_a, majority,
+                                                  graded=np.array(found, bool))
         result["two_stage_masks"]["lesion_found"] = int(sum(found))
         for i, row in enumerate(per_case):
             row["two_stage_masks"] = [float(v) for v in pipe_probs[i]]
@@ -234,7 +241,10 @@ def pool_grader_results(results: list[dict]) -> dict:
                     "model_ids": [r["metadata"].get("sonograde.model_id") for r in results]}
     for key in ("ground_truth_masks", "two_stage_masks"):
         if all(key in row for row in rows):
-            pooled[key] = grader_report(np.array([row[key] for row in rows]), labels, malignant, majority)
+            graded = np.array([row.get("lesion_found", True) for row in rows]) if key == "two_stage_masks" \
+                else None
+            pooled[key] = grader_report(np.array([row[key] for row in rows]), labels, malignant, majority,
+                                        graded=graded)
     if "two_stage_masks" in pooled:
         pooled["two_stage_masks"]["lesion_found"] = int(sum(row["lesion_found"] for row in rows))
     pooled["per_case"] = rows
@@ -258,7 +268,10 @@ def average_grader_results(results: list[dict]) -> dict:
     for key in ("ground_truth_masks", "two_stage_masks"):
         if all(key in cases[i] for cases in by_id for i in ids):
             probs = np.mean([[cases[i][key] for i in ids] for cases in by_id], axis=0)
-            averaged[key] = grader_report(probs, labels, malignant, majority)
+            graded = None
+            if key == "two_stage_masks":  # one ROI-CNN for all members: a miss is a miss for the mean
+                graded = np.array([all(cases[i].get("lesion_found", True) for cases in by_id) for i in ids])
+            averaged[key] = grader_report(probs, labels, malignant, majority, graded=graded)
     return averaged
 
 
