@@ -95,6 +95,9 @@ def test_train_grader_on_pipeline_masks_records_them(tmp_path: Path,
               "--mask-channel", "--train-masks", "pipeline", "--max-steps", "1"]
     assert _cli([*common, "--out", str(tmp_path / "no_model")]) == 2
     assert "--train-masks pipeline needs --roi-model" in capsys.readouterr().err
+    annotated = [a for a in common if a not in ("--train-masks", "pipeline")]
+    assert _cli([*annotated, "--out", str(tmp_path / "stray"), "--roi-model", str(ROI_MODEL)]) == 2
+    assert "only used with --train-masks pipeline" in capsys.readouterr().err
     out = tmp_path / "grader"
     assert _cli([*common, "--out", str(out), "--roi-model", str(ROI_MODEL),
                  "--cache-dir", str(tmp_path / "cache")]) == 0

@@ -3,8 +3,9 @@
 In use, the G-CNN's mask channel (and, in the crop view, its box) comes from the ROI-CNN and the
 refinement (area filter, Chan–Vese), whose outline is smoother and a few pixels off a radiologist's
 annotation, and which now and then picks another dark region. A grader trained on annotated masks learns
-their outline too, and loses accuracy when it gets the pipeline's instead (session 5: 0.06-0.09 of
-five-way accuracy between annotated and pipeline masks on held-out BrEaST cases). ``sonograde train
+their outline too, and loses accuracy when it gets the pipeline's instead (session 5: 0.07-0.10 of
+five-way accuracy between annotated and pipeline masks on cross-validated BrEaST cases, misses counted
+wrong; docs/training.md). ``sonograde train
 grader --train-masks pipeline --roi-model M`` trains it on what it will see: each training and validation
 image goes once through the pipeline's stages 1-2 exactly as ``engine.training.evaluate`` runs them, and
 the refined mask replaces the annotation where it found the annotated lesion (Dice >= ``min_dice``);
@@ -22,10 +23,14 @@ import os
 import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.data.datasets import GraderSample
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def pipeline_mask(session, image: np.ndarray) -> np.ndarray:
+def pipeline_mask(session: onnxruntime.InferenceSession, image: np.ndarray) -> np.ndarray:
     """The refined lesion mask the pipeline's stages 1-2 find in a grayscale image, at the image's size
     (all False when none is found)."""
     import cv2

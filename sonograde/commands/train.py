@@ -113,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress, init_from=args.init_from,
         train_masks=args.train_masks, roi_model=args.roi_model,
     )
+    if args.roi_model is not None and args.train_masks != "pipeline":
+        print("sonograde train: --roi-model is only used with --train-masks pipeline (the grader's training "
+              "masks from that ROI-CNN); add --train-masks pipeline or drop --roi-model", file=sys.stderr)
+        return 2
     try:
         config.split_config()
     except ValueError as error:
