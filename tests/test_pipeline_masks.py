@@ -13,7 +13,7 @@ import pytest
 
 from engine.data.datasets import phantom_grader_samples
 from engine.preprocess import grader_input
-from engine.training import pipeline_masks
+from engine.training import evaluate
 from engine.training.common import TrainConfig, TrainingError
 from engine.training.grader import sample_input
 from engine.training.pipeline_masks import attach_pipeline_masks
@@ -50,7 +50,7 @@ def test_pipeline_masks_are_computed_once_per_image(tmp_path: Path, monkeypatch:
     def no_inference(*_args: object) -> np.ndarray:
         raise AssertionError("cached masks were computed again")
 
-    monkeypatch.setattr(pipeline_masks, "pipeline_mask", no_inference)
+    monkeypatch.setattr(evaluate, "pipeline_mask", no_inference)
     again, _ = attach_pipeline_masks(samples[1:], ROI_MODEL, cache_dir=tmp_path, threads=1, progress=False)
     for a, b in zip(first[1:], again, strict=True):
         assert (a.pipeline_mask is None) == (b.pipeline_mask is None)
@@ -74,11 +74,11 @@ def test_grader_input_takes_the_pipeline_mask_only_when_asked(rng: np.random.Gen
 
 def test_bad_roi_models_are_explained(tmp_path: Path) -> None:
     samples = phantom_grader_samples(2, seed=14)
-    with pytest.raises(TrainingError, match="does not exist"):
+    with pytest.raises(TrainingError, match="--roi-model: model file not found"):
         attach_pipeline_masks(samples, tmp_path / "missing.onnx", progress=False)
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"not an onnx model")
-    with pytest.raises(TrainingError, match="could not be loaded"):
+    with pytest.raises(TrainingError, match=r"--roi-model: cannot load model .* corrupt"):
         attach_pipeline_masks(samples, corrupt, progress=False)
 
 

@@ -86,6 +86,13 @@ def locate_and_refine(session: ort.InferenceSession, gray: np.ndarray,
     return small, prob, raw, refined
 
 
+def pipeline_mask(session: ort.InferenceSession, gray: np.ndarray) -> np.ndarray:
+    """The refined lesion mask of ``locate_and_refine`` at the image's own size (nearest-neighbour, as the
+    pipeline upsamples it); all False when no lesion is found."""
+    _, _, _, refined = locate_and_refine(session, gray)
+    return _upsample(refined, gray.shape)
+
+
 def evaluate_roi(model: str | Path, records: list[ManifestRecord], *, refine: bool = True,
                  progress: bool = True) -> dict:
     """DSC (mean, median) and HD95 of raw and refined masks on ``records`` with masks."""
@@ -199,8 +206,7 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
         x = grader_input(gray, truth, size=size, margin=margin, mask_channel=mask_channel, view=view)
         gt_probs.append(session.run(None, {"image": x[None]})[0][0])
         if roi_session is not None:
-            _, _, _, refined = locate_and_refine(roi_session, gray)
-            full = _upsample(refined, gray.shape)
+            full = pipeline_mask(roi_session, gray)
             found.append(bool(full.any()))
             if full.any():
                 x = grader_input(gray, full, size=size, margin=margin, mask_channel=mask_channel,

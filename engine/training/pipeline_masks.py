@@ -23,14 +23,10 @@ import os
 import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.data.datasets import GraderSample
-
-if TYPE_CHECKING:
-    import onnxruntime
 
 
 @dataclass(frozen=True)
@@ -49,32 +45,6 @@ class PipelineMaskStats:
                 f"{self.mean_dice:.3f}); the others keep their annotated mask")
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def pipeline_mask(session: onnxruntime.InferenceSession, image: np.ndarray) -> np.ndarray:
-    """The refined lesion mask the pipeline's stages 1-2 find in a grayscale image, at the image's size
-    (all False when none is found)."""
-    import cv2
-
-    from engine.training.evaluate import locate_and_refine
-
-    _, _, _, refined = locate_and_refine(session, image)
-    # Nearest-neighbour up to the image's size, as the pipeline and the held-out evaluation do.
-    return cv2.resize(refined.astype(np.uint8), (image.shape[1], image.shape[0]),
-                      interpolation=cv2.INTER_NEAREST) > 0
-
-
 def attach_pipeline_masks(samples: list[GraderSample], roi_model: str | Path, *, min_dice: float = 0.3,
                           cache_dir: str | Path | None = None, threads: int = 2,
                           progress: bool = True) -> tuple[list[GraderSample], PipelineMaskStats]:
@@ -83,16 +53,21 @@ def attach_pipeline_masks(samples: list[GraderSample], roi_model: str | Path, *,
 
     Masks are cached in ``cache_dir`` (one file per model SHA-256 and ``min_dice``, one entry per sample
     id and size), so the cross-validation folds of one dataset compute each image's mask once."""
-    import onnxruntime as ort
     from tqdm import tqdm
 
+    from engine.backends.base import ModelLoadError
+    from engine.backends.ort import OnnxRuntimeBackend, check_model_file
+    from engine.export import sha256_file
     from engine.training.common import TrainingError
+    from engine.training.evaluate import pipeline_mask
+    from refine.metrics import dice
 
     model = Path(roi_model)
-    if not model.is_file():
-        raise TrainingError(f"--roi-model {model} does not exist: give the ROI-CNN ONNX model whose masks "
-                            "the grader will get in use (e.g. models/roi_cnn.onnx)")
-    tag = hashlib.sha1(f"{_file_sha256(model)}|{min_dice}".encode()).hexdigest()[:16]
+    try:
+        check_model_file(model)
+    except ModelLoadError as error:
+        raise TrainingError(f"--roi-model: {error}") from error
+    tag = hashlib.sha1(f"{sha256_file(model)}|{min_dice}".encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"pipeline-masks-{tag}.pkl" if cache_dir else None
     known: dict[str, tuple] = {}  # "id|shape" -> (packed mask or None, Dice or nan)
     if cache is not None and cache.is_file():
@@ -101,16 +76,13 @@ def attach_pipeline_masks(samples: list[GraderSample], roi_model: str | Path, *,
     todo = [s for s in samples if f"{s.id}|{s.image.shape}" not in known]
     if todo:
         try:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own exception types for corrupt files
-            raise TrainingError(f"--roi-model {model} could not be loaded by ONNX Runtime ({error}); "
-                                "re-export it with sonograde export") from error
+            session = OnnxRuntimeBackend(model, threads=threads, providers=["CPUExecutionProvider"]).session
+        except ModelLoadError as error:
+            raise TrainingError(f"--roi-model: {error}") from error
         for s in tqdm(todo, desc="pipeline masks", disable=not progress, leave=False):
             found = pipeline_mask(session, s.image)
-            dice = _dice(found, s.mask) if found.any() else float("nan")
-            known[f"{s.id}|{s.image.shape}"] = (np.packbits(found) if dice >= min_dice else None, dice)
+            overlap = dice(found, s.mask) if found.any() else float("nan")
+            known[f"{s.id}|{s.image.shape}"] = (np.packbits(found) if overlap >= min_dice else None, overlap)
         if cache is not None:  # a run in parallel may write its own at the same time: the last one wins
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(f".{os.getpid()}.tmp")
