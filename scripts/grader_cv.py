@@ -138,8 +138,8 @@ class Runner:
                 str(self.args.folds),
                 "--seed",
                 str(self.args.split_seed),
-                "--roi-model",
-                self.args.roi_model,
+                *[a for f in range(1, self.args.folds + 1)
+                  for a in ("--roi-model", self.args.roi_model.format(fold=f))],
                 "--json",
                 str(target),
                 *data_args(self.args.eval_data or self.args.data),
@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--roi-model",
         default=str(REPO / "models" / "roi_cnn.onnx"),
-        help="ROI-CNN for the two-stage evaluation (default: the shipped one)",
+        help="ROI-CNN for the two-stage evaluation (default: the shipped one); a path with {fold} in it "
+        "names each fold's own first stage, e.g. runs/roi-ft/fold{fold}/roi_cnn.onnx",
     )
     parser.add_argument(
         "--no-defaults", action="store_true", help="do not add " + " ".join(DEFAULT_RECIPE) + " to the recipe"

@@ -42,7 +42,9 @@ class TrainConfig:
     malignancy_weight (grader): weight of the pathology term (``engine.training.grader.malignancy_loss``)
     added to the category loss for lesions whose pathology is known; 0 trains on categories alone.
     init_from: a checkpoint (best.pt / last.pt of another run) whose network weights start this run
-    (fine-tuning: new optimizer, schedule and epochs; the network configuration must match).
+    (fine-tuning: new optimizer, schedule and epochs; the network configuration must match); for the
+    ROI-CNN also an exported ``.onnx`` such as the shipped ``models/roi_cnn.onnx``
+    (``engine.training.from_onnx``).
     coarse_bias (grader): learn a separate logit offset for datasets without five-way labels (training
     only; the exported model carries the five-way datasets' base rates), see ``engine.training.grader``.
     train_masks (grader): where the mask channel and crop box of training and validation lesions come
@@ -123,6 +125,11 @@ def initial_weights(config: TrainConfig, net: torch.nn.Module) -> None:
     when the checkpoint is of another kind or its network configuration differs from ``net``'s."""
     if config.init_from is None:
         return
+    if Path(config.init_from).suffix.lower() == ".onnx":
+        if config.kind != "roi":
+            raise TrainingError(f"--init-from {config.init_from}: a {config.kind} network starts from a .pt "
+                                "checkpoint (best.pt / last.pt); only a ROI-CNN starts from an ONNX file")
+        return  # train_roi loads it once the training images are there (engine.training.from_onnx)
     payload = load_checkpoint(config.init_from)
     if payload["kind"] != config.kind:
         raise TrainingError(f"--init-from {config.init_from} is a {payload['kind']} checkpoint; this run "

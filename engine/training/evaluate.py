@@ -196,7 +196,7 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
     cases = [r for r in cases if r.dataset in fine_sets]
     train_labels = [_five_way_label(r) for r in train if r.dataset in fine_sets and r.mask is not None]
     majority = Counter(x for x in train_labels if x is not None).most_common(1)[0][0]
-    labels, malignant, gt_probs, pipe_probs, found = [], [], [], [], []
+    labels, malignant, gt_probs, pipe_probs, found, overlap = [], [], [], [], [], []
     for record in tqdm(cases, desc="evaluate grader", disable=not progress):
         gray = load_gray(record.image)
         truth = load_mask(record)
@@ -208,6 +208,7 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
         if roi_session is not None:
             full = pipeline_mask(roi_session, gray)
             found.append(bool(full.any()))
+            overlap.append(_dice(full, truth))
             if full.any():
                 x = grader_input(gray, full, size=size, margin=margin, mask_channel=mask_channel,
                                  view=view)
@@ -228,6 +229,7 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
         for i, row in enumerate(per_case):
             row["two_stage_masks"] = [float(v) for v in pipe_probs[i]]
             row["lesion_found"] = bool(found[i])
+            row["pipeline_dice"] = float(overlap[i])  # against the annotation, at the image's own size
     result["per_case"] = per_case
     return result
 
@@ -288,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", required=True,
                         help="ONNX model; with --cv-folds K give it K times, the i-th is evaluated on "
                              "fold i and the K test folds are pooled (or once: fold --test-fold only)")
-    parser.add_argument("--roi-model", default=None, help="grader: also evaluate on two-stage masks")
+    parser.add_argument("--roi-model", action="append", default=None,
+                        help="grader: also evaluate on two-stage masks, with this ROI-CNN as the first "
+                             "stage; with --cv-folds K once (one first stage for all folds) or K times "
+                             "(the i-th is fold i's own first stage, e.g. fine-tuned without fold i)")
     parser.add_argument("--data", action="append", required=True)
     parser.add_argument("--test-fold", type=int, default=1)
     parser.add_argument("--val-fraction", type=float, default=0.1)
@@ -306,17 +311,23 @@ def main(argv: list[str] | None = None) -> int:
                      f"{args.cv_folds} times (one per fold, pooled), got {len(args.model)}")
     if not args.cv_folds and len(args.model) > 1:
         parser.error("several --model files need --cv-folds K (one model per fold)")
+    roi_models = args.roi_model or [None]
+    if len(roi_models) == 1:
+        roi_models = roi_models * len(args.model)
+    elif not pooled or len(roi_models) != len(args.model):
+        parser.error(f"give --roi-model once, or once per fold model ({len(args.model)}), "
+                     f"got {len(roi_models)}")
     records = load_records(args.data)
     folds = range(1, args.cv_folds + 1) if pooled else [args.test_fold]
     results = []
-    for model, fold in zip(args.model, folds, strict=True):
+    for model, roi_model, fold in zip(args.model, roi_models, folds, strict=True):
         split = make_split(records, SplitConfig(fold, args.val_fraction, args.test_fraction, args.seed,
                                                 folds=args.cv_folds))
         print(f"{model}: {split.summary()}", file=sys.stderr)
         if args.model_kind == "roi":
             results.append(evaluate_roi(model, split.test, refine=not args.no_refine))
         else:
-            results.append(evaluate_grader(model, args.roi_model, split.test, split.train))
+            results.append(evaluate_grader(model, roi_model, split.test, split.train))
     if args.model_kind == "roi":
         if len(results) > 1:
             parser.error("--cv-folds pools grader results only")

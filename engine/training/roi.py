@@ -30,6 +30,9 @@ from engine.training.common import (
     training_device,
     write_json,
 )
+from engine.training.from_onnx import init_roi_from_onnx, is_onnx_file
+
+ONNX_CALIBRATION_IMAGES = 32  # images whose statistics re-express the ONNX file's folded batch norms
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -151,6 +154,15 @@ def train_roi(config: TrainConfig, *, resume: bool = False) -> RunState:
     if payload is not None:
         optimizer.load_state_dict(payload["optimizer"])  # moves its state to the parameters' device
     train, val, _ = prepare_roi_data(config, out)
+    if not resume and is_onnx_file(config.init_from):
+        calibration, _ = batch_tensors(train.images[:ONNX_CALIBRATION_IMAGES],
+                                       train.masks[:ONNX_CALIBRATION_IMAGES])
+        net = net.to("cpu")
+        difference = init_roi_from_onnx(net, config.init_from, calibration.contiguous())
+        print(f"started from {config.init_from}: batch norms re-expressed on {len(calibration)} training "
+              f"images; max abs difference to the ONNX file {difference:.1e}", file=sys.stderr)
+        net = net.to(device=device, memory_format=torch.channels_last)
+        optimizer = make_optimizer(config, net.parameters())
     print(f"ROI-CNN width {config.width}: {len(train)} training, {len(val)} validation images; "
           f"{sum(p.numel() for p in net.parameters())} parameters", file=sys.stderr)
     log = MetricsLog(out)
