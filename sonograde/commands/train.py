@@ -7,8 +7,10 @@ Examples:
       --out runs/grader --epochs 30
   sonograde train roi --phantom 64 --out /tmp/smoke --max-steps 5      # smoke run, no real data
   sonograde train roi --data ... --out runs/roi --resume               # continue from runs/roi/last.pt
-  sonograde train grader --data my_images --out runs/mine --init-from runs/grader/last.pt \
+  sonograde train grader --data my_images --out runs/mine --init-from runs/grader/last.pt \\
       --epochs 10 --lr 1e-4                                             # fine-tune on your own images
+  sonograde train roi --data my_images --out runs/roi-mine --init-from models/roi_cnn.onnx \\
+      --optimizer adamw --lr 1e-4 --epochs 15                           # fine-tune the shipped ROI-CNN
   sonograde train grader --data ... --out runs/g --device cuda          # on an NVIDIA GPU (CUDA torch)
 
 Splits are by patient (BUS-BRA: official fold --test-fold held out as test, validation by patient from
@@ -44,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", default=None, metavar="PT",
                         help="start from the network weights of another run's best.pt / last.pt "
                              "(fine-tuning, e.g. on your own images: new optimizer and schedule; same "
-                             "--width, --input-size and --mask-channel as that run)")
+                             "--width, --input-size and --mask-channel as that run); a ROI-CNN also "
+                             "starts from an exported .onnx such as models/roi_cnn.onnx")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke)")
     parser.add_argument("--phantom", type=int, default=0, metavar="N", help="add N phantom samples")
     parser.add_argument("--cache-dir", default=None,
