@@ -48,6 +48,8 @@ from engine.training.metrics import (
     roc_auc,
 )
 
+LOCATED_DICE = 0.3  # "located": the pipeline's refined mask overlaps the annotation with at least this DSC
+
 
 def _session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
     options = ort.SessionOptions()
@@ -226,6 +228,7 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
         result["two_stage_masks"] = grader_report(np.array(pipe_probs), labels_a, malignant_a, majority,
                                                   graded=np.array(found, bool))
         result["two_stage_masks"]["lesion_found"] = int(sum(found))
+        result["two_stage_masks"]["lesion_located"] = int(sum(d >= LOCATED_DICE for d in overlap))
         for i, row in enumerate(per_case):
             row["two_stage_masks"] = [float(v) for v in pipe_probs[i]]
             row["lesion_found"] = bool(found[i])
@@ -255,6 +258,9 @@ def pool_grader_results(results: list[dict]) -> dict:
                                         graded=graded)
     if "two_stage_masks" in pooled:
         pooled["two_stage_masks"]["lesion_found"] = int(sum(row["lesion_found"] for row in rows))
+        if all("pipeline_dice" in row for row in rows):
+            pooled["two_stage_masks"]["lesion_located"] = int(sum(row["pipeline_dice"] >= LOCATED_DICE
+                                                                  for row in rows))
     pooled["per_case"] = rows
     return pooled
 
