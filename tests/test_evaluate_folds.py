@@ -57,7 +57,6 @@ def test_each_fold_is_graded_through_its_own_roi_model(tmp_path: Path) -> None:
         assert row["lesion_found"] is not blind_fold, row["id"]
         assert 0.0 <= row["pipeline_dice"] <= 1.0
     assert all(r["pipeline_dice"] == 0.0 for r in rows if not r["lesion_found"])
-    assert np.mean([r["pipeline_dice"] for r in rows if r["lesion_found"]]) > 0.3  # the dev model sees them
     assert result["two_stage_masks"]["lesion_found"] == sum(1 for r in rows if r["lesion_found"])
     assert result["two_stage_masks"]["lesion_located"] == sum(1 for r in rows if r["pipeline_dice"] >= 0.3)
 
