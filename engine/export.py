@@ -189,6 +189,39 @@ def load_trained(checkpoint: str | Path) -> tuple[str, torch.nn.Module, dict]:
 _ENSEMBLE_INPUT_KEYS = ("view", "input_size", "mask_channel", "margin")
 
 
+def load_weight_average(checkpoints: list[str | Path]) -> tuple[str, torch.nn.Module, dict]:
+    """(kind, one network in eval mode, the last checkpoint's training config) whose parameters and
+    batch-norm statistics are the mean of the checkpoints': a weight-space ensemble, as fast as one network.
+    With a pretrained network and its fine-tuned descendant this is WiSE-FT (Wortsman et al., "Robust
+    fine-tuning of zero-shot models", CVPR 2022) at mixing 0.5: it keeps much of what fine-tuning gained and
+    much of what fine-tuning forgot. Only meaningful for networks that share an ancestry (one started from
+    the other, or both from one checkpoint). TrainingError unless all have the same kind and configuration."""
+    from engine.training.common import TrainingError, load_checkpoint
+
+    payloads = [load_checkpoint(path) for path in checkpoints]
+    first = payloads[0]
+    for path, payload in zip(checkpoints[1:], payloads[1:], strict=True):
+        if payload["kind"] != first["kind"] or payload["net_config"] != first["net_config"]:
+            raise TrainingError(f"{path} holds another network than {checkpoints[0]} ({payload['kind']} "
+                                f"{payload['net_config']} vs {first['kind']} {first['net_config']}): weights "
+                                "average only between networks of one configuration")
+        differ = [k for k in _ENSEMBLE_INPUT_KEYS
+                  if payload["train_config"].get(k) != first["train_config"].get(k)]
+        if differ:
+            raise TrainingError(f"{path} was trained on another input than {checkpoints[0]} "
+                                f"({', '.join(differ)})")
+    averaged = {}
+    for key, tensor in first["model"].items():
+        if tensor.is_floating_point():
+            averaged[key] = torch.stack([p["model"][key] for p in payloads]).mean(dim=0)
+        else:  # integer buffers (batch norm's num_batches_tracked): not used in eval mode
+            averaged[key] = tensor
+    net: torch.nn.Module = (RoiCNN(RoiConfig(**first["net_config"])) if first["kind"] == "roi"
+                            else GCNN(GraderConfig(**first["net_config"])))
+    net.load_state_dict(averaged)
+    return first["kind"], net.eval(), payloads[-1]["train_config"]
+
+
 def load_ensemble(checkpoints: list[str | Path]) -> tuple[str, torch.nn.Module, dict]:
     """("grader", ``GraderEnsemble`` in eval mode, the first member's training config) from several G-CNN
     checkpoints; TrainingError unless all are G-CNNs that take the same input (view, input size, mask

@@ -114,3 +114,49 @@ def test_full_width_roi_cnn_exports(tmp_path: Path) -> None:
     model = onnx.load(str(tmp_path / "full.onnx"), load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["sonograde.width"] == "1"
+
+
+def _grader_checkpoint(path: Path, seed: int, *, width: float = 0.125) -> GCNN:
+    torch.manual_seed(seed)
+    net = GCNN(GraderConfig(width=width, input_size=32))
+    with torch.no_grad():  # distinct batch-norm statistics, as after training
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+    config = TrainConfig(kind="grader", margin=0.3, input_size=32, width=width)
+    save_checkpoint(path, net=net, optimizer=make_optimizer(config, net.parameters()), config=config,
+                    net_config=net.config.__dict__, state=RunState())
+    return net
+
+
+def test_average_weights_exports_one_network_with_the_mean_weights(
+        tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _grader_checkpoint(tmp_path / "a.pt", int(rng.integers(1 << 20)))
+    b = _grader_checkpoint(tmp_path / "b.pt", int(rng.integers(1 << 20)))
+    argv = ["--checkpoint", str(tmp_path / "a.pt"), "--checkpoint", str(tmp_path / "b.pt"),
+            "--average-weights", "--out", str(tmp_path / "avg.onnx"), "--no-dynamo"]
+    assert _cli(argv) == 0
+    expected = GCNN(GraderConfig(width=0.125, input_size=32))
+    expected.load_state_dict({k: (v + b.state_dict()[k]) / 2 if v.is_floating_point() else v
+                              for k, v in a.state_dict().items()})
+    x = rng.standard_normal((3, 1, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        want = GraderProbabilities(expected.eval())(torch.from_numpy(x)).numpy()
+        member = GraderProbabilities(a.eval())(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(str(tmp_path / "avg.onnx")).run(None, {"image": x})[0]
+    assert np.abs(got - want).max() < 1e-4
+    assert np.abs(got - member).max() > 1e-3  # not simply the first checkpoint
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "avg.onnx")).metadata_props}
+    assert "sonograde.ensemble_members" not in meta and meta["sonograde.roi_margin"] == "0.3"
+
+
+def test_average_weights_refuses_other_networks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _grader_checkpoint(tmp_path / "a.pt", 1)
+    _grader_checkpoint(tmp_path / "wide.pt", 2, width=0.25)
+    out = ["--out", str(tmp_path / "m.onnx"), "--no-dynamo", "--average-weights"]
+    two = ["--checkpoint", str(tmp_path / "a.pt"), "--checkpoint", str(tmp_path / "wide.pt")]
+    assert _cli([*two, *out]) == 2
+    assert "weights average only between networks of one configuration" in capsys.readouterr().err
+    assert _cli(["--checkpoint", str(tmp_path / "a.pt"), *out]) == 2
+    assert "needs at least two --checkpoint" in capsys.readouterr().err

@@ -3,6 +3,8 @@
 Examples:
   sonograde export --checkpoint runs/roi/best.pt --out models/roi_cnn.onnx
   sonograde export --checkpoint runs/grader/best.pt --out models/g_cnn.onnx --model-id g_cnn-w0.25-s128
+  sonograde export --checkpoint runs/pretrained/last.pt --checkpoint runs/finetuned/last.pt \\
+      --average-weights --out g_cnn.onnx     # one network with the mean weights (WiSE-FT at 0.5)
 
 The ONNX file has input "image" (N, C, S, S) float32 with a dynamic batch N, output "prob" (ROI-CNN,
 sigmoid map N x 1 x 288 x 288) or "probs" (G-CNN, softmax N x 5 over 3, 4A, 4B, 4C, 5), opset 17, and
@@ -22,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a best.pt / last.pt written by sonograde train; give it several times to "
                              "export G-CNNs of one recipe (same view, input size, channels and margin) as "
                              "one ensemble model whose output is the mean of the members' probabilities")
+    parser.add_argument("--average-weights", action="store_true",
+                        help="with several --checkpoint: export one network whose weights are their mean "
+                             "(a weight-space ensemble, e.g. a pretrained network and its fine-tuned "
+                             "descendant: WiSE-FT at 0.5) instead of an ensemble of outputs")
     parser.add_argument("--out", required=True, help="ONNX file to write")
     parser.add_argument("--model-id", default=None, help="sonograde.model_id (default kind-width-date)")
     parser.add_argument("--no-dynamo", action="store_true",
@@ -32,14 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from engine.export import export_onnx, load_ensemble, load_trained
+        from engine.export import export_onnx, load_ensemble, load_trained, load_weight_average
         from engine.training.common import TrainingError
     except ImportError as error:
         print(f"export needs the train extra (pip install 'sonograde[train]'): {error}", file=sys.stderr)
         return 2
     try:
         if len(args.checkpoint) == 1:
+            if args.average_weights:
+                raise TrainingError("--average-weights needs at least two --checkpoint files")
             kind, net, train_config = load_trained(args.checkpoint[0])
+        elif args.average_weights:
+            kind, net, train_config = load_weight_average(args.checkpoint)
         else:
             kind, net, train_config = load_ensemble(args.checkpoint)
     except TrainingError as error:
