@@ -193,9 +193,10 @@ def load_weight_average(checkpoints: list[str | Path]) -> tuple[str, torch.nn.Mo
     """(kind, one network in eval mode, the last checkpoint's training config) whose parameters and
     batch-norm statistics are the mean of the checkpoints': a weight-space ensemble, as fast as one network.
     With a pretrained network and its fine-tuned descendant this is WiSE-FT (Wortsman et al., "Robust
-    fine-tuning of zero-shot models", CVPR 2022) at mixing 0.5: it keeps much of what fine-tuning gained and
-    much of what fine-tuning forgot. Only meaningful for networks that share an ancestry (one started from
-    the other, or both from one checkpoint). TrainingError unless all have the same kind and configuration."""
+    fine-tuning of zero-shot models", CVPR 2022) at mixing 0.5, a trade between what fine-tuning gained
+    and what it forgot (measured for the grader in docs/training.md, session 7). Only meaningful for
+    networks that share an ancestry (one started from the other, or both from one checkpoint).
+    TrainingError unless all have the same kind and configuration."""
     from engine.training.common import TrainingError, load_checkpoint
 
     payloads = [load_checkpoint(path) for path in checkpoints]

@@ -57,8 +57,9 @@ def read_onnx_roi(path: str | Path) -> tuple[RoiConfig, dict[str, np.ndarray]]:
     weights = {t.name.removeprefix(ONNX_PREFIX): numpy_helper.to_array(t) for t in model.graph.initializer
                if t.name.startswith(ONNX_PREFIX)}
     if not weights:
-        raise TrainingError(f"--init-from {path}: holds none of the ROI-CNN's weights (not written by "
-                            "`sonograde export` from a trained network)")
+        raise TrainingError(f"--init-from {path}: holds none of the ROI-CNN's weights by name (not written "
+                            "by `sonograde export` from a trained network, or exported with --no-dynamo); "
+                            "give the run's last.pt, or re-export it without --no-dynamo")
     return config, weights
 
 
