@@ -68,3 +68,27 @@ def test_roi_models_must_match_the_folds(tmp_path: Path, capsys: pytest.CaptureF
     with pytest.raises(SystemExit):
         evaluate.main(argv)
     assert "give --roi-model once, or once per fold model (5), got 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_roi_cross_validation_pools_every_image_once(tmp_path: Path) -> None:
+    from capture.phantom import write_dataset
+
+    split_seed = int(np.random.default_rng().integers(1 << 20))
+    data = write_dataset(tmp_path / "data", 15, seed=split_seed, size=(160, 128))
+    seeing, blind = make_roi_model(tmp_path / "roi.onnx"), _blind_roi_model(tmp_path / "blind.onnx")
+    models = [seeing, blind, seeing, seeing, blind]
+    out = tmp_path / "roi.json"
+    argv = ["roi", "--data", str(data), "--cv-folds", "5", "--seed", str(split_seed), "--json", str(out),
+            *[a for m in models for a in ("--model", str(m))]]
+    assert evaluate.main(argv) == 0
+    result = json.loads(out.read_text())
+    records = load_records([str(data)])
+    assert sorted(r["id"] for r in result["rows"]) == sorted(f"{r.dataset}/{r.id}" for r in records)
+    fold_of = assign_folds(records, 5, split_seed)
+    for row in result["rows"]:
+        if models[fold_of[row["id"]]] == blind:
+            assert row["dice_full_refined"] == 0.0
+    summary = result["summary"]
+    assert summary["folds"] == 5 and summary["images"] == 15
+    assert summary["located"] == sum(r["dice_full_refined"] >= 0.3 for r in result["rows"])

@@ -12,9 +12,10 @@ metrics (accuracy, per-category accuracy, confusion matrix, one-vs-rest and macr
 against pathology) and the majority-class baseline (the most frequent training category), once with the
 ground-truth masks and once with the masks of the two-stage pipeline (ROI-CNN + refinement).
 
-Cross-validation (``--cv-folds K`` with K models trained by ``sonograde train grader --cv-folds K
+Cross-validation (``--cv-folds K`` with K models trained by ``sonograde train grader|roi --cv-folds K
 --test-fold i``): model i is evaluated on fold i and the K folds are pooled, so every five-way case is
-graded once by a network that never saw it; each case's baseline is its own fold's training majority.
+graded (every image segmented) once by a network that never saw it; each case's baseline is its own fold's
+training majority. A grader's first stage can be one ROI-CNN or one per fold (``--roi-model`` K times).
 
 Usage:
   python -m engine.training.evaluate roi --model models/roi_cnn.onnx --data ../shared/data/busbra
@@ -118,15 +119,35 @@ def evaluate_roi(model: str | Path, records: list[ManifestRecord], *, refine: bo
             row[f"dice_full_{name}"] = _dice(full, truth)
             row[f"hd95_full_{name}_px"] = float(hausdorff(full, truth, 95))
         rows.append(row)
+    return {"summary": roi_summary(rows), "rows": rows, "metadata": _metadata(session)}
+
+
+def roi_summary(rows: list[dict]) -> dict:
+    """Mean, median and count of non-finite values of every per-image measure, and how many images the
+    refined mask locates (DSC >= ``LOCATED_DICE`` with the annotation at the image's own size)."""
     summary: dict = {"images": len(rows)}
     for key in rows[0]:
         if key == "id":
             continue
         values = np.array([r[key] for r in rows], dtype=np.float64)
         finite = values[np.isfinite(values)]
-        summary[key] = {"mean": float(finite.mean()), "median": float(np.median(finite)),
+        summary[key] = {"mean": float(finite.mean()) if finite.size else None,  # None: no finite value
+                        "median": float(np.median(finite)) if finite.size else None,
                         "missed": int((~np.isfinite(values)).sum())}
-    return {"summary": summary, "rows": rows, "metadata": _metadata(session)}
+    if "dice_full_refined" in rows[0]:
+        summary["located"] = int(sum(r["dice_full_refined"] >= LOCATED_DICE for r in rows))
+    return summary
+
+
+def pool_roi_results(results: list[dict]) -> dict:
+    """One ROI report over several ``evaluate_roi`` results on disjoint images (the K folds of a
+    cross-validation: every image segmented once by a ROI-CNN that never saw it)."""
+    rows = [row for result in results for row in result["rows"]]
+    ids = [row["id"] for row in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError("an image appears in two of the pooled results: are the test folds disjoint?")
+    return {"summary": {"folds": len(results), **roi_summary(rows)}, "rows": rows,
+            "model_ids": [r["metadata"].get("sonograde.model_id") for r in results]}
 
 
 def _five_way_label(record: ManifestRecord) -> int | None:
@@ -335,9 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results.append(evaluate_grader(model, roi_model, split.test, split.train))
     if args.model_kind == "roi":
-        if len(results) > 1:
-            parser.error("--cv-folds pools grader results only")
-        result = results[0]
+        result = pool_roi_results(results) if pooled else results[0]
         print(json.dumps(result["summary"], indent=1))
     else:
         result = pool_grader_results(results) if pooled else results[0]
