@@ -33,6 +33,7 @@ from engine.networks import (
     GraderProbabilities,
     RoiCNN,
     RoiConfig,
+    build,
 )
 from engine.networks import RoiProbability as _RoiProbability
 from engine.preprocess import ROI_INPUT_SIZE
@@ -217,8 +218,7 @@ def load_weight_average(checkpoints: list[str | Path]) -> tuple[str, torch.nn.Mo
             averaged[key] = torch.stack([p["model"][key] for p in payloads]).mean(dim=0)
         else:  # integer buffers (batch norm's num_batches_tracked): not used in eval mode
             averaged[key] = tensor
-    net: torch.nn.Module = (RoiCNN(RoiConfig(**first["net_config"])) if first["kind"] == "roi"
-                            else GCNN(GraderConfig(**first["net_config"])))
+    net = build(first["kind"], first["net_config"])
     net.load_state_dict(averaged)
     return first["kind"], net.eval(), payloads[-1]["train_config"]
 

@@ -120,12 +120,17 @@ def training_device(name: str) -> torch.device:
     return device
 
 
+def is_onnx_file(path: str | Path | None) -> bool:
+    """Whether ``--init-from`` names an exported ``.onnx`` model rather than a training checkpoint."""
+    return path is not None and Path(path).suffix.lower() == ".onnx"
+
+
 def initial_weights(config: TrainConfig, net: torch.nn.Module) -> None:
     """Load ``config.init_from``'s network weights into ``net`` (unchanged when it is None); TrainingError
     when the checkpoint is of another kind or its network configuration differs from ``net``'s."""
     if config.init_from is None:
         return
-    if Path(config.init_from).suffix.lower() == ".onnx":
+    if is_onnx_file(config.init_from):
         if config.kind != "roi":
             raise TrainingError(f"--init-from {config.init_from}: a {config.kind} network starts from a .pt "
                                 "checkpoint (best.pt / last.pt); only a ROI-CNN starts from an ONNX file")

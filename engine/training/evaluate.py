@@ -48,6 +48,7 @@ from engine.training.metrics import (
     paired_sign_p,
     roc_auc,
 )
+from refine.metrics import dice
 
 LOCATED_DICE = 0.3  # "located": the pipeline's refined mask overlaps the annotation with at least this DSC
 
@@ -60,11 +61,6 @@ def _session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
 
 def _metadata(session: ort.InferenceSession) -> dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def _upsample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -112,11 +108,11 @@ def evaluate_roi(model: str | Path, records: list[ManifestRecord], *, refine: bo
         _, prob, raw, refined = locate_and_refine(session, gray, refine)
         truth_288 = resize_mask(truth, ROI_INPUT_SIZE)
         row = {"id": f"{record.dataset}/{record.id}",
-               "dice288_threshold": _dice(prob > 0.5, truth_288),
-               "dice288_raw": _dice(raw, truth_288), "dice288_refined": _dice(refined, truth_288)}
+               "dice288_threshold": dice(prob > 0.5, truth_288),
+               "dice288_raw": dice(raw, truth_288), "dice288_refined": dice(refined, truth_288)}
         for name, mask in (("raw", raw), ("refined", refined)):
             full = _upsample(mask, truth.shape)
-            row[f"dice_full_{name}"] = _dice(full, truth)
+            row[f"dice_full_{name}"] = dice(full, truth)
             row[f"hd95_full_{name}_px"] = float(hausdorff(full, truth, 95))
         rows.append(row)
     return {"summary": roi_summary(rows), "rows": rows, "metadata": _metadata(session)}
@@ -231,7 +227,7 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
         if roi_session is not None:
             full = pipeline_mask(roi_session, gray)
             found.append(bool(full.any()))
-            overlap.append(_dice(full, truth))
+            overlap.append(dice(full, truth))
             if full.any():
                 x = grader_input(gray, full, size=size, margin=margin, mask_channel=mask_channel,
                                  view=view)

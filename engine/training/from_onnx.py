@@ -63,15 +63,16 @@ def read_onnx_roi(path: str | Path) -> tuple[RoiConfig, dict[str, np.ndarray]]:
     return config, weights
 
 
-def _conv_bn_pairs(net: torch.nn.Module) -> list[tuple[str, torch.nn.Conv2d, torch.nn.BatchNorm2d]]:
-    """(conv name, conv, batch norm) for every convolution directly followed by a batch norm."""
+def _conv_bn_pairs(net: torch.nn.Module) -> list[tuple[str, str, torch.nn.Conv2d, torch.nn.BatchNorm2d]]:
+    """(conv name, batch-norm name, conv, batch norm) for every convolution directly followed by a batch
+    norm."""
     pairs = []
     for name, module in net.named_modules():
         if isinstance(module, torch.nn.Sequential):
-            children = list(module.named_children())
-            for (conv_name, conv), (_, bn) in pairwise(children):
+            prefix = f"{name}." if name else ""
+            for (conv_name, conv), (bn_name, bn) in pairwise(module.named_children()):
                 if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
-                    pairs.append((f"{name}.{conv_name}" if name else conv_name, conv, bn))
+                    pairs.append((prefix + conv_name, prefix + bn_name, conv, bn))
     return pairs
 
 
@@ -81,8 +82,7 @@ def load_onnx_roi_weights(net: RoiCNN, weights: dict[str, np.ndarray], calibrati
     images (N, C, H, W) whose conv statistics set the re-expressed batch norms. TrainingError when a
     weight is missing or of another shape (the file holds another network)."""
     pairs = _conv_bn_pairs(net)
-    module_names = {id(module): name for name, module in net.named_modules()}
-    batch_norms = {module_names[id(bn)] for _, _, bn in pairs}
+    batch_norms = {bn_name for _, bn_name, _, _ in pairs}
     for key, tensor in net.state_dict().items():
         if key.rsplit(".", 1)[0] in batch_norms:
             continue  # re-expressed below from the folded bias and the calibration statistics
@@ -93,13 +93,13 @@ def load_onnx_roi_weights(net: RoiCNN, weights: dict[str, np.ndarray], calibrati
             raise TrainingError(f"{ONNX_PREFIX}{key} is {tuple(source.shape)} in the ONNX file, "
                                 f"{tuple(tensor.shape)} here: it holds another network")
         tensor.copy_(torch.from_numpy(np.array(source)))
-    for name, _, _ in pairs:
+    for name, _, _, _ in pairs:
         if f"{name}.weight{FOLDED_BIAS_SUFFIX}" not in weights:
             raise TrainingError(f"the ONNX file has no folded bias for {name}: it holds another network")
 
     # Batch norms as identity plus the folded bias, so one eval-mode pass computes the ONNX network and
     # the hooks see each convolution's output as the ONNX file would produce it.
-    for name, _, bn in pairs:
+    for name, _, _, bn in pairs:
         bn.running_mean.zero_()
         bn.running_var.fill_(1.0 - bn.eps)
         bn.weight.fill_(1.0)
@@ -108,7 +108,7 @@ def load_onnx_roi_weights(net: RoiCNN, weights: dict[str, np.ndarray], calibrati
     hooks = [conv.register_forward_hook(
         lambda _m, _i, out, name=name: moments.__setitem__(name, (out.mean(dim=(0, 2, 3)),
                                                                   out.var(dim=(0, 2, 3), unbiased=False))))
-        for name, conv, _ in pairs]
+        for name, _, conv, _ in pairs]
     was_training = net.training
     net.eval()
     try:
@@ -117,7 +117,7 @@ def load_onnx_roi_weights(net: RoiCNN, weights: dict[str, np.ndarray], calibrati
         for hook in hooks:
             hook.remove()
         net.train(was_training)
-    for name, _, bn in pairs:
+    for name, _, _, bn in pairs:
         mean, var = moments[name]
         bn.running_mean.copy_(mean)
         bn.running_var.copy_(var)
@@ -141,10 +141,6 @@ def onnx_agreement(net: RoiCNN, path: str | Path, images: torch.Tensor) -> float
     finally:
         net.train(was_training)
     return float(np.abs(got - expected).max())
-
-
-def is_onnx_file(path: str | Path | None) -> bool:
-    return path is not None and Path(path).suffix.lower() == ".onnx"
 
 
 def init_roi_from_onnx(net: RoiCNN, path: str | Path, calibration: torch.Tensor) -> float:

@@ -23,6 +23,7 @@ from engine.training.common import (
     TrainingError,
     end_epoch,
     initial_weights,
+    is_onnx_file,
     load_resume_checkpoint,
     lr_at,
     make_optimizer,
@@ -30,7 +31,7 @@ from engine.training.common import (
     training_device,
     write_json,
 )
-from engine.training.from_onnx import init_roi_from_onnx, is_onnx_file
+from engine.training.from_onnx import init_roi_from_onnx
 
 ONNX_CALIBRATION_IMAGES = 32  # images whose statistics re-express the ONNX file's folded batch norms
 
