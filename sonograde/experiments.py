@@ -35,6 +35,7 @@ derived from patient images, keep ``out`` outside any repository.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -304,7 +305,7 @@ def compute_rois(samples: Sequence[GraderSample], models: str | None, cache: Pat
             located = grader.locate(sample.image)
             refined = grader.refine(sample.image, located)
             rois[sample.id] = {"raw": refined.raw_mask, "refined": refined.refined_mask}
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez_compressed(tmp, **{f"{i}|{k}": m for i, d in rois.items() for k, m in d.items()})
         tmp.replace(cache)
     return rois

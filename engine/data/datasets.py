@@ -17,6 +17,7 @@ grader outputs); "1" (normal, no lesion) and cases without a mask are excluded; 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,7 @@ def load_roi_arrays(records: Sequence[ManifestRecord], *, size: int = ROI_INPUT_
     ids = [f"{r.dataset}/{r.id}" for r in records]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # two runs may fill one cache
         np.savez(tmp, images=images, masks=masks, ids=np.array(ids))
         tmp.replace(cache)
     return RoiArrays(images, masks, ids)
@@ -168,7 +169,7 @@ def load_grader_samples(records: Sequence[ManifestRecord], *, cache_dir: str | P
         samples.append(GraderSample(gray, mask, allowed, malignant, f"{record.dataset}/{record.id}"))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # two runs may fill one cache
         with tmp.open("wb") as handle:
             pickle.dump(samples, handle, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.replace(cache)
