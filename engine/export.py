@@ -9,7 +9,8 @@ The ONNX contract (relied on by the inference backends, calibration and the pipe
   ``sonograde.input_size``, ``sonograde.input_channels``, ``sonograde.width``, ``sonograde.categories``
   (grader), ``sonograde.roi_margin``, ``sonograde.mask_channel`` and ``sonograde.grader_view`` ("crop" or
   "frame", grader), ``sonograde.ensemble_members`` (grader exported from several checkpoints, whose
-  output is the mean of the members' probabilities), ``sonograde.model_id``,
+  output is the mean of the members' probabilities), ``sonograde.ordinal_head`` (grader read through an
+  ordinal head, ``engine.training.ordinal``: JSON slope and cuts), ``sonograde.model_id``,
   ``sonograde.research_use``.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from engine.networks import (
     GraderConfig,
     GraderEnsemble,
     GraderProbabilities,
+    OrdinalReading,
     RoiCNN,
     RoiConfig,
     build,
@@ -69,7 +72,7 @@ def _wrap(kind: str, net: torch.nn.Module) -> tuple[torch.nn.Module, str, tuple[
         assert isinstance(net, RoiCNN)
         return _RoiProbability(net), "prob", (net.config.in_channels, ROI_INPUT_SIZE, ROI_INPUT_SIZE)
     if kind == "grader":
-        assert isinstance(net, GCNN | GraderEnsemble)
+        assert isinstance(net, GCNN | GraderEnsemble | OrdinalReading)
         size = net.config.input_size
         return GraderProbabilities(net), "probs", (net.config.in_channels, size, size)
     raise ValueError(f"cannot export a {kind!r} network; expected roi or grader")
@@ -96,9 +99,14 @@ def metadata_for(kind: str, net: torch.nn.Module, *, model_id: str | None = None
         meta["sonograde.mask_channel"] = "1" if config.in_channels == 2 else "0"
         meta["sonograde.grader_view"] = grader_view
         view_tag = "-frame" if grader_view == "frame" else ""
-        if isinstance(net, GraderEnsemble):
-            meta["sonograde.ensemble_members"] = str(len(net.members))
-            view_tag += f"-ens{len(net.members)}"
+        inner = net.net if isinstance(net, OrdinalReading) else net
+        if isinstance(inner, GraderEnsemble):
+            meta["sonograde.ensemble_members"] = str(len(inner.members))
+            view_tag += f"-ens{len(inner.members)}"
+        if isinstance(net, OrdinalReading):
+            meta["sonograde.ordinal_head"] = json.dumps({"slope": float(net.slope),
+                                                         "cuts": [float(c) for c in net.cuts]})
+            view_tag += "-oh"
         meta["sonograde.model_id"] = (model_id
                                       or f"g_cnn-w{config.width:g}-s{config.input_size}{view_tag}-{date}")
     return meta
@@ -172,6 +180,17 @@ def export_onnx(kind: str, net: torch.nn.Module, out: str | Path, *, model_id: s
     return ExportReport(out, kind, (1, *shape), worst, sha256_file(out), out.stat().st_size, exporter, meta)
 
 
+def with_ordinal_head(net: torch.nn.Module, head: dict) -> OrdinalReading:
+    """``net`` (a G-CNN or an ensemble) read through the ordinal head ``head`` ({"slope", "cuts"}, as in
+    the head.json of ``sonograde train head``); ValueError for a malformed head."""
+    from engine.training.ordinal import OrdinalHead
+
+    if isinstance(net, OrdinalReading):
+        raise ValueError("this network already carries an ordinal head")
+    checked = OrdinalHead.from_dict(head)
+    return OrdinalReading(net, checked.slope, checked.cuts).eval()
+
+
 def load_trained(checkpoint: str | Path) -> tuple[str, torch.nn.Module, dict]:
     """(kind, network in eval mode, training config dict) from a training checkpoint."""
     from engine.training.common import load_checkpoint
@@ -183,6 +202,9 @@ def load_trained(checkpoint: str | Path) -> tuple[str, torch.nn.Module, dict]:
     else:
         net = GCNN(GraderConfig(**payload["net_config"]))
     net.load_state_dict(payload["model"])
+    head = payload.get("extra", {}).get("ordinal_head")
+    if head:  # written by engine.training.ordinal.fit_head_run
+        net = with_ordinal_head(net, head)
     return kind, net.eval(), payload["train_config"]
 
 
@@ -201,6 +223,11 @@ def load_weight_average(checkpoints: list[str | Path]) -> tuple[str, torch.nn.Mo
     from engine.training.common import TrainingError, load_checkpoint
 
     payloads = [load_checkpoint(path) for path in checkpoints]
+    with_head = [str(p) for p, payload in zip(checkpoints, payloads, strict=True)
+                 if payload.get("extra", {}).get("ordinal_head")]
+    if with_head:
+        raise TrainingError(f"{', '.join(with_head)} carry an ordinal head, which does not average: average "
+                            "the base networks, then fit one head on the result (sonograde train head)")
     first = payloads[0]
     for path, payload in zip(checkpoints[1:], payloads[1:], strict=True):
         if payload["kind"] != first["kind"] or payload["net_config"] != first["net_config"]:
@@ -234,6 +261,9 @@ def load_ensemble(checkpoints: list[str | Path]) -> tuple[str, torch.nn.Module, 
         kind, net, train_config = load_trained(path)
         if kind != "grader":
             raise TrainingError(f"{path} is a {kind} checkpoint: only G-CNNs can be exported as an ensemble")
+        if isinstance(net, OrdinalReading):
+            raise TrainingError(f"{path} carries an ordinal head, which reads one network's output: export "
+                                "the base networks as the ensemble and give its head with --ordinal-head")
         if first is None:
             first = train_config
         else:

@@ -35,6 +35,9 @@ from torch import nn
 from torch.nn import functional as nnf
 
 GRADER_CATEGORIES = ("3", "4A", "4B", "4C", "5")
+# Likelihood of malignancy per category: midpoints of the ACR BI-RADS ranges (3: <= 2 %, 4A: 2-10 %,
+# 4B: 10-50 %, 4C: 50-95 %, 5: >= 95 %).
+MALIGNANCY_LIKELIHOOD = (0.01, 0.06, 0.30, 0.72, 0.97)
 
 
 def _ch(channels: int, width: float) -> int:
@@ -202,6 +205,29 @@ class GraderEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(dim=0)
+        return torch.log(probs.clamp_min(1e-12))
+
+
+class OrdinalReading(nn.Module):
+    """A G-CNN read through an ordinal head (``engine.training.ordinal``): the network's probabilities
+    give a suspicion score s = logit(expected likelihood of malignancy) and the head turns it into five
+    probabilities, P(Y > k) = sigmoid(slope * s - cut_k). forward returns their log, so the export
+    wrapper's softmax gives them back. ``config`` is the network's."""
+
+    def __init__(self, net: nn.Module, slope: float, cuts: tuple[float, ...]) -> None:
+        super().__init__()
+        self.net = net
+        self.config = net.config
+        self.register_buffer("likelihood", torch.tensor(MALIGNANCY_LIKELIHOOD))
+        self.register_buffer("slope", torch.tensor(float(slope)))
+        self.register_buffer("cuts", torch.tensor([float(c) for c in cuts]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        likelihood = (torch.softmax(self.net(x), dim=1) * self.likelihood).sum(dim=1).clamp(1e-4, 1 - 1e-4)
+        score = torch.log(likelihood) - torch.log1p(-likelihood)
+        above = torch.sigmoid(self.slope * score[:, None] - self.cuts[None, :])  # P(Y > k), k = 1..4
+        ones = torch.ones_like(above[:, :1])
+        probs = torch.cat([ones, above], dim=1) - torch.cat([above, ones - 1], dim=1)
         return torch.log(probs.clamp_min(1e-12))
 
 

@@ -34,7 +34,7 @@ from engine.data.datasets import (
     load_records,
     phantom_grader_samples,
 )
-from engine.networks import GCNN, GraderConfig
+from engine.networks import GCNN, MALIGNANCY_LIKELIHOOD, GraderConfig
 from engine.preprocess import grader_input, mask_bbox
 from engine.splits import make_split
 from engine.training.common import (
@@ -54,9 +54,6 @@ from engine.training.common import (
 from engine.training.metrics import macro_auc, roc_auc
 
 FINE_CATEGORIES = (1, 2, 3)  # 4A, 4B, 4C: a dataset with any of these one-hot labels is "five-way"
-# Likelihood of malignancy per category: midpoints of the ACR BI-RADS ranges (3: <= 2 %, 4A: 2-10 %,
-# 4B: 10-50 %, 4C: 50-95 %, 5: >= 95 %).
-MALIGNANCY_LIKELIHOOD = (0.01, 0.06, 0.30, 0.72, 0.97)
 
 
 def allowed_set_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:

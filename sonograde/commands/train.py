@@ -12,6 +12,16 @@ Examples:
   sonograde train roi --data my_images --out runs/roi-mine --init-from models/roi_cnn.onnx \\
       --optimizer adamw --lr 1e-4 --epochs 15                           # fine-tune the shipped ROI-CNN
   sonograde train grader --data ... --out runs/g --device cuda          # on an NVIDIA GPU (CUDA torch)
+  sonograde train head --init-from runs/pre_busbra/last.pt --data ../shared/data/breast_lesions_usg \\
+      --split-seed 0 --out runs/oh                                      # ordinal head, no network training
+
+`train head` keeps a trained G-CNN as it is and fits five numbers on the five-way lesions of the training
+part of --data: a cumulative-logit reading of 3 / 4A / 4B / 4C / 5 off the network's suspicion score
+(engine.training.ordinal), for a grader trained on 3/4/5 labels (BUS-BRA) or for your own five-way cases.
+Give --init-from several times for an ensemble (mean probabilities; export it with the same checkpoints and
+--ordinal-head OUT/head.json). Adding the base's own dataset (--data ../shared/data/busbra) fits its coarse
+labels too, on the base run's validation patients only. It takes seconds; --epochs, --lr and the other
+optimization options do not apply.
 
 Splits are by patient (BUS-BRA: official fold --test-fold held out as test, validation by patient from
 the other folds; BUSI: training only; folders without folds: stratified --test-fraction held out).
@@ -23,10 +33,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.training.common import TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", choices=["roi", "grader"], help="which network to train")
+    parser.add_argument("model", choices=["roi", "grader", "head"],
+                        help="which network to train; head: an ordinal head for the G-CNN in --init-from")
     parser.add_argument("--data", action="append", default=[], metavar="DIR",
                         help="dataset folder with a manifest.csv (repeatable; see docs/data.md)")
     parser.add_argument("--out", required=True, help="run folder for checkpoints and metrics")
@@ -43,11 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-seed", type=int, default=None,
                         help="seed of the train/val/test split (default: --seed)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    parser.add_argument("--init-from", default=None, metavar="PT",
+    parser.add_argument("--init-from", action="append", default=None, metavar="PT",
                         help="start from the network weights of another run's best.pt / last.pt "
                              "(fine-tuning, e.g. on your own images: new optimizer and schedule; same "
                              "--width, --input-size and --mask-channel as that run); a ROI-CNN also "
-                             "starts from an exported .onnx such as models/roi_cnn.onnx")
+                             "starts from an exported .onnx such as models/roi_cnn.onnx; head: the G-CNN(s) "
+                             "to read")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke)")
     parser.add_argument("--phantom", type=int, default=0, metavar="N", help="add N phantom samples")
     parser.add_argument("--cache-dir", default=None,
@@ -113,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         mask_channel=args.mask_channel, view=args.view, test_fold=args.test_fold,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, cv_folds=args.cv_folds,
         fine_repeat=args.fine_repeat, malignancy_weight=args.malignancy_weight, coarse_bias=args.coarse_bias,
-        progress=not args.no_progress, init_from=args.init_from,
+        progress=not args.no_progress, init_from=args.init_from[0] if args.init_from else None,
         train_masks=args.train_masks, roi_model=args.roi_model,
     )
     if args.roi_model is not None and args.train_masks != "pipeline":
@@ -124,6 +140,12 @@ def run(args: argparse.Namespace) -> int:
         config.split_config()
     except ValueError as error:
         print(f"sonograde train: {error} (--cv-folds / --test-fold)", file=sys.stderr)
+        return 2
+    if args.model == "head":
+        return _fit_head(args, config)
+    if args.init_from and len(args.init_from) > 1:
+        print(f"sonograde train {args.model}: give --init-from once (several are for train head)",
+              file=sys.stderr)
         return 2
     try:
         if args.model == "roi":
@@ -139,4 +161,26 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"done: {state.epoch} epochs, {state.step} steps, best {state.best:.4f} at epoch "
           f"{state.best_epoch}; checkpoints in {args.out}")
+    return 0
+
+
+def _fit_head(args: argparse.Namespace, config: TrainConfig) -> int:
+    from engine.data.manifest import ManifestError
+    from engine.training.common import TrainingError
+    from engine.training.ordinal import fit_head_run
+
+    if not args.init_from:
+        print("sonograde train head: give the G-CNN to read with --init-from PT (a best.pt / last.pt of "
+              "sonograde train grader)", file=sys.stderr)
+        return 2
+    try:
+        fit = fit_head_run(args.init_from, list(args.data), args.out, config.split_config(),
+                           cache_dir=args.cache_dir, threads=args.threads, progress=not args.no_progress)
+    except (ManifestError, TrainingError) as error:
+        print(f"sonograde train head: {error}", file=sys.stderr)
+        return 2
+    cuts = ", ".join(f"{c:.2f}" for c in fit.head.cuts)
+    print(f"ordinal head on {len(fit.ids)} lesions {fit.counts}: slope {fit.head.slope:.3f}, cuts "
+          f"{cuts}; in-sample accuracy {fit.in_sample_accuracy:.3f} (optimistic; evaluate held-out cases). "
+          f"Wrote {fit.written}")
     return 0

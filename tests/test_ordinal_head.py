@@ -1,0 +1,254 @@
+"""The ordinal (cumulative-logit) head: fitting, probabilities, and its guarantees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from engine.data.datasets import load_records
+from engine.networks import GCNN, GraderConfig
+from engine.splits import SplitConfig, make_split
+from engine.training.common import RunState, TrainConfig, make_optimizer, save_checkpoint
+from engine.training.grader import malignancy_score
+from engine.training.ordinal import (
+    OrdinalHead,
+    cross_validate_head,
+    fit_ordinal_head,
+    ordinal_probabilities,
+    suspicion_score,
+)
+from sonograde.cli import main
+
+
+def _draw(head: OrdinalHead, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    scores = rng.normal(0.0, 2.5, n)
+    probs = ordinal_probabilities(head, scores)
+    labels = np.array([rng.choice(5, p=p / p.sum()) for p in probs])
+    return scores, labels
+
+
+def test_fit_recovers_the_generating_head() -> None:
+    truth = OrdinalHead(slope=1.3, cuts=(-2.5, -0.8, 0.6, 2.2))
+    scores, labels = _draw(truth, 4000, np.random.default_rng(11))
+    fitted = fit_ordinal_head(scores, labels)
+    assert fitted.slope == pytest.approx(truth.slope, rel=0.1)
+    np.testing.assert_allclose(fitted.cuts, truth.cuts, atol=0.25)
+
+
+def test_probabilities_are_distributions_and_shift_with_suspicion() -> None:
+    head = OrdinalHead(slope=0.8, cuts=(-2.3, -1.3, -0.1, 1.3))
+    scores = np.linspace(-8, 8, 101)
+    probs = ordinal_probabilities(head, scores)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
+    assert (probs >= 0).all()
+    assert probs[0].argmax() == 0 and probs[-1].argmax() == 4
+    # the expected category rises with the score: the malignancy ranking of the base network is kept
+    expected = probs @ np.arange(5)
+    assert (np.diff(expected) > 0).all()
+    assert (np.diff(malignancy_score(probs)) > 0).all()
+
+
+def test_suspicion_score_is_the_logit_of_the_expected_likelihood() -> None:
+    probs = np.array([[1, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1]], dtype=float)
+    np.testing.assert_allclose(suspicion_score(probs), np.log([0.01 / 0.99, 0.30 / 0.70, 0.97 / 0.03]))
+    assert np.isfinite(suspicion_score(np.array([[0.0, 0.0, 0.0, 0.0, 0.0]]))).all()  # clipped
+
+
+def test_fit_refuses_too_little_data_and_bad_labels() -> None:
+    with pytest.raises(ValueError, match="at least 10"):
+        fit_ordinal_head(np.zeros(5), np.arange(5))
+    with pytest.raises(ValueError, match="two categories"):
+        fit_ordinal_head(np.zeros(20), np.zeros(20, int))
+    with pytest.raises(ValueError, match=r"0\.\.4"):
+        fit_ordinal_head(np.zeros(20), np.array([0, 5] * 10))
+
+
+def test_head_round_trips_and_rejects_unordered_cuts() -> None:
+    head = OrdinalHead(slope=0.9, cuts=(-2.0, -1.0, 0.0, 1.0))
+    assert OrdinalHead.from_dict(head.to_dict()) == head
+    with pytest.raises(ValueError, match="increasing"):
+        OrdinalHead.from_dict({"slope": 1.0, "cuts": [0.0, -1.0, 1.0, 2.0]})
+    with pytest.raises(ValueError, match="positive slope"):
+        OrdinalHead.from_dict({"slope": 0.0, "cuts": [-1.0, 0.0, 1.0, 2.0]})
+
+
+def _grader_checkpoint(path: Path, seed: int, data: tuple[str, ...] = ()) -> None:
+    torch.manual_seed(seed)
+    net = GCNN(GraderConfig(width=0.125, input_size=32))
+    config = TrainConfig(kind="grader", input_size=32, width=0.125, margin=0.25, data=list(data), seed=seed)
+    save_checkpoint(path, net=net, optimizer=make_optimizer(config, net.parameters()), config=config,
+                    net_config=net.config.__dict__, state=RunState())
+
+
+@pytest.mark.slow
+def test_train_head_fits_on_breast_lesions_and_exports_the_same_reading(
+        tmp_path: Path, shared_data: Path, rng: np.random.Generator,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`sonograde train head` on the real data, for a base "trained" on BUS-BRA: BrEaST's non-test cases and
+    only the base run's BUS-BRA validation patients are fitted; the exported model carries the head."""
+    busbra = str(shared_data / "busbra")
+    seed = int(rng.integers(1 << 20))
+    _grader_checkpoint(tmp_path / "base.pt", seed, data=(busbra,))
+    data = str(shared_data / "breast_lesions_usg")
+    argv = ["train", "head", "--init-from", str(tmp_path / "base.pt"), "--data", data, "--data", busbra,
+            "--split-seed", "0", "--out", str(tmp_path / "oh"), "--threads", "1", "--no-progress"]
+    assert main(argv) == 0
+    assert "ordinal head on" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "oh" / "head.json").read_text())
+    fitted_ids = set(summary["ids"])
+    breast = make_split(load_records([data]), SplitConfig(1, 0.1, 0.3, 0))
+    assert not {f"{r.dataset}/{r.id}" for r in breast.test} & fitted_ids
+    assert len({i for i in fitted_ids if i.startswith("breast_lesions_usg/")}) > 50
+    base_split = make_split(load_records([busbra]), SplitConfig(1, 0.1, 0.3, seed))
+    base_validation = {f"{r.dataset}/{r.id}" for r in base_split.val}
+    fitted_busbra = {i for i in fitted_ids if i.startswith("busbra/")}
+    assert fitted_busbra and fitted_busbra <= base_validation
+    assert summary["base_validation_patients_of"] == ["busbra"] and "4A/4B/4C" in summary["counts"]["busbra"]
+    assert (tmp_path / "oh" / "head.png").stat().st_size > 10_000
+    fitted = OrdinalHead.from_dict(summary["head"])
+    # a head fitted to an untrained network can have any slope, which magnifies float32 rounding: only
+    # the metadata is checked here (the numbers: test_exported_head_reads_the_network_as_the_numpy_head)
+    meta_of = _export(tmp_path / "oh" / "last.pt", tmp_path / "fitted.onnx", tolerance=1e-2)[1]
+    exported = json.loads(meta_of["sonograde.ordinal_head"])
+    assert exported["slope"] == pytest.approx(fitted.slope, rel=1e-6)
+    assert exported["cuts"] == pytest.approx(fitted.cuts, rel=1e-6)
+
+
+def _export(checkpoint: Path, out: Path,
+            tolerance: float = 1e-4) -> tuple[ort.InferenceSession, dict[str, str]]:
+    argv = ["export", "--checkpoint", str(checkpoint), "--out", str(out), "--no-dynamo",
+            "--tolerance", str(tolerance)]
+    assert main(argv) == 0
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    return ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]), meta
+
+
+@pytest.mark.slow
+def test_exported_head_reads_the_network_as_the_numpy_head(tmp_path: Path, rng: np.random.Generator) -> None:
+    """The ONNX graph (network + head) gives the five probabilities ``ordinal_probabilities`` gives from
+    the network's own output, over a wide range of suspicion scores."""
+    torch.manual_seed(int(rng.integers(1 << 20)))
+    net = GCNN(GraderConfig(width=0.125, input_size=32)).eval()
+    # per-image brightness offsets; then the head's batch norms get these images' statistics, so the
+    # logits spread (a fresh network maps every input to nearly one output) and the scores cover the head
+    x = (rng.standard_normal((64, 1, 32, 32)) + rng.uniform(-6, 6, (64, 1, 1, 1))).astype(np.float32)
+    for norm in [m for m in net.head if isinstance(m, torch.nn.BatchNorm1d)]:
+        seen: list[torch.Tensor] = []
+        hook = norm.register_forward_hook(lambda _m, inputs, _o, seen=seen: seen.append(inputs[0]))
+        with torch.no_grad():
+            net(torch.from_numpy(x))
+        hook.remove()
+        norm.running_mean.copy_(seen[0].mean(0))
+        norm.running_var.copy_(seen[0].var(0) + 1e-6)
+    with torch.no_grad():
+        net.head[-1].weight.mul_(3.0 / net.head[-1].weight.std())
+    with torch.no_grad():
+        scores = suspicion_score(torch.softmax(net(torch.from_numpy(x)), dim=1).numpy())
+    assert scores.std() > 0.5
+    # cut points inside the scores' range, so the comparison covers all five categories' curves
+    head = OrdinalHead(1.4, tuple(float(c) for c in 1.4 * np.quantile(scores, [0.2, 0.4, 0.6, 0.8])))
+    config = TrainConfig(kind="grader", input_size=32, width=0.125, margin=0.25)
+    save_checkpoint(tmp_path / "base.pt", net=net, optimizer=make_optimizer(config, net.parameters()),
+                    config=config, net_config=net.config.__dict__, state=RunState(),
+                    extra={"ordinal_head": head.to_dict()})
+    session, meta = _export(tmp_path / "base.pt", tmp_path / "g.onnx")
+    assert meta["sonograde.model_id"].endswith(f"-oh-{meta['sonograde.model_id'][-10:]}")
+    got = session.run(None, {"image": x})[0]
+    np.testing.assert_allclose(got, ordinal_probabilities(head, scores), atol=1e-4)
+
+
+def test_train_head_refuses_what_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "head", "--data", "x", "--out", str(tmp_path / "oh")]) == 2
+    assert "--init-from" in capsys.readouterr().err
+    _grader_checkpoint(tmp_path / "base.pt", 0)
+    payload = torch.load(tmp_path / "base.pt", weights_only=False)
+    payload["extra"] = {"ordinal_head": {"slope": 1.0, "cuts": [-1.0, 0.0, 1.0, 2.0]}}
+    torch.save(payload, tmp_path / "headed.pt")
+    assert main(["train", "head", "--init-from", str(tmp_path / "headed.pt"), "--data", "x",
+                 "--out", str(tmp_path / "oh")]) == 2
+    assert "already carries an ordinal head" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(tmp_path / "headed.pt"), "--checkpoint",
+                 str(tmp_path / "base.pt"), "--average-weights", "--out", str(tmp_path / "m.onnx"),
+                 "--no-dynamo"]) == 2
+    assert "does not average" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ensemble_head_is_fitted_on_the_mean_and_exported_with_ordinal_head(
+        tmp_path: Path, shared_data: Path, rng: np.random.Generator,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    busbra, data = str(shared_data / "busbra"), str(shared_data / "breast_lesions_usg")
+    seeds = [int(s) for s in rng.integers(1 << 20, size=2)]
+    for name, seed in zip("ab", seeds, strict=True):
+        _grader_checkpoint(tmp_path / f"{name}.pt", seed, data=(busbra,))
+    two = ["--init-from", str(tmp_path / "a.pt"), "--init-from", str(tmp_path / "b.pt")]
+    # members that held out other BUS-BRA validation patients: no lesion is unseen by both
+    assert main(["train", "head", *two, "--data", data, "--data", busbra, "--out", str(tmp_path / "x"),
+                 "--no-progress"]) == 2
+    assert "--split-seed" in capsys.readouterr().err
+    assert main(["train", "head", *two, "--data", data, "--split-seed", "0", "--out", str(tmp_path / "oh"),
+                 "--threads", "1", "--no-progress"]) == 0
+    assert "--ordinal-head" in capsys.readouterr().out and not (tmp_path / "oh" / "last.pt").exists()
+    assert json.loads((tmp_path / "oh" / "head.json").read_text())["cases"] > 50
+    # export the ensemble through a head placed on its actual scores: a head fitted to two untrained
+    # networks can have any slope, and float32 rounding grows with it
+    x = rng.standard_normal((5, 1, 32, 32)).astype(np.float32)
+    mean = np.zeros((5, 5))
+    for name in "ab":
+        payload = torch.load(tmp_path / f"{name}.pt", weights_only=False)
+        net = GCNN(GraderConfig(**payload["net_config"])).eval()
+        net.load_state_dict(payload["model"])
+        with torch.no_grad():
+            mean += torch.softmax(net(torch.from_numpy(x)), dim=1).numpy() / 2
+    scores = suspicion_score(mean)
+    cuts = np.quantile(scores, [0.1, 0.4, 0.6, 0.9]) + np.array([0.0, 1e-3, 2e-3, 3e-3])  # increasing
+    head = OrdinalHead(1.0, tuple(float(c) for c in cuts))
+    head_json = tmp_path / "head.json"
+    head_json.write_text(json.dumps({"head": head.to_dict()}))
+    argv = ["export", "--checkpoint", str(tmp_path / "a.pt"), "--checkpoint", str(tmp_path / "b.pt"),
+            "--ordinal-head", str(head_json), "--out", str(tmp_path / "e.onnx"), "--no-dynamo"]
+    assert main(argv) == 0
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "e.onnx")).metadata_props}
+    assert meta["sonograde.ensemble_members"] == "2" and "-ens2-oh-" in meta["sonograde.model_id"]
+    got = ort.InferenceSession(str(tmp_path / "e.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x})[0]
+    np.testing.assert_allclose(got, ordinal_probabilities(head, scores), atol=1e-4)
+    (tmp_path / "bad.json").write_text('{"slope": 1.0}')
+    bad = [*argv[:5], "--ordinal-head", str(tmp_path / "bad.json"), "--out", str(tmp_path / "f.onnx")]
+    assert main(bad) == 2
+    assert "is not an ordinal head" in capsys.readouterr().err
+
+
+def test_cross_validation_fits_each_head_without_its_fold(rng: np.random.Generator) -> None:
+    """Every fold's head is fitted on the other folds only: a fold whose cases are relabelled changes the
+    other folds' heads, never its own."""
+    truth = OrdinalHead(slope=1.0, cuts=(-2.0, -1.0, 0.0, 1.0))
+    scores, labels = _draw(truth, 300, rng)
+    likelihood = 1 / (1 + np.exp(-scores))
+    # five probabilities whose expected likelihood is the drawn one (mix of two categories around it)
+    probs = np.zeros((300, 5))
+    grid = np.array([0.01, 0.06, 0.30, 0.72, 0.97])
+    for i, m in enumerate(np.clip(likelihood, 0.011, 0.969)):
+        k = int(np.searchsorted(grid, m)) - 1
+        w = (m - grid[k]) / (grid[k + 1] - grid[k])
+        probs[i, k], probs[i, k + 1] = 1 - w, w
+    cases = [{"id": f"d/{i}", "label": int(labels[i]), "ground_truth_masks": probs[i].tolist(),
+              "two_stage_masks": probs[i].tolist()} for i in range(300)]
+    fold_of = {f"d/{i}": 1 + i % 3 for i in range(300)}
+    rows, heads = cross_validate_head(cases, fold_of)
+    assert len(rows) == 300 and len(heads) == 3
+    np.testing.assert_allclose(suspicion_score(probs), scores.clip(*np.log([0.011 / 0.989, 0.969 / 0.031])),
+                               atol=1e-6)
+    for head in heads:
+        assert head.slope == pytest.approx(1.0, rel=0.35)
+    changed = [dict(c, label=4) if fold_of[c["id"]] == 1 else c for c in cases]
+    _, new_heads = cross_validate_head(changed, fold_of)
+    assert new_heads[0] == heads[0] and new_heads[1] != heads[1] and new_heads[2] != heads[2]
+    with pytest.raises(ValueError, match="no fold"):
+        cross_validate_head([*cases, {**cases[0], "id": "d/extra"}], fold_of)
