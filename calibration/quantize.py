@@ -16,8 +16,9 @@ which gives the quantizer full shapes and fewer tensors to calibrate.
 
 Numerically sensitive tail operations can stay in float (``float_ops``): the final Sigmoid/Softmax
 (its output quantized to 8 bits would make every probability a multiple of 1/255 and round small
-ones to 0) and Resize (bilinear upsampling of the score map). Which helps is measured, not assumed:
-see docs/calibration.md.
+ones to 0), with whatever arithmetic leads to it from the last layers with weights (an ensemble's mean
+and an ordinal head, ``float_nodes``), and Resize (bilinear upsampling of the score map). Which helps
+is measured, not assumed: see docs/calibration.md.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class QuantizeConfig:
 
     method: percentile | entropy | minmax. target: cpu (u8 activations) | tensorrt (s8 symmetric).
     per_channel: per-output-channel weight scales (default True). float_ops: op types kept in float
-    where they are the model's tail (Sigmoid/Softmax producing a graph output) or anywhere (Resize).
+    where they are the model's tail (Sigmoid/Softmax producing a graph output, with the weight-free
+    arithmetic before it) or anywhere (Resize).
     preprocess: run quant_pre_process first. stride: frames per calibration collection step (memory).
     percentile: for method percentile, in percent. float_first_convs: keep the first N convolutions and
     the nodes between them (``stem_nodes``) in float: full-resolution layers with few channels run
@@ -99,15 +101,37 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+# Where the walk back from a float tail stops: layers with weights (what int8 is for), and Resize, which
+# has its own --float-ops choice.
+_TAIL_STOP = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Resize")
+
+
 def float_nodes(model, float_ops: tuple[str, ...]) -> list[str]:  # model: onnx.ModelProto
-    """Names of nodes to keep in float: Sigmoid/Softmax whose output is a graph output, every Resize."""
+    """Names of nodes to keep in float: Sigmoid/Softmax whose output is a graph output together with the
+    arithmetic that leads to it from the last layers with weights (for a plain network nothing; for an
+    ensemble read through an ordinal head, ``engine.networks.OrdinalReading``, the members' softmaxes,
+    their mean, the suspicion score and the head, where 8-bit steps would move lesions across cut
+    points), and every Resize if named."""
     outputs = {o.name for o in model.graph.output}
-    names = []
+    producer = {o: node for node in model.graph.node for o in node.output}
+    names: list[str] = []
+    tail: list = []
     for node in model.graph.node:
         if node.op_type not in float_ops:
             continue
-        if node.op_type == "Resize" or any(o in outputs for o in node.output):
+        if node.op_type == "Resize":
             names.append(node.name)
+        elif any(o in outputs for o in node.output):
+            tail.append(node)
+    seen = {node.name for node in tail}
+    while tail:
+        node = tail.pop()
+        names.append(node.name)
+        for tensor in node.input:
+            parent = producer.get(tensor)
+            if parent is not None and parent.name not in seen and parent.op_type not in _TAIL_STOP:
+                seen.add(parent.name)
+                tail.append(parent)
     return names
 
 

@@ -275,3 +275,39 @@ def test_grader_inputs_follow_the_models_view(models, phantom_frames, tmp_path):
     gray = to_gray_u8(first.image)
     np.testing.assert_allclose(inputs.batch[0, 0], grader_input(gray, np.ones_like(gray, bool), size=40,
                                                                  mask_channel=True, view="frame")[0])
+
+
+def test_float_tail_follows_an_ensemble_head_back_to_the_last_weighted_layers():
+    """Kept in float: the final Softmax and everything between it and the last layers with weights (two
+    members' softmaxes, their mean, the head's arithmetic), never a Gemm; a plain network keeps only its
+    final Softmax; Resize only when named."""
+    from onnx import TensorProto, helper
+
+    from calibration.quantize import float_nodes
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 5], np.zeros(20, np.float32).tolist())
+    nodes = [
+        helper.make_node("Gemm", ["x", "w"], ["za"], name="gemm_a"),
+        helper.make_node("Gemm", ["x", "w"], ["zb"], name="gemm_b"),
+        helper.make_node("Softmax", ["za"], ["pa"], name="softmax_a"),
+        helper.make_node("Softmax", ["zb"], ["pb"], name="softmax_b"),
+        helper.make_node("Add", ["pa", "pb"], ["sum"], name="mean"),
+        helper.make_node("Log", ["sum"], ["score"], name="score"),
+        helper.make_node("Sigmoid", ["score"], ["above"], name="head"),
+        helper.make_node("Softmax", ["above"], ["probs"], name="final"),
+        helper.make_node("Resize", ["x"], ["up"], name="resize"),
+    ]
+    graph = helper.make_graph(
+        nodes, "ensemble_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 5]),
+         helper.make_tensor_value_info("up", TensorProto.FLOAT, None)], initializer=[weight])
+    model = helper.make_model(graph)
+    kept = set(float_nodes(model, ("Sigmoid", "Softmax")))
+    assert kept == {"final", "head", "score", "mean", "softmax_a", "softmax_b"}
+    assert "resize" in float_nodes(model, ("Softmax", "Resize"))
+    plain = helper.make_model(helper.make_graph(
+        [nodes[0], helper.make_node("Softmax", ["za"], ["probs"], name="final")], "plain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 5])], initializer=[weight]))
+    assert float_nodes(plain, ("Sigmoid", "Softmax")) == ["final"]
+    assert float_nodes(model, ()) == []
