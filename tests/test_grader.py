@@ -210,8 +210,8 @@ def test_shipped_models_find_phantom_lesions():
     seed = int(np.random.default_rng().integers(0, 2**31))
     scores = []
     # The shipped models are trained on real images; on the phantom the refined DSC was > 0.5 on 85 % of
-    # 200 random frames (session 4), so >= 12 of 20 fails by chance about once in 750 runs (>= 6 of 10,
-    # the earlier check, about once in 100: it did once).
+    # 200 random frames (session 4; 87.5 % on 200 others in session 8), so >= 12 of 20 fails by chance
+    # about once in 750 runs (>= 6 of 10, the earlier check, about once in 100: it did once).
     for i in range(20):
         sample = phantom.PhantomScanner(seed + i).sample()
         result = grader.grade(sample.image)
@@ -250,10 +250,18 @@ def test_shipped_precisions_load_by_name(precision):
     if not all(path.exists() for path in names):
         pytest.skip(f"{precision} models not shipped in {shipped}")
     phantom = pytest.importorskip("capture.phantom", reason="capture.phantom (PhantomScanner) not available")
-    sample = phantom.PhantomScanner(int(np.random.default_rng().integers(0, 2**31))).sample()
-    reference = TwoStageGrader.from_models_dir().grade(sample.image)
-    candidate = TwoStageGrader.from_models_dir(precision=precision).grade(sample.image)
-    assert candidate.refined_mask.shape == sample.image.shape
-    if reference.lesion_found and candidate.lesion_found:
-        assert dsc(candidate.refined_mask, reference.refined_mask) > 0.8
-        assert set(candidate.probabilities) == set(CATEGORIES)
+    reference_grader = TwoStageGrader.from_models_dir()
+    candidate_grader = TwoStageGrader.from_models_dir(precision=precision)
+    # Several fresh frames, judged by the median: on about one phantom frame in 60 the area filter keeps
+    # another component in one precision than in the other (DSC 0; measured in session 8). Eight frames:
+    # both precisions find a lesion in fewer than three about once in 10,000 runs.
+    agreement = []
+    for seed in np.random.default_rng().integers(0, 2**31, size=8):
+        sample = phantom.PhantomScanner(int(seed)).sample()
+        reference = reference_grader.grade(sample.image)
+        candidate = candidate_grader.grade(sample.image)
+        assert candidate.refined_mask.shape == sample.image.shape
+        if reference.lesion_found and candidate.lesion_found:
+            agreement.append(dsc(candidate.refined_mask, reference.refined_mask))
+            assert set(candidate.probabilities) == set(CATEGORIES)
+    assert len(agreement) >= 3 and np.median(agreement) > 0.8, agreement
