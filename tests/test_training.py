@@ -16,7 +16,7 @@ from engine.data.manifest import ManifestRecord, read_manifest
 from engine.networks import RoiCNN, RoiConfig
 from engine.splits import SplitConfig, check_disjoint, folds_patient_disjoint, make_split
 from engine.training.common import TrainConfig, TrainingError, load_checkpoint
-from engine.training.grader import MALIGNANCY_LIKELIHOOD, allowed_set_loss, malignancy_loss
+from engine.training.grader import MALIGNANCY_LIKELIHOOD, allowed_set_loss, distillation_loss, malignancy_loss
 from engine.training.roi import batch_tensors, roi_loss, train_roi
 from sonograde.commands import train as train_command
 
@@ -215,6 +215,44 @@ def test_frame_view_grader_trains_and_exports_its_view(tmp_path: Path) -> None:
 
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "g.onnx")).metadata_props}
     assert meta["sonograde.grader_view"] == "frame" and "-frame-" in meta["sonograde.model_id"]
+
+
+def test_distillation_loss_is_kl_and_pulls_a_student_onto_its_teacher(rng: np.random.Generator) -> None:
+    teacher = torch.softmax(torch.from_numpy(rng.standard_normal((4, 5)).astype(np.float32)) * 2, 1)
+    student_logits = torch.from_numpy(rng.standard_normal((4, 5)).astype(np.float32))
+    student = torch.softmax(student_logits, 1)
+    expected = (teacher * (teacher.log() - student.log())).sum(1).mean()
+    assert torch.allclose(distillation_loss(student_logits, teacher.log()), expected, atol=1e-6)
+    assert float(distillation_loss(teacher.log(), teacher.log())) == pytest.approx(0.0, abs=1e-6)
+    logits = student_logits.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(500):
+        optimizer.zero_grad()
+        distillation_loss(logits, teacher.log()).backward()
+        optimizer.step()
+    assert torch.allclose(torch.softmax(logits.detach(), 1), teacher, atol=5e-3)
+
+
+def test_grader_distils_trained_graders_and_refuses_another_input(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--phantom", "10", "--epochs", "1", "--width", "0.125", "--batch-size", "4", "--optimizer",
+              "adamw", "--no-progress"]
+    for name in ("t1", "t2"):
+        assert _cli(["grader", *common, "--input-size", "48", "--out", str(tmp_path / name)]) == 0
+    teachers = ["--distill-from", str(tmp_path / "t1" / "last.pt"),
+                "--distill-from", str(tmp_path / "t2" / "last.pt")]
+    out = tmp_path / "student"
+    assert _cli(["grader", *common, "--input-size", "48", "--out", str(out), *teachers,
+                 "--distill-weight", "2"]) == 0
+    config = load_checkpoint(out / "last.pt")["train_config"]
+    assert len(config["distill_from"]) == 2 and config["distill_weight"] == 2.0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert np.isfinite(float(rows[-1]["val_teacher_kl"])) and float(rows[-1]["val_teacher_kl"]) >= 0
+    capsys.readouterr()
+    assert _cli(["grader", *common, "--input-size", "64", "--out", str(tmp_path / "bad"), *teachers]) == 2
+    assert "takes another input" in capsys.readouterr().err
+    assert _cli(["roi", "--phantom", "4", "--out", str(tmp_path / "roi"), *teachers]) == 2
+    assert "--distill-from is for train grader" in capsys.readouterr().err
 
 
 def test_train_command_rejects_a_bad_cross_validation_fold(tmp_path: Path,

@@ -47,6 +47,11 @@ class TrainConfig:
     (``engine.training.from_onnx``).
     coarse_bias (grader): learn a separate logit offset for datasets without five-way labels (training
     only; the exported model carries the five-way datasets' base rates), see ``engine.training.grader``.
+    distill_from (grader): checkpoints of trained G-CNNs (the teacher: the mean of their probabilities)
+    whose outputs the network also learns to match, on the same augmented inputs (knowledge distillation,
+    Hinton et al. 2015: one network carries most of an ensemble's accuracy at a third of its size); they
+    must take the same input (view, input size, mask channel, margin). distill_weight: weight of
+    KL(teacher || network) added to the loss (``engine.training.grader.distillation_loss``).
     train_masks (grader): where the mask channel and crop box of training and validation lesions come
     from: "annotation" (the annotated mask, randomly eroded or dilated by up to 3 px) or "pipeline" (the
     refined mask of the ROI-CNN ``roi_model`` where it finds the annotated lesion, see
@@ -79,6 +84,8 @@ class TrainConfig:
     fine_repeat: int = 4
     malignancy_weight: float = 0.0
     coarse_bias: bool = False
+    distill_from: list[str] = field(default_factory=list)
+    distill_weight: float = 1.0
     train_masks: str = "annotation"
     roi_model: str | None = None
     init_from: str | None = None

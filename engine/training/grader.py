@@ -12,7 +12,8 @@ pull towards 4A and a malignant one towards 4C, instead of spreading over the th
 ``--coarse-bias`` gives the lesions of datasets without five-way labels (BUS-BRA) their own learned
 logit offset during training: their base rates (many BI-RADS 2/3, one "4" for three sub-categories) and
 their readers' habits then live in that offset instead of in the network's own bias, which is left to the
-five-way datasets; the offset is not exported. Samples of
+five-way datasets; the offset is not exported. ``--distill-from`` adds a distillation term
+(``distillation_loss``) towards the mean probabilities of already trained G-CNNs. Samples of
 datasets that carry the five-way labels are repeated ``FINE_REPEAT`` times per epoch: they are few (about
 a hundred) against ~1,300 coarse BUS-BRA lesions, and only they teach 4A/4B/4C apart (``--fine-repeat``).
 """
@@ -71,6 +72,50 @@ def malignancy_loss(logits: torch.Tensor, malignant: torch.Tensor) -> torch.Tens
         return logits.new_zeros(())
     likelihood = torch.softmax(logits[known], dim=1) @ logits.new_tensor(MALIGNANCY_LIKELIHOOD)
     return torch.nn.functional.binary_cross_entropy(likelihood, malignant[known].to(logits.dtype))
+
+
+def distillation_loss(logits: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher || student) over the batch, in nats: sum_k p_k (log p_k - log q_k), where p are the
+    teacher's probabilities and q = softmax(logits). Zero exactly when the student matches the teacher."""
+    log_student = torch.log_softmax(logits, dim=1)
+    teacher = teacher_log_probs.exp()
+    return (teacher * (teacher_log_probs - log_student)).sum(dim=1).mean()
+
+
+def load_teacher(config: TrainConfig, device: torch.device) -> torch.nn.Module | None:
+    """The ensemble of ``config.distill_from`` (forward gives log mean probabilities), frozen, on
+    ``device``; None without ``distill_from``. TrainingError when a teacher takes another input than
+    this run's network (view, input size, mask channel, crop margin)."""
+    if not config.distill_from:
+        return None
+    from engine.export import load_ensemble
+
+    _, teacher, teacher_config = load_ensemble(list(config.distill_from))
+    ours = {"view": config.view, "input_size": config.input_size, "mask_channel": config.mask_channel,
+            "margin": config.margin}
+    differ = {k: (teacher_config.get(k), v) for k, v in ours.items() if teacher_config.get(k) != v}
+    if differ:
+        detail = ", ".join(f"{k} {got!r} there, {want!r} here" for k, (got, want) in differ.items())
+        raise TrainingError(f"--distill-from {config.distill_from[0]} takes another input than this run "
+                            f"({detail}); train with the teacher's --view, --input-size, --margin and "
+                            "--mask-channel")
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher.to(device=device, memory_format=torch.channels_last).eval()
+
+
+@torch.no_grad()
+def teacher_agreement(teacher: torch.nn.Module, probs: np.ndarray, samples: list[GraderSample],
+                      config: TrainConfig) -> float:
+    """Mean KL(teacher || network) on ``samples`` without augmentation, given the network's ``probs``."""
+    device = next(teacher.parameters()).device
+    losses = []
+    for start in range(0, len(samples), 64):
+        x = np.stack([sample_input(s, config, None) for s in samples[start:start + 64]])
+        x = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
+        student = torch.log(torch.from_numpy(probs[start:start + 64]).to(device).clamp_min(1e-7))
+        losses.append(float(distillation_loss(student, teacher(x))) * len(x))
+    return float(np.sum(losses) / max(1, len(samples)))
 
 
 def sample_input(sample: GraderSample, config: TrainConfig, rng: np.random.Generator | None) -> np.ndarray:
@@ -248,14 +293,18 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
         optimizer.load_state_dict(payload["optimizer"])  # moves its state to the parameters' device
         if config.coarse_bias:
             coarse_bias.data.copy_(payload["extra"]["coarse_bias"])
+    teacher = load_teacher(config, device)
     train, val, _ = prepare_grader_data(config, out)
     fine = fine_datasets(train + val)
     coarse_train = np.array([s.id.split("/")[0] not in fine for s in train])
     coarse_val = [s.id.split("/")[0] not in fine for s in val]
     pool = np.repeat(np.arange(len(train)), np.where(coarse_train, 1, config.fine_repeat))
+    distilling = (f" distilling {len(config.distill_from)} teacher(s) x{config.distill_weight}"
+                  if teacher is not None else "")
     print(f"G-CNN width {config.width} view={config.view} S={config.input_size} margin={config.margin} "
           f"mask_channel={config.mask_channel} train_masks={config.train_masks} "
-          f"malignancy_weight={config.malignancy_weight}: "
+          f"malignancy_weight={config.malignancy_weight}"
+          f"{distilling}: "
           f"{len(train)} training lesions ({len(pool)} per epoch with "
           f"five-way x{config.fine_repeat}), {len(val)} validation; five-way datasets: {sorted(fine)}",
           file=sys.stderr)
@@ -288,6 +337,10 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
             if config.malignancy_weight > 0:
                 malignant = torch.tensor([s.malignant for s in batch], device=device)
                 loss = loss + config.malignancy_weight * malignancy_loss(logits, malignant)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_log_probs = teacher(x)
+                loss = loss + config.distill_weight * distillation_loss(logits, teacher_log_probs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -306,6 +359,8 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
             if config.coarse_bias:  # validate coarse-label lesions as they are trained: with their offset
                 probs = with_offset(probs, coarse_val, coarse_bias)
             row.update(grader_metrics(probs, val, fine, "val", config.malignancy_weight))
+            if teacher is not None:
+                row["val_teacher_kl"] = teacher_agreement(teacher, probs, val, config)
         end_epoch(out, row, -row.get("val_loss", row["train_loss"]), net=net, optimizer=optimizer,
                   config=config, state=state, log=log, extra={"coarse_bias": coarse_bias.detach().cpu()})
     return state

@@ -101,6 +101,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="grader: learn a separate logit offset for datasets without five-way labels "
                              "(BUS-BRA), so their base rates do not set the five-way model's (training "
                              "only; not exported)")
+    parser.add_argument("--distill-from", action="append", default=None, metavar="PT",
+                        help="grader: also learn to match these trained G-CNNs (best.pt / last.pt; give it "
+                             "once per network: the teacher is their mean probabilities), e.g. to carry a "
+                             "three-network ensemble's accuracy in one network; same --view, --input-size, "
+                             "--margin and --mask-channel as they were trained with")
+    parser.add_argument("--distill-weight", type=float, default=1.0,
+                        help="grader with --distill-from: weight of KL(teacher || network) in the loss "
+                             "(default 1.0)")
     parser.add_argument("--train-masks", choices=["annotation", "pipeline"], default="annotation",
                         help="grader: mask channel and crop box of training lesions from the annotation "
                              "(default; randomly eroded/dilated by up to 3 px) or from what the pipeline "
@@ -131,7 +139,12 @@ def run(args: argparse.Namespace) -> int:
         fine_repeat=args.fine_repeat, malignancy_weight=args.malignancy_weight, coarse_bias=args.coarse_bias,
         progress=not args.no_progress, init_from=args.init_from[0] if args.init_from else None,
         train_masks=args.train_masks, roi_model=args.roi_model,
+        distill_from=list(args.distill_from or []), distill_weight=args.distill_weight,
     )
+    if args.distill_from and args.model != "grader":
+        print(f"sonograde train {args.model}: --distill-from is for train grader (a G-CNN learning from "
+              "trained G-CNNs)", file=sys.stderr)
+        return 2
     if args.roi_model is not None and args.train_masks != "pipeline":
         print("sonograde train: --roi-model is only used with --train-masks pipeline (the grader's training "
               "masks from that ROI-CNN); add --train-masks pipeline or drop --roi-model", file=sys.stderr)
