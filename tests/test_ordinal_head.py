@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engine.data.datasets import load_records
-from engine.networks import GCNN, GraderConfig
+from engine.networks import GCNN, MALIGNANCY_LIKELIHOOD, GraderConfig
 from engine.splits import SplitConfig, make_split
 from engine.training.common import RunState, TrainConfig, make_optimizer, save_checkpoint
 from engine.training.grader import malignancy_score
@@ -252,3 +252,115 @@ def test_cross_validation_fits_each_head_without_its_fold(rng: np.random.Generat
     assert new_heads[0] == heads[0] and new_heads[1] != heads[1] and new_heads[2] != heads[2]
     with pytest.raises(ValueError, match="no fold"):
         cross_validate_head([*cases, {**cases[0], "id": "d/extra"}], fold_of)
+
+
+def test_scores_are_recovered_from_a_heads_probabilities(rng: np.random.Generator) -> None:
+    """The suspicion score behind a headed model's output comes back from its five probabilities, also
+    after float32 rounding, over the whole range the score is clipped to."""
+    from engine.training.head_from_onnx import scores_from_probabilities
+
+    cuts = tuple(float(c) for c in np.sort(rng.uniform(-3, 2, 4)))
+    head = OrdinalHead(float(rng.uniform(0.5, 2.0)), cuts)  # type: ignore[arg-type]
+    scores = rng.uniform(-9.2, 9.2, 200)
+    probs = ordinal_probabilities(head, scores)
+    np.testing.assert_allclose(scores_from_probabilities(probs, head), scores, atol=1e-6)
+    recovered = scores_from_probabilities(probs.astype(np.float32), head)
+    np.testing.assert_allclose(recovered, scores, atol=0.05)
+    plain = rng.dirichlet(np.ones(5), 50)
+    np.testing.assert_allclose(scores_from_probabilities(plain, None), suspicion_score(plain))
+
+
+def _phantom_base(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A width-0.125 G-CNN checkpoint (OUT/base.pt) whose suspicion scores spread over the crops of a
+    phantom dataset (batch norms set to those crops' statistics), the dataset relabelled 3 / 4A / 4B / 4C
+    / 5 by those scores plus noise (so a head has something to fit), the crops and their scores."""
+    import csv
+
+    from capture.phantom import write_dataset
+    from engine.data.datasets import load_grader_samples
+    from engine.training.grader import sample_input
+
+    data = write_dataset(tmp_path / "data", 60, seed=int(rng.integers(1000)))
+    config = TrainConfig(kind="grader", input_size=32, width=0.125, margin=0.25)
+    samples = load_grader_samples(load_records([str(data)]), progress=False)
+    x = np.stack([sample_input(s, config, None) for s in samples])
+    torch.manual_seed(int(rng.integers(1 << 20)))
+    net = GCNN(GraderConfig(width=0.125, input_size=32)).eval()
+    for norm in [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d)]:
+        seen: list[torch.Tensor] = []
+        hook = norm.register_forward_hook(lambda _m, inputs, _o, seen=seen: seen.append(inputs[0]))
+        with torch.no_grad():
+            net(torch.from_numpy(x))
+        hook.remove()
+        dims = [0] if seen[0].dim() == 2 else [0, 2, 3]
+        norm.running_mean.copy_(seen[0].mean(dims))
+        norm.running_var.copy_(seen[0].var(dims) + 1e-6)
+    with torch.no_grad():
+        net.head[-1].weight.mul_(3.0 / net.head[-1].weight.std())
+        scores = suspicion_score(torch.softmax(net(torch.from_numpy(x)), dim=1).numpy())
+    save_checkpoint(tmp_path / "base.pt", net=net, optimizer=make_optimizer(config, net.parameters()),
+                    config=config, net_config=net.config.__dict__, state=RunState())
+    noisy = scores + rng.normal(0, 0.3 * scores.std(), len(scores))
+    category = {s.id.split("/")[1]: ("3", "4A", "4B", "4C", "5")[int(rank * 5 // len(noisy))]
+                for s, rank in zip(samples, np.argsort(np.argsort(noisy)), strict=True)}
+    rows = list(csv.DictReader((data / "manifest.csv").open()))
+    for row in rows:
+        row["birads"] = category[row["id"]]
+    with (data / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return data, x, scores
+
+
+@pytest.mark.slow
+def test_refit_of_an_exported_model_matches_a_fit_on_its_checkpoint(
+        tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]) -> None:
+    """`train head --init-from MODEL.onnx`: from a model exported with some head, and from one exported
+    without a head, the refit reads the network as a head fitted on the checkpoint itself does, and the
+    written model gives exactly that reading; the network's ranking of lesions is untouched."""
+    data, x, scores = _phantom_base(tmp_path, rng)
+    assert scores.std() > 0.3
+    common = ["--data", str(data), "--split-seed", "1", "--threads", "1", "--no-progress"]
+    assert main(["train", "head", "--init-from", str(tmp_path / "base.pt"), "--out", str(tmp_path / "pt"),
+                 *common]) == 0
+    reference = OrdinalHead.from_dict(json.loads((tmp_path / "pt" / "head.json").read_text())["head"])
+    assert reference.slope > 0.3  # the relabelled data follow the scores: the head has a real slope
+    _export(tmp_path / "base.pt", tmp_path / "plain.onnx")
+    payload = torch.load(tmp_path / "base.pt", weights_only=False)
+    old = OrdinalHead(0.8, tuple(float(c) for c in 0.8 * np.quantile(scores, [0.1, 0.3, 0.6, 0.9])))
+    payload["extra"] = {"ordinal_head": old.to_dict()}
+    torch.save(payload, tmp_path / "headed.pt")
+    _export(tmp_path / "headed.pt", tmp_path / "headed.onnx")
+    for name in ("plain", "headed"):
+        out = tmp_path / f"refit-{name}"
+        capsys.readouterr()
+        assert main(["train", "head", "--init-from", str(tmp_path / f"{name}.onnx"), "--out", str(out),
+                     *common]) == 0
+        assert "network unchanged" in capsys.readouterr().out
+        summary = json.loads((out / "head.json").read_text())
+        refit = OrdinalHead.from_dict(summary["head"])
+        assert summary["ids"] == json.loads((tmp_path / "pt" / "head.json").read_text())["ids"]
+        np.testing.assert_allclose(ordinal_probabilities(refit, scores),
+                                   ordinal_probabilities(reference, scores), atol=2e-3)
+        session = ort.InferenceSession(str(out / "g_cnn.onnx"), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"image": x})[0]
+        np.testing.assert_allclose(got, ordinal_probabilities(refit, scores), atol=2e-3)
+        order = np.argsort(scores)
+        assert np.all(np.diff(got[order] @ np.array(MALIGNANCY_LIKELIHOOD)) > -1e-4)  # ranking kept
+        meta = {p.key: p.value for p in onnx.load(str(out / "g_cnn.onnx")).metadata_props}
+        assert OrdinalHead.from_dict(json.loads(meta["sonograde.ordinal_head"])) == refit
+        assert meta["sonograde.model_id"].endswith("-head-data") and meta["sonograde.input_size"] == "32"
+
+
+def test_refit_refuses_models_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    models = Path(__file__).resolve().parents[1] / "models"
+    refusals = ((models / "roi_cnn.onnx", "not a G-CNN"), (models / "g_cnn.int8.onnx", "quantized"),
+                (tmp_path / "missing.onnx", "missing.onnx"))
+    for model, message in refusals:
+        assert main(["train", "head", "--init-from", str(model), "--data", str(tmp_path), "--out",
+                     str(tmp_path / "oh"), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["train", "head", "--init-from", str(models / "g_cnn.onnx"), "--init-from",
+                 str(models / "g_cnn.onnx"), "--data", str(tmp_path), "--out", str(tmp_path / "oh")]) == 2
+    assert "one exported model at a time" in capsys.readouterr().err

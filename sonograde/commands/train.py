@@ -14,14 +14,19 @@ Examples:
   sonograde train grader --data ... --out runs/g --device cuda          # on an NVIDIA GPU (CUDA torch)
   sonograde train head --init-from runs/pre_busbra/last.pt --data ../shared/data/breast_lesions_usg \\
       --split-seed 0 --out runs/oh                                      # ordinal head, no network training
+  sonograde train head --init-from models/g_cnn.onnx --data my_five_way_images \
+      --out runs/my-head                                                # refit the shipped grader's head
 
 `train head` keeps a trained G-CNN as it is and fits five numbers on the five-way lesions of the training
 part of --data: a cumulative-logit reading of 3 / 4A / 4B / 4C / 5 off the network's suspicion score
 (engine.training.ordinal), for a grader trained on 3/4/5 labels (BUS-BRA) or for your own five-way cases.
 Give --init-from several times for an ensemble (mean probabilities; export it with the same checkpoints and
 --ordinal-head OUT/head.json). Adding the base's own dataset (--data ../shared/data/busbra) fits its coarse
-labels too, on the base run's validation patients only. It takes seconds; --epochs, --lr and the other
-optimization options do not apply.
+labels too, on the base run's validation patients only. With an exported model (--init-from
+models/g_cnn.onnx) it refits that model's head for your population (its cut points carry the base rates of
+the cases it was fitted on) and writes OUT/g_cnn.onnx, the same network read through the new head; give it
+only data the network was not trained on. It takes seconds; --epochs, --lr and the other optimization
+options do not apply.
 
 Splits are by patient (BUS-BRA: official fold --test-fold held out as test, validation by patient from
 the other folds; BUSI: training only; folders without folds: stratified --test-fraction held out).
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -184,11 +190,23 @@ def _fit_head(args: argparse.Namespace, config: TrainConfig) -> int:
 
     if not args.init_from:
         print("sonograde train head: give the G-CNN to read with --init-from PT (a best.pt / last.pt of "
-              "sonograde train grader)", file=sys.stderr)
+              "sonograde train grader) or --init-from models/g_cnn.onnx (refit an exported model's head)",
+              file=sys.stderr)
         return 2
+    exported = [path for path in args.init_from if Path(path).suffix.lower() == ".onnx"]
     try:
-        fit = fit_head_run(args.init_from, list(args.data), args.out, config.split_config(),
-                           cache_dir=args.cache_dir, threads=args.threads, progress=not args.no_progress)
+        if exported:
+            if len(args.init_from) > 1:
+                raise TrainingError("refit the head of one exported model at a time (--init-from "
+                                    f"{exported[0]}); several --init-from are for checkpoints of an ensemble")
+            from engine.training.head_from_onnx import fit_head_from_onnx
+
+            fit = fit_head_from_onnx(exported[0], list(args.data), args.out, config.split_config(),
+                                     cache_dir=args.cache_dir, threads=args.threads,
+                                     progress=not args.no_progress)
+        else:
+            fit = fit_head_run(args.init_from, list(args.data), args.out, config.split_config(),
+                               cache_dir=args.cache_dir, threads=args.threads, progress=not args.no_progress)
     except (ManifestError, TrainingError) as error:
         print(f"sonograde train head: {error}", file=sys.stderr)
         return 2
