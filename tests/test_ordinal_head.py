@@ -350,6 +350,12 @@ def test_refit_of_an_exported_model_matches_a_fit_on_its_checkpoint(
         assert np.all(np.diff(got[order] @ np.array(MALIGNANCY_LIKELIHOOD)) > -1e-4)  # ranking kept
         meta = {p.key: p.value for p in onnx.load(str(out / "g_cnn.onnx")).metadata_props}
         assert OrdinalHead.from_dict(json.loads(meta["sonograde.ordinal_head"])) == refit
+        # INT8 calibration keeps the appended head in float, as it does the exported one
+        from calibration.quantize import float_nodes
+
+        graph = onnx.load(str(out / "g_cnn.onnx"))
+        appended = {n.name for n in graph.graph.node if n.name.startswith("sonograde_refit_head/")}
+        assert appended and appended <= set(float_nodes(graph, ("Sigmoid", "Softmax")))
         assert meta["sonograde.model_id"].endswith("-head-data") and meta["sonograde.input_size"] == "32"
 
 

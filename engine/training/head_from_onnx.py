@@ -103,8 +103,10 @@ def with_refitted_head(model, new_head: OrdinalHead, old_head: OrdinalHead | Non
         shifted = op("Add", [logit, const("old_cut1", old_head.cuts[0])], "shifted")
         score = op("Div", [shifted, const("old_slope", old_head.slope)], "score")
     else:
-        likelihood = op("MatMul", [base, const("likelihood", np.reshape(MALIGNANCY_LIKELIHOOD, (5, 1)))],
-                        "likelihood_raw")
+        # Mul + ReduceSum, not MatMul: calibration.quantize.float_nodes walks back from the output to the
+        # last weighted layer (Conv / Gemm / MatMul) and keeps this whole tail in float
+        weighted = op("Mul", [base, const("likelihood", [MALIGNANCY_LIKELIHOOD])], "weighted")
+        likelihood = op("ReduceSum", [weighted, axes("likelihood_axis", [1])], "likelihood_raw", keepdims=1)
         clipped = op("Clip", [likelihood, const("clip_lo", SCORE_CLIP), const("clip_hi", 1 - SCORE_CLIP)],
                      "likelihood")
         complement = op("Sub", [const("one", 1.0), clipped], "complement")
@@ -116,7 +118,11 @@ def with_refitted_head(model, new_head: OrdinalHead, old_head: OrdinalHead | Non
     upper = op("Concat", [ones, above_k], "upper", axis=1)
     lower = op("Concat", [above_k, zeros], "lower", axis=1)
     difference = op("Sub", [upper, lower], "difference")
-    nodes.append(helper.make_node("Max", [difference, const("zero", 0.0)], ["probs"], name=name("probs")))
+    # ends in a Softmax of the log, as every exported grader does (engine.export): the output stays a
+    # distribution and INT8 calibration recognizes the head as the float tail
+    floor = op("Max", [difference, const("floor", 1e-12)], "floored")
+    nodes.append(helper.make_node("Softmax", [op("Log", [floor], "log_probs")], ["probs"], name=name("probs"),
+                                  axis=1))
     graph.node.extend(nodes)
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 5]))
