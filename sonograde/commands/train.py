@@ -12,9 +12,11 @@ Examples:
   sonograde train roi --data my_images --out runs/roi-mine --init-from models/roi_cnn.onnx \\
       --optimizer adamw --lr 1e-4 --epochs 15                           # fine-tune the shipped ROI-CNN
   sonograde train grader --data ... --out runs/g --device cuda          # on an NVIDIA GPU (CUDA torch)
+  sonograde train grader --data ... --out runs/student --distill-from runs/a/last.pt \\
+      --distill-from runs/b/last.pt --distill-from runs/c/last.pt       # one network learning three
   sonograde train head --init-from runs/pre_busbra/last.pt --data ../shared/data/breast_lesions_usg \\
       --split-seed 0 --out runs/oh                                      # ordinal head, no network training
-  sonograde train head --init-from models/g_cnn.onnx --data my_five_way_images \
+  sonograde train head --init-from models/g_cnn.onnx --data my_five_way_images \\
       --out runs/my-head                                                # refit the shipped grader's head
 
 `train head` keeps a trained G-CNN as it is and fits five numbers on the five-way lesions of the training
@@ -68,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start from the network weights of another run's best.pt / last.pt "
                              "(fine-tuning, e.g. on your own images: new optimizer and schedule; same "
                              "--width, --input-size and --mask-channel as that run); a ROI-CNN also "
-                             "starts from an exported .onnx such as models/roi_cnn.onnx; head: the G-CNN(s) "
-                             "to read")
+                             "starts from an exported .onnx such as models/roi_cnn.onnx; head: the G-CNN "
+                             "checkpoint(s) to read, or an exported g_cnn.onnx whose head to refit")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke)")
     parser.add_argument("--phantom", type=int, default=0, metavar="N", help="add N phantom samples")
     parser.add_argument("--cache-dir", default=None,
