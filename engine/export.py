@@ -209,7 +209,8 @@ def load_trained(checkpoint: str | Path) -> tuple[str, torch.nn.Module, dict]:
 
 
 # What must agree between the members of an exported G-CNN ensemble: they share one input.
-_ENSEMBLE_INPUT_KEYS = ("view", "input_size", "mask_channel", "margin")
+# What a G-CNN's input depends on: networks that differ in any of these cannot share an input.
+GRADER_INPUT_KEYS = ("view", "input_size", "mask_channel", "margin")
 
 
 def load_weight_average(checkpoints: list[str | Path]) -> tuple[str, torch.nn.Module, dict]:
@@ -234,7 +235,7 @@ def load_weight_average(checkpoints: list[str | Path]) -> tuple[str, torch.nn.Mo
             raise TrainingError(f"{path} holds another network than {checkpoints[0]} ({payload['kind']} "
                                 f"{payload['net_config']} vs {first['kind']} {first['net_config']}): weights "
                                 "average only between networks of one configuration")
-        differ = [k for k in _ENSEMBLE_INPUT_KEYS
+        differ = [k for k in GRADER_INPUT_KEYS
                   if payload["train_config"].get(k) != first["train_config"].get(k)]
         if differ:
             raise TrainingError(f"{path} was trained on another input than {checkpoints[0]} "
@@ -267,7 +268,7 @@ def load_ensemble(checkpoints: list[str | Path]) -> tuple[str, torch.nn.Module, 
         if first is None:
             first = train_config
         else:
-            differ = [k for k in _ENSEMBLE_INPUT_KEYS if train_config.get(k) != first.get(k)]
+            differ = [k for k in GRADER_INPUT_KEYS if train_config.get(k) != first.get(k)]
             if differ:
                 detail = ", ".join(f"{k} {train_config.get(k)!r} vs {first.get(k)!r}" for k in differ)
                 raise TrainingError(f"{path} takes a different input than {checkpoints[0]} ({detail}); "

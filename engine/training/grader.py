@@ -88,11 +88,10 @@ def load_teacher(config: TrainConfig, device: torch.device) -> torch.nn.Module |
     this run's network (view, input size, mask channel, crop margin)."""
     if not config.distill_from:
         return None
-    from engine.export import load_ensemble
+    from engine.export import GRADER_INPUT_KEYS, load_ensemble
 
     _, teacher, teacher_config = load_ensemble(list(config.distill_from))
-    ours = {"view": config.view, "input_size": config.input_size, "mask_channel": config.mask_channel,
-            "margin": config.margin}
+    ours = {key: getattr(config, key) for key in GRADER_INPUT_KEYS}
     differ = {k: (teacher_config.get(k), v) for k, v in ours.items() if teacher_config.get(k) != v}
     if differ:
         detail = ", ".join(f"{k} {got!r} there, {want!r} here" for k, (got, want) in differ.items())
@@ -102,20 +101,6 @@ def load_teacher(config: TrainConfig, device: torch.device) -> torch.nn.Module |
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     return teacher.to(device=device, memory_format=torch.channels_last).eval()
-
-
-@torch.no_grad()
-def teacher_agreement(teacher: torch.nn.Module, probs: np.ndarray, samples: list[GraderSample],
-                      config: TrainConfig) -> float:
-    """Mean KL(teacher || network) on ``samples`` without augmentation, given the network's ``probs``."""
-    device = next(teacher.parameters()).device
-    losses = []
-    for start in range(0, len(samples), 64):
-        x = np.stack([sample_input(s, config, None) for s in samples[start:start + 64]])
-        x = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
-        student = torch.log(torch.from_numpy(probs[start:start + 64]).to(device).clamp_min(1e-7))
-        losses.append(float(distillation_loss(student, teacher(x))) * len(x))
-    return float(np.sum(losses) / max(1, len(samples)))
 
 
 def sample_input(sample: GraderSample, config: TrainConfig, rng: np.random.Generator | None) -> np.ndarray:
@@ -295,6 +280,8 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
             coarse_bias.data.copy_(payload["extra"]["coarse_bias"])
     teacher = load_teacher(config, device)
     train, val, _ = prepare_grader_data(config, out)
+    # the teacher is frozen and validation is not augmented: its validation probabilities are fixed
+    teacher_val = predict(teacher, val, config) if teacher is not None and val else None
     fine = fine_datasets(train + val)
     coarse_train = np.array([s.id.split("/")[0] not in fine for s in train])
     coarse_val = [s.id.split("/")[0] not in fine for s in val]
@@ -359,8 +346,10 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
             if config.coarse_bias:  # validate coarse-label lesions as they are trained: with their offset
                 probs = with_offset(probs, coarse_val, coarse_bias)
             row.update(grader_metrics(probs, val, fine, "val", config.malignancy_weight))
-            if teacher is not None:
-                row["val_teacher_kl"] = teacher_agreement(teacher, probs, val, config)
+            if teacher_val is not None:
+                log_probs = torch.log(torch.from_numpy(probs).clamp_min(1e-7))
+                row["val_teacher_kl"] = float(distillation_loss(log_probs, torch.log(
+                    torch.from_numpy(teacher_val).clamp_min(1e-7))))
         end_epoch(out, row, -row.get("val_loss", row["train_loss"]), net=net, optimizer=optimizer,
                   config=config, state=state, log=log, extra={"coarse_bias": coarse_bias.detach().cpu()})
     return state

@@ -28,6 +28,7 @@ from engine.training.ordinal import (
     SCORE_CLIP,
     HeadFit,
     OrdinalHead,
+    describe_fit,
     fit_ordinal_head,
     ordinal_probabilities,
     plot_head,
@@ -198,21 +199,15 @@ def fit_head_from_onnx(model_path: str | Path, data: list[str], out: str | Path,
     refitted = with_refitted_head(model, head, old_head, model_id=new_id, fitted_on=fitted_on)
     onnx.save(refitted, str(out / "g_cnn.onnx"))
     check = load_backend(out / "g_cnn.onnx", backend="onnxruntime", threads=threads)
-    inputs = np.stack([sample_input(s, config, None) for s in samples[:64]])
-    difference = float(np.abs(check.run(inputs) - ordinal_probabilities(head, scores[:64])).max())
+    checked = np.concatenate(batches)[:64]  # the inputs already made for the fit
+    difference = float(np.abs(check.run(checked) - ordinal_probabilities(head, scores[:64])).max())
     if difference > 1e-3:
         raise TrainingError(f"the refitted model differs from its head by {difference:.2g} on the fitted "
                             "lesions; this is a bug, please report it")
-    reading = ordinal_probabilities(head, scores).argmax(1)
-    hits = allowed[np.arange(len(samples)), reading]
-    counts: dict[str, dict[str, int]] = {}
-    for sample, labels in zip(samples, allowed, strict=True):
-        per_dataset = counts.setdefault(sample.id.split("/")[0], {})
-        label = "/".join(c for c, ok in zip(GRADER_CATEGORIES, labels, strict=True) if ok)
-        per_dataset[label] = per_dataset.get(label, 0) + 1
+    counts, accuracy = describe_fit(head, scores, allowed, [s.id for s in samples])
     summary = {"bases": [str(model_path)], "previous_head": old_head.to_dict() if old_head else None,
                "data": list(data), "split": asdict(split), "head": head.to_dict(), "cases": len(samples),
-               "counts": counts, "in_sample_accuracy": float(hits.mean()),
+               "counts": counts, "in_sample_accuracy": accuracy,
                "onnx_check_max_abs_diff": difference,
                "model_id": new_id, "ids": [s.id for s in samples]}
     write_json(out / "head.json", summary)

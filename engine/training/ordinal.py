@@ -187,17 +187,13 @@ def fit_head_run(bases: list[str | Path], data: list[str], out: str | Path, spli
         head = fit_ordinal_head(scores, allowed)
     except ValueError as error:
         raise TrainingError(f"{error} (in the fitted part of {', '.join(data)})") from error
-    hits = allowed[np.arange(len(samples)), ordinal_probabilities(head, scores).argmax(1)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, dict[str, int]] = {}
-    for sample, labels in zip(samples, allowed, strict=True):
-        per_dataset = counts.setdefault(sample.id.split("/")[0], {})
-        per_dataset[_label_name(labels)] = per_dataset.get(_label_name(labels), 0) + 1
+    counts, accuracy = describe_fit(head, scores, allowed, [s.id for s in samples])
     summary = {"bases": [str(b) for b in bases], "data": list(data), "split": asdict(split),
                "base_validation_patients_of": sorted(trained_on & {r.dataset for r in records}),
                "head": head.to_dict(), "cases": len(samples), "counts": counts,
-               "in_sample_accuracy": float(hits.mean()), "ids": [s.id for s in samples]}
+               "in_sample_accuracy": accuracy, "ids": [s.id for s in samples]}
     write_json(out / "head.json", summary)
     plot_head(head, scores, allowed, out / "head.png")
     if len(bases) == 1:
@@ -212,6 +208,18 @@ def fit_head_run(bases: list[str | Path], data: list[str], out: str | Path, spli
         written = (f"{out / 'head.json'} and {out / 'head.png'} (export the ensemble with its head: "
                    f"sonograde export {checkpoints} --ordinal-head {out / 'head.json'} --out g_cnn.onnx)")
     return HeadFit(head, summary["ids"], counts, summary["in_sample_accuracy"], written)
+
+
+def describe_fit(head: OrdinalHead, scores: np.ndarray, allowed: np.ndarray,
+                 ids: list[str]) -> tuple[dict[str, dict[str, int]], float]:
+    """Label counts per dataset (the part of each id before "/") of the lesions a head was fitted on, and
+    how often its reading falls in their label set (in sample, optimistic)."""
+    counts: dict[str, dict[str, int]] = {}
+    for lesion, labels in zip(ids, allowed, strict=True):
+        per_dataset = counts.setdefault(lesion.split("/")[0], {})
+        per_dataset[_label_name(labels)] = per_dataset.get(_label_name(labels), 0) + 1
+    hits = allowed[np.arange(len(ids)), ordinal_probabilities(head, scores).argmax(1)]
+    return counts, float(hits.mean())
 
 
 def _label_name(allowed: np.ndarray) -> str:

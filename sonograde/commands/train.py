@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -187,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _fit_head(args: argparse.Namespace, config: TrainConfig) -> int:
     from engine.data.manifest import ManifestError
-    from engine.training.common import TrainingError
+    from engine.training.common import TrainingError, is_onnx_file
     from engine.training.ordinal import fit_head_run
 
     if not args.init_from:
@@ -195,7 +194,7 @@ def _fit_head(args: argparse.Namespace, config: TrainConfig) -> int:
               "sonograde train grader) or --init-from models/g_cnn.onnx (refit an exported model's head)",
               file=sys.stderr)
         return 2
-    exported = [path for path in args.init_from if Path(path).suffix.lower() == ".onnx"]
+    exported = [path for path in args.init_from if is_onnx_file(path)]
     try:
         if exported:
             if len(args.init_from) > 1:
