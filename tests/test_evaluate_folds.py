@@ -38,7 +38,7 @@ def _blind_roi_model(path: Path) -> Path:
 def test_each_fold_is_graded_through_its_own_roi_model(tmp_path: Path) -> None:
     from capture.phantom import write_dataset
 
-    split_seed = int(np.random.default_rng().integers(1 << 20))
+    split_seed = int(np.random.randint(1 << 20))
     data = write_dataset(tmp_path / "data", 20, seed=split_seed, size=(160, 128))
     seeing, blind = make_roi_model(tmp_path / "roi.onnx"), _blind_roi_model(tmp_path / "blind.onnx")
     grader = make_grader_model(tmp_path / "g.onnx")
@@ -74,7 +74,7 @@ def test_roi_models_must_match_the_folds(tmp_path: Path, capsys: pytest.CaptureF
 def test_roi_cross_validation_pools_every_image_once(tmp_path: Path) -> None:
     from capture.phantom import write_dataset
 
-    split_seed = int(np.random.default_rng().integers(1 << 20))
+    split_seed = int(np.random.randint(1 << 20))
     data = write_dataset(tmp_path / "data", 15, seed=split_seed, size=(160, 128))
     seeing, blind = make_roi_model(tmp_path / "roi.onnx"), _blind_roi_model(tmp_path / "blind.onnx")
     models = [seeing, blind, seeing, seeing, blind]

@@ -45,7 +45,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data = root / "odd"
     (data / "images").mkdir(parents=True)
     (data / "masks").mkdir()
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(int(np.random.randint(1 << 30)))
     rows = []
     for case_id, (h, w), lesion, birads, pathology, pixel, fold in CASES:
         image, mask = synthetic_frame(rng, h, w, lesion=lesion)

@@ -59,7 +59,7 @@ def phantom_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     models.mkdir()
     make_roi_model(models / "roi_cnn.onnx")
     make_grader_model(models / "g_cnn.onnx", size=32)
-    data = write_dataset(root / "phantom", 5, seed=int(np.random.default_rng().integers(1 << 30)),
+    data = write_dataset(root / "phantom", 5, seed=int(np.random.randint(1 << 30)),
                          size=(192, 160))
     return data, models
 

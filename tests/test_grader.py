@@ -207,7 +207,7 @@ def test_shipped_models_find_phantom_lesions():
     phantom = pytest.importorskip("capture.phantom", reason="capture.phantom (PhantomScanner) not available")
     grader = TwoStageGrader.from_models_dir()
     grader.warm_up()
-    seed = int(np.random.default_rng().integers(0, 2**31))
+    seed = int(np.random.randint(0, 2**31))
     scores = []
     # The shipped models are trained on real images; on the phantom the refined DSC was > 0.5 on 85 % of
     # 200 random frames (session 4; 87.5 % on 200 others in session 8), so >= 12 of 20 fails by chance
@@ -256,7 +256,7 @@ def test_shipped_precisions_load_by_name(precision):
     # another component in one precision than in the other (DSC 0; measured in session 8). Eight frames:
     # both precisions find a lesion in fewer than three about once in 10,000 runs.
     agreement = []
-    for seed in np.random.default_rng().integers(0, 2**31, size=8):
+    for seed in np.random.randint(0, 2**31, size=8):
         sample = phantom.PhantomScanner(int(seed)).sample()
         reference = reference_grader.grade(sample.image)
         candidate = candidate_grader.grade(sample.image)

@@ -66,7 +66,7 @@ def test_pathology_moves_a_coarse_four_towards_the_matching_subcategory() -> Non
 def test_roi_loss_decreases_on_phantom_batch() -> None:
     torch.manual_seed(0)
     # 160 x 160 instead of 288 keeps this fast; the network is fully convolutional.
-    arrays = phantom_roi_arrays(4, seed=int(np.random.default_rng().integers(1 << 30)), size=160)
+    arrays = phantom_roi_arrays(4, seed=int(np.random.randint(1 << 30)), size=160)
     x, y = batch_tensors(arrays.images, arrays.masks)
     net = RoiCNN(RoiConfig(width=0.125))
     optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3)
@@ -239,7 +239,7 @@ def test_grader_distils_trained_graders_and_refuses_another_input(
     than the same run with weight 0, which only measures the KL."""
     common = ["--phantom", "16", "--width", "0.125", "--batch-size", "4", "--optimizer", "adamw", "--lr",
               "3e-3", "--no-progress", "--input-size", "48"]
-    seed = int(np.random.default_rng().integers(1000))
+    seed = int(np.random.randint(1000))
     for name, epochs, offset in (("t1", "3", 0), ("t2", "1", 1)):
         assert _cli(["grader", *common, "--epochs", epochs, "--seed", str(seed + offset),
                      "--out", str(tmp_path / name)]) == 0
@@ -286,7 +286,7 @@ def test_coarse_bias_keeps_a_coarse_datasets_base_rate_out_of_the_model(tmp_path
     with the checkpoint (not in the model) and restored on resume."""
     from capture.phantom import write_dataset
 
-    five_way = write_dataset(tmp_path / "five", 10, seed=int(np.random.default_rng().integers(1 << 30)),
+    five_way = write_dataset(tmp_path / "five", 10, seed=int(np.random.randint(1 << 30)),
                              size=(160, 128))
     coarse = tmp_path / "coarse"
     coarse.mkdir()
