@@ -138,7 +138,8 @@ SERIES_NUMBERS = {"sr": 9901, "seg": 9902, "sc": 9903}
 def algorithm_identification(model_ids: Mapping[str, str]) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
         name=MODEL_NAME, version=__version__,
-        parameters=[f"ROI-CNN {model_ids.get('roi', 'unknown')}", f"G-CNN {model_ids.get('grader', 'unknown')}"],
+        parameters=[f"ROI-CNN {model_ids.get('roi', 'unknown')}",
+                    f"G-CNN {model_ids.get('grader', 'unknown')}"],
     )
 
 
@@ -210,7 +211,8 @@ def build_measurement_report(source: Dataset, assessment: Assessment, *,
         category = str(assessment.category)
         evaluations.append(hd.sr.QualitativeEvaluation(
             name=BIRADS_CONCEPT,
-            value=Code(f"BIRADS-{category}", PRIVATE_SCHEME, BIRADS_MEANINGS.get(category, f"BI-RADS {category}"))))
+            value=Code(f"BIRADS-{category}", PRIVATE_SCHEME,
+                       BIRADS_MEANINGS.get(category, f"BI-RADS {category}"))))
         for name, value in (assessment.descriptors or {}).items():
             item = _descriptor_item(name, value)
             if item is not None:
@@ -222,7 +224,8 @@ def build_measurement_report(source: Dataset, assessment: Assessment, *,
                 name=codes.DCM.ProbabilityOfCancer, value=float(assessment.malignancy_probability),
                 unit=UNITLESS, algorithm_id=algorithm))
         region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                                   graphic_data=_closed_polyline(assessment.contour), source_image=source_image)
+                                   graphic_data=_closed_polyline(assessment.contour),
+                                   source_image=source_image)
         group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking, referenced_region=region, finding_type=codes.SCT.Lesion,
             finding_category=codes.SCT.MorphologicallyAbnormalStructure, algorithm_id=algorithm,
