@@ -16,8 +16,8 @@ PATIENT_ID = "SG-TEST-0042"
 
 
 def ultrasound_dataset(gray: np.ndarray, *, pixel_size_mm: float | None, study_uid: str | None = None,
-                       instance_number: int = 1, regions_only: bool = True, sop_class_uid: str = US_IMAGE_STORAGE,
-                       modality: str = "US") -> Dataset:
+                       instance_number: int = 1, regions_only: bool = True,
+                       sop_class_uid: str = US_IMAGE_STORAGE, modality: str = "US") -> Dataset:
     """A single- or multi-frame 8-bit MONOCHROME2 image dataset; the pixel size (mm, square) only in a
     Sequence of Ultrasound Regions (cm per pixel, units code 3) unless ``regions_only`` is False."""
     gray = np.ascontiguousarray(gray, dtype=np.uint8)

@@ -135,7 +135,8 @@ def test_refusals_get_a_status_and_a_log_line_and_the_node_keeps_serving(grader,
     with DicomNode(grader, tmp_path / "node", port=0) as node:
         assert echo(node.port) == 0x0000
 
-        ct = ultrasound_dataset(image, pixel_size_mm=pixel_size, sop_class_uid=CT_IMAGE_STORAGE, modality="CT")
+        ct = ultrasound_dataset(image, pixel_size_mm=pixel_size, sop_class_uid=CT_IMAGE_STORAGE,
+                                modality="CT")
         statuses, _ = store(node.port, [ct])
         assert statuses == [0x0122]
 
@@ -154,7 +155,8 @@ def test_refusals_get_a_status_and_a_log_line_and_the_node_keeps_serving(grader,
         ae.add_requested_context("1.2.840.10008.1.1")  # C-ECHO, so the association itself stands
         assoc = ae.associate("127.0.0.1", node.port, ae_title="SONOGRADE")
         assert assoc.is_established
-        assert [(str(cx.abstract_syntax), cx.result) for cx in assoc.rejected_contexts] == [(US_IMAGE_STORAGE, 4)]
+        rejected = [(str(cx.abstract_syntax), cx.result) for cx in assoc.rejected_contexts]
+        assert rejected == [(US_IMAGE_STORAGE, 4)]
         with pytest.raises(ValueError, match="presentation context"):
             assoc.send_c_store(ultrasound_dataset(image, pixel_size_mm=pixel_size))
         assoc.release()
@@ -182,8 +184,8 @@ def test_dead_pacs_then_alive_gets_everything_and_receiving_never_waits(grader, 
     caplog.set_level(logging.INFO, logger="sonograde.dicom")
     pacs_port = free_port()  # nothing listens there yet
     first, second = phantom_image(11), phantom_image(12)
-    node = DicomNode(grader, tmp_path / "node", port=0, forward=ForwardTarget("TESTPACS", "127.0.0.1", pacs_port),
-                     retry_initial_s=0.2, retry_max_s=0.5)
+    target = ForwardTarget("TESTPACS", "127.0.0.1", pacs_port)
+    node = DicomNode(grader, tmp_path / "node", port=0, forward=target, retry_initial_s=0.2, retry_max_s=0.5)
     pacs = None
     try:
         node.start()
