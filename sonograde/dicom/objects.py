@@ -256,6 +256,12 @@ def build_measurement_report(source: Dataset, assessment: Assessment, *,
     return sr
 
 
+def can_segment(source: Dataset) -> bool:
+    """Whether highdicom can build a SEG on ``source``: a single frame, or frames in a Frame of Reference
+    (ultrasound cines usually have none, and highdicom needs one to place more than one frame)."""
+    return int(getattr(source, "NumberOfFrames", 1) or 1) == 1 or "FrameOfReferenceUID" in source
+
+
 def build_segmentation(source: Dataset, assessment: Assessment, *,
                        instance_number: int | None = None) -> hd.seg.Segmentation:
     """Binary SEG of the refined lesion mask on ``source`` (on its ``frame_number`` for a multi-frame).
@@ -264,6 +270,9 @@ def build_segmentation(source: Dataset, assessment: Assessment, *,
     """
     if not assessment.lesion_found:
         raise ValueError("no lesion: nothing to segment")
+    if not can_segment(source):
+        raise ValueError("a multi-frame image without a Frame of Reference UID: highdicom builds no SEG "
+                         "for it (the SR's outline on the reported frame stands in)")
     mask = np.asarray(assessment.mask, dtype=bool)
     frames = int(getattr(source, "NumberOfFrames", 1) or 1)
     if frames > 1:  # one plane per source frame; the empty ones are left out of the SEG
@@ -299,11 +308,15 @@ def build_overlay_capture(source: Dataset, assessment: Assessment, overlay_bgr: 
     rgb = np.ascontiguousarray(np.asarray(overlay_bgr, dtype=np.uint8)[..., ::-1])
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", series_instance_uid=derived_series_uid(source, "sc"),
+        # highdicom insists on an orientation for the patient coordinate system; ultrasound images rarely
+        # have one, so the source's own (usually empty) Patient Orientation replaces this placeholder below.
+        coordinate_system="PATIENT", patient_orientation=("A", "F"),
+        series_instance_uid=derived_series_uid(source, "sc"),
         series_number=SERIES_NUMBERS["sc"], sop_instance_uid=derived_uid(source, "sc", assessment),
         instance_number=instance_number or int(getattr(source, "InstanceNumber", None) or 1),
         manufacturer=MANUFACTURER, series_description=f"Sonograde overlay - {RESEARCH_USE_ONLY}"[:64],
     )
+    sc.PatientOrientation = source.get("PatientOrientation", "")
     sc.BurnedInAnnotation = "YES"  # the category, outline and research banner are drawn into the pixels
     sc.ImageComments = RESEARCH_USE_ONLY
     return sc
