@@ -158,8 +158,13 @@ def test_multiframe_reports_the_frame_with_the_largest_lesion(grader, tmp_path):
     sr = hd.sr.srread(_roundtrip(graded.objects["sr"], tmp_path, "sr.dcm"))
     image_item = sr.content.get_planar_roi_measurement_groups()[0].roi.ContentSequence[0]
     assert int(image_item.ReferencedSOPSequence[0].ReferencedFrameNumber) == chosen
-    # highdicom builds no SEG on a multi-frame image without a Frame of Reference (ultrasound cines)
-    assert "seg" not in graded.objects
+    seg = hd.seg.segread(_roundtrip(graded.objects["seg"], tmp_path, "seg.dcm"))
+    assert int(seg.NumberOfFrames) == 1
+    [derived] = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence
+    assert str(derived.SourceImageSequence[0].ReferencedSOPInstanceUID) == str(ds.SOPInstanceUID)
+    assert int(derived.SourceImageSequence[0].ReferencedFrameNumber) == chosen
+    np.testing.assert_array_equal(np.asarray(seg.pixel_array).reshape(shape) > 0,
+                                  grader.grade(frames[chosen - 1]).refined_mask)
     sc = graded.objects["sc"]
     assert sc.BurnedInAnnotation == "YES" and sc.StudyInstanceUID == ds.StudyInstanceUID
     assert sc.Rows >= shape[0] and sc.SamplesPerPixel == 3

@@ -167,7 +167,7 @@ def grade_dataset(ds: Dataset, grader, *, frames: np.ndarray | None = None,
         frame_number=index + 1 if multi else None)
     graded = GradedInstance(source=ds, assessment=assessment, result=result, frame=frames[index])
     graded.objects["sr"] = objects.build_measurement_report(ds, assessment)
-    if assessment.lesion_found and objects.can_segment(ds):
+    if assessment.lesion_found:
         graded.objects["seg"] = objects.build_segmentation(ds, assessment)
     if overlay:
         from sonograde.commands.grade import render_overlay

@@ -17,7 +17,7 @@ and a retried forward cannot make two copies).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import highdicom as hd
@@ -34,6 +34,7 @@ MODEL_NAME = "Sonograde two-stage grader"
 # Codes DICOM has no concept for (the BI-RADS 4 subcategories, our own findings) use this private scheme.
 PRIVATE_SCHEME = "99SONOGRADE"
 UNITLESS = Code("1", "UCUM", "no units")
+US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 
 BIRADS_CONCEPT = codes.DCM.AssessmentCategory  # (111005, DCM, "Assessment Category")
 BIRADS_MEANINGS = {
@@ -256,12 +257,6 @@ def build_measurement_report(source: Dataset, assessment: Assessment, *,
     return sr
 
 
-def can_segment(source: Dataset) -> bool:
-    """Whether highdicom can build a SEG on ``source``: a single frame, or frames in a Frame of Reference
-    (ultrasound cines usually have none, and highdicom needs one to place more than one frame)."""
-    return int(getattr(source, "NumberOfFrames", 1) or 1) == 1 or "FrameOfReferenceUID" in source
-
-
 def build_segmentation(source: Dataset, assessment: Assessment, *,
                        instance_number: int | None = None) -> hd.seg.Segmentation:
     """Binary SEG of the refined lesion mask on ``source`` (on its ``frame_number`` for a multi-frame).
@@ -270,16 +265,13 @@ def build_segmentation(source: Dataset, assessment: Assessment, *,
     """
     if not assessment.lesion_found:
         raise ValueError("no lesion: nothing to segment")
-    if not can_segment(source):
-        raise ValueError("a multi-frame image without a Frame of Reference UID: highdicom builds no SEG "
-                         "for it (the SR's outline on the reported frame stands in)")
     mask = np.asarray(assessment.mask, dtype=bool)
     frames = int(getattr(source, "NumberOfFrames", 1) or 1)
-    if frames > 1:  # one plane per source frame; the empty ones are left out of the SEG
-        pixels = np.zeros((frames, *mask.shape), np.uint8)
-        pixels[(assessment.frame_number or 1) - 1] = mask
-    else:
-        pixels = mask[None].astype(np.uint8)
+    pixels = mask[None].astype(np.uint8)
+    # highdicom segments frames of a multi-frame source only through enhanced functional groups, which an
+    # ultrasound cine does not have: the SEG is built on the reported frame alone (the same instance seen
+    # as one frame) and its references then name that frame.
+    reference = _single_frame_view(source) if frames > 1 else source
     algorithm = hd.AlgorithmIdentificationSequence(
         name=MODEL_NAME, family=codes.DCM.ArtificialIntelligence, version=__version__,
         parameters={"ROI-CNN": str(assessment.model_ids.get("roi", "unknown")),
@@ -290,8 +282,8 @@ def build_segmentation(source: Dataset, assessment: Assessment, *,
         segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm, tracking_uid=derived_uid(source, "lesion", assessment),
         tracking_id="lesion 1")
-    return hd.seg.Segmentation(
-        source_images=[source], pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+    seg = hd.seg.Segmentation(
+        source_images=[reference], pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description], series_instance_uid=derived_series_uid(source, "seg"),
         series_number=SERIES_NUMBERS["seg"], sop_instance_uid=derived_uid(source, "seg", assessment),
         instance_number=instance_number or int(getattr(source, "InstanceNumber", None) or 1),
@@ -300,6 +292,39 @@ def build_segmentation(source: Dataset, assessment: Assessment, *,
         content_description=f"Refined lesion - {RESEARCH_USE_ONLY}"[:64],
         series_description=f"Sonograde lesion segmentation - {RESEARCH_USE_ONLY}"[:64],
     )
+    if reference is not source:
+        _name_source_frame(seg, source, assessment.frame_number or 1)
+    return seg
+
+
+def _single_frame_view(source: Dataset) -> Dataset:
+    """The source's attributes as a single-frame ultrasound image (no pixel data: highdicom needs only the
+    shape); ``_name_source_frame`` turns the references back to the multi-frame instance afterwards."""
+    view = Dataset()
+    for element in source:
+        if element.keyword not in ("PixelData", "NumberOfFrames", "FrameIncrementPointer"):
+            view.add(element)
+    view.SOPClassUID = US_IMAGE_STORAGE
+    view.file_meta = getattr(source, "file_meta", Dataset())
+    return view
+
+
+def _name_source_frame(seg: Dataset, source: Dataset, frame_number: int) -> None:
+    """Every reference of ``seg`` to ``source`` gets the source's SOP class back; image references
+    (Source Image Sequence items) also name ``frame_number``."""
+    uid = str(source.SOPInstanceUID)
+
+    def walk(dataset: Dataset, in_source_images: bool) -> None:
+        if str(dataset.get("ReferencedSOPInstanceUID", "")) == uid:
+            dataset.ReferencedSOPClassUID = source.SOPClassUID
+            if in_source_images:
+                dataset.ReferencedFrameNumber = frame_number
+        for element in dataset:
+            if element.VR == "SQ":
+                for item in element.value:
+                    walk(item, element.keyword == "SourceImageSequence")
+
+    walk(seg, False)
 
 
 def build_overlay_capture(source: Dataset, assessment: Assessment, overlay_bgr: np.ndarray, *,
@@ -320,8 +345,3 @@ def build_overlay_capture(source: Dataset, assessment: Assessment, overlay_bgr: 
     sc.BurnedInAnnotation = "YES"  # the category, outline and research banner are drawn into the pixels
     sc.ImageComments = RESEARCH_USE_ONLY
     return sc
-
-
-def summarize(objects: Sequence[Dataset]) -> list[str]:
-    """'SR 1.2.3...' style lines (modality and SOP Instance UID; nothing of the patient)."""
-    return [f"{getattr(o, 'Modality', '?')} {o.SOPInstanceUID}" for o in objects]
