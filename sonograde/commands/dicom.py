@@ -46,8 +46,8 @@ Examples:
   sonograde dicom serve --out DIR
   sonograde dicom serve --out DIR --forward PACS@127.0.0.1:4242 --overlay
   sonograde dicom serve --out DIR --port 0 --ae-title SGNODE --precision int8
-  echoscu 127.0.0.1 11112 -aec SONOGRADE                          # check it (dcmtk)
-  storescu 127.0.0.1 11112 -aec SONOGRADE scan.dcm               # send an image (dcmtk)
+  python -m pynetdicom echoscu 127.0.0.1 11112 -aec SONOGRADE             # check it
+  python -m pynetdicom storescu 127.0.0.1 11112 -aec SONOGRADE scan.dcm   # send it an image
 
 Stop with Ctrl-C (prints the counts). Exit status: 0 after a clean stop; 2 bad options or models.
 """

@@ -18,7 +18,7 @@ and a retried forward cannot make two copies).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -115,7 +115,6 @@ class Assessment:
     descriptors: Mapping[str, object] | None = None
     malignancy_probability: float | None = None
     frame_number: int | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def lesion_found(self) -> bool:
