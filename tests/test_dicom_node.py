@@ -60,8 +60,10 @@ def phantom_image(seed: int) -> tuple[np.ndarray, float]:
 class Pacs:
     """A pynetdicom Storage SCP standing in for the PACS: keeps what it receives in memory."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, gate: threading.Event | None = None) -> None:
         self.received: list = []
+        self.waiting = threading.Event()  # set while a C-STORE waits at the gate
+        self.gate = gate  # when given, each C-STORE waits until it is set: a PACS that hangs
         self._lock = threading.Lock()
         ae = AE(ae_title="TESTPACS")
         for sop_class in (SR_STORAGE, SEG_STORAGE, "1.2.840.10008.5.1.4.1.1.7"):
@@ -71,6 +73,9 @@ class Pacs:
         self.port = int(self.server.server_address[1])
 
     def _store(self, event):
+        if self.gate is not None:
+            self.waiting.set()
+            self.gate.wait(120)
         ds = event.dataset
         ds.file_meta = event.file_meta
         with self._lock:
@@ -129,8 +134,12 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 # ----------------------------------------------------------------------------------------- refusals
 
 
-def test_refusals_get_a_status_and_a_log_line_and_the_node_keeps_serving(grader, tmp_path, caplog):
+def test_refusals_get_a_status_and_a_log_line_and_the_node_keeps_serving(grader, tmp_path, caplog,
+                                                                          monkeypatch):
+    from pynetdicom import _config
+
     caplog.set_level(logging.INFO, logger="sonograde.dicom")
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send files as they are, unread
     image, pixel_size = phantom_image(11)
     with DicomNode(grader, tmp_path / "node", port=0) as node:
         assert echo(node.port) == 0x0000
@@ -143,6 +152,16 @@ def test_refusals_get_a_status_and_a_log_line_and_the_node_keeps_serving(grader,
         corrupt = ultrasound_dataset(image, pixel_size_mm=pixel_size)
         corrupt.PixelData = corrupt.PixelData[: len(corrupt.PixelData) // 3]  # truncated in transit
         statuses, _ = store(node.port, [corrupt])
+        assert statuses == [0xC102]
+
+        # a file whose data set is garbage after a valid header: sent as is, undecodable at the node
+        garbage = ultrasound_dataset(image, pixel_size_mm=pixel_size)
+        path = tmp_path / "garbage.dcm"
+        garbage.save_as(path, enforce_file_format=True)
+        data = path.read_bytes()
+        header_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # preamble, DICM, group length
+        path.write_bytes(data[:header_end] + bytes([0x08, 0x00, 0x16, 0x00]) + b"\xff" * 64)
+        statuses, _ = store(node.port, [path], sop_classes=[US_IMAGE_STORAGE])
         assert statuses == [0xC102]
 
         wrong_modality = ultrasound_dataset(image, pixel_size_mm=pixel_size, modality="MR")
@@ -166,11 +185,12 @@ def test_refusals_get_a_status_and_a_log_line_and_the_node_keeps_serving(grader,
         assert statuses == [0x0000]
         assert node.wait_idle(60)
         assert (node.results / f"{good.SOPInstanceUID}_sr.dcm").exists()
-        assert node.counters.refused == 3 and node.counters.graded == 1
+        assert node.counters.refused == 4 and node.counters.graded == 1
 
     log = [r.getMessage() for r in caplog.records if r.name == "sonograde.dicom"]
     assert any("status 0x0122" in m and "CT Image Storage" in m for m in log), log
     assert any("status 0xC102" in m and "pixel data cannot be decoded" in m for m in log), log
+    assert any("status 0xC102" in m and "data set cannot be decoded" in m for m in log), log
     assert any("status 0xC101" in m and "modality MR" in m for m in log), log
     assert any("result 0x04" in m and "MPEG2" in m for m in log), log
     text = "\n".join(log)
@@ -214,6 +234,29 @@ def test_dead_pacs_then_alive_gets_everything_and_receiving_never_waits(grader, 
         node.stop()
         if pacs is not None:
             pacs.stop()
+
+
+def test_a_hanging_pacs_never_holds_up_receiving(grader, tmp_path):
+    gate = threading.Event()
+    pacs = Pacs(gate=gate)
+    target = ForwardTarget("TESTPACS", "127.0.0.1", pacs.port)
+    node = DicomNode(grader, tmp_path / "node", port=0, forward=target)
+    try:
+        node.start()
+        first, second = phantom_image(11), phantom_image(12)
+        assert store(node.port, [ultrasound_dataset(first[0], pixel_size_mm=first[1])])[0] == [0x0000]
+        assert pacs.waiting.wait(60), "the forwarder never reached the PACS"
+        # the forwarder is stuck inside the PACS's C-STORE: the node still receives and grades
+        assert store(node.port, [ultrasound_dataset(second[0], pixel_size_mm=second[1])])[0] == [0x0000]
+        wait_for(lambda: node.counters.graded == 2, 60, "the second image graded while the PACS hangs")
+        assert not node.idle()  # results still waiting for the PACS
+        gate.set()
+        assert node.wait_idle(60)
+        assert len(pacs.received) == node.counters.forwarded >= 3
+    finally:
+        gate.set()
+        node.stop()
+        pacs.stop()
 
 
 def test_images_left_in_incoming_are_graded_on_the_next_start(grader, tmp_path):
