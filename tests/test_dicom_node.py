@@ -37,6 +37,7 @@ BREAST = Path(__file__).resolve().parents[2] / "shared" / "data" / "breast_lesio
 MPEG2 = "1.2.840.10008.1.2.4.100"
 SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +61,14 @@ def phantom_image(seed: int) -> tuple[np.ndarray, float]:
 class Pacs:
     """A pynetdicom Storage SCP standing in for the PACS: keeps what it receives in memory."""
 
-    def __init__(self, port: int = 0, gate: threading.Event | None = None) -> None:
+    def __init__(self, port: int = 0, gate: threading.Event | None = None,
+                 sop_classes: tuple[str, ...] = (SR_STORAGE, SEG_STORAGE, SC_STORAGE)) -> None:
         self.received: list = []
         self.waiting = threading.Event()  # set while a C-STORE waits at the gate
         self.gate = gate  # when given, each C-STORE waits until it is set: a PACS that hangs
         self._lock = threading.Lock()
         ae = AE(ae_title="TESTPACS")
-        for sop_class in (SR_STORAGE, SEG_STORAGE, "1.2.840.10008.5.1.4.1.1.7"):
+        for sop_class in sop_classes:
             ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.server = ae.start_server(("127.0.0.1", port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._store)])
@@ -257,6 +259,35 @@ def test_a_hanging_pacs_never_holds_up_receiving(grader, tmp_path):
         gate.set()
         node.stop()
         pacs.stop()
+
+
+def test_a_pacs_without_segmentation_storage_gets_the_report_and_the_seg_is_kept(grader, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sonograde.dicom")
+    pacs = Pacs(sop_classes=(SR_STORAGE,))
+    target = ForwardTarget("TESTPACS", "127.0.0.1", pacs.port)
+    node = DicomNode(grader, tmp_path / "node", port=0, forward=target, retry_initial_s=0.1, retry_max_s=0.2,
+                     max_attempts=2)
+    try:
+        node.start()
+        image, pixel_size = phantom_image(11)
+        ds = ultrasound_dataset(image, pixel_size_mm=pixel_size)
+        assert store(node.port, [ds])[0] == [0x0000]
+        assert node.wait_idle(60)
+        assert [str(d.SOPClassUID) for d in pacs.received] == [SR_STORAGE]
+        assert [p.name for p in node.failed.iterdir()] == [f"{ds.SOPInstanceUID}_seg.dcm"]
+        assert any("gave up" in r.getMessage() for r in caplog.records)
+    finally:
+        node.stop()
+        pacs.stop()
+
+
+def test_serve_rejects_bad_options_in_one_line(tmp_path, capsys):
+    from sonograde.cli import main
+
+    assert main(["dicom", "serve", "--out", str(tmp_path), "--forward", "PACS@nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert "AE@HOST:PORT" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["dicom", "serve", "--out", str(tmp_path), "--port", "70000"]) == 2
 
 
 def test_images_left_in_incoming_are_graded_on_the_next_start(grader, tmp_path):

@@ -155,7 +155,7 @@ class DicomNode:
         self.counters = NodeCounters()
         self._lock = threading.Lock()
         self._queue: queue.Queue[_Job] = queue.Queue()
-        self._busy = 0
+        self._pending = 0  # queued or being graded
         self._stop = threading.Event()
         self._wake_forwarder = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -173,7 +173,7 @@ class DicomNode:
             folder.mkdir(parents=True, exist_ok=True)
         left = sorted(self.incoming.glob("*.dcm"), key=lambda p: p.stat().st_mtime)
         for path in left:
-            self._queue.put(_Job(path, None, None, time.perf_counter()))
+            self._enqueue(_Job(path, None, None, time.perf_counter()))
         if left:
             LOG.info("%d received image(s) from an earlier run queued for grading", len(left))
         for n in range(self.workers):
@@ -221,12 +221,17 @@ class DicomNode:
         thread.start()
         self._threads.append(thread)
 
+    def _enqueue(self, job: _Job) -> None:
+        with self._lock:
+            self._pending += 1
+        self._queue.put(job)
+
     def idle(self) -> bool:
         """Nothing queued or being graded, and (when forwarding) the outbox empty."""
         with self._lock:
-            busy = self._busy
+            pending = self._pending
         pending_forward = self.forward is not None and any(self.outbox.glob("*.dcm"))
-        return self._queue.empty() and busy == 0 and not pending_forward
+        return pending == 0 and not pending_forward
 
     def wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -306,7 +311,7 @@ class DicomNode:
             return _status(0xA700, "out of resources: cannot store the image")
         with self._lock:
             self.counters.received += 1
-        self._queue.put(_Job(path, ds, frames, received))
+        self._enqueue(_Job(path, ds, frames, received))
         LOG.info("received %s %s from %s (%d frame(s)), queued for grading",
                  grading.sop_class_name(context_sop_class), uid, peer, len(frames))
         return 0x0000
@@ -319,8 +324,6 @@ class DicomNode:
                 job = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            with self._lock:
-                self._busy += 1
             try:
                 self._grade(job)
             except Exception as exc:  # a bug in one image's path must not end the worker
@@ -328,7 +331,7 @@ class DicomNode:
                 self._set_aside(job.path)
             finally:
                 with self._lock:
-                    self._busy -= 1
+                    self._pending -= 1
 
     def _grade(self, job: _Job) -> None:
         uid = job.path.stem
@@ -421,7 +424,10 @@ class DicomNode:
             for path in files:
                 if self._stop.is_set():
                     return False
-                status = assoc.send_c_store(path)
+                try:
+                    status = assoc.send_c_store(path)
+                except ValueError as exc:  # the PACS accepted no presentation context for this SOP class
+                    status = _status(0x0122, str(exc))
                 code = int(getattr(status, "Status", -1)) if status else -1
                 if code == -1:  # no answer: connection lost or timed out
                     LOG.warning("forward: no answer from %s for %s", self.forward, path.name)
