@@ -143,10 +143,14 @@ def grade_dataset(ds: Dataset, grader, *, frames: np.ndarray | None = None,
     if frames is None:
         frames = decode_frames(ds)
     chosen = frames_to_grade(len(frames), max_frames)
+    # The grader gets the image's pixel size (its first calibrated ultrasound region, or Pixel Spacing), so
+    # its explained assessment (orientation, size) is in mm where the image says how big a pixel is.
+    spacing = dicom_pixel_spacing_mm(ds)
+    pixel_size, source = spacing if spacing is not None else (None, None)
     results = []
     for index in chosen:
         try:
-            results.append(grader.grade(frames[index]))
+            results.append(grader.grade(frames[index], pixel_size_mm=pixel_size, pixel_size_source=source))
         except ValueError as exc:
             raise RefusedError(STATUS_CANNOT_GRADE, f"frame {index + 1} cannot be graded: {exc}") from exc
     best = max(range(len(chosen)), key=lambda i: results[i].area_px)
@@ -154,15 +158,17 @@ def grade_dataset(ds: Dataset, grader, *, frames: np.ndarray | None = None,
     multi = int(getattr(ds, "NumberOfFrames", 1) or 1) > 1
     size = None
     if result.lesion_found:
+        # measured with the region the lesion lies in (an image may carry several calibrated regions)
         x, y, w, h = result.bbox
         spacing = dicom_pixel_spacing_mm(ds, point=(x + w / 2, y + h / 2))
         pixel_size, source = spacing if spacing is not None else (None, None)
         size = lesion_size(result.refined_mask, pixel_size, source)
-    malignancy = getattr(result, "malignancy_probability", None)
+    explained = getattr(result, "assessment", None) or {}
+    malignancy = explained.get("malignancy_probability")
     assessment = objects.Assessment(
         category=result.category, probabilities=result.probabilities, contour=result.refined_contour,
         mask=result.refined_mask, size=size, model_ids=dict(result.model_ids),
-        descriptors=getattr(result, "descriptors", None) or None,
+        descriptors=explained.get("descriptors") or None,
         malignancy_probability=None if malignancy is None else float(malignancy),
         frame_number=index + 1 if multi else None)
     graded = GradedInstance(source=ds, assessment=assessment, result=result, frame=frames[index])

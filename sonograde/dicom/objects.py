@@ -82,6 +82,8 @@ DESCRIPTOR_VALUES: dict[str, Code] = {
     "shadowing": codes.DCM.PosteriorShadowing,
     "combined": codes.DCM.CombinedPosteriorEnhancementAndShadowing,
     "combined pattern": codes.DCM.CombinedPosteriorEnhancementAndShadowing,
+    "not circumscribed": codes.RADLEX.NonCircumscribedMargin,
+    "heterogeneous": codes.RADLEX.Heterogeneous,
 }
 SIZE_CONCEPTS = {
     "width": codes.SCT.Width,
@@ -135,11 +137,19 @@ def derived_series_uid(source: Dataset, kind: str) -> str:
 SERIES_NUMBERS = {"sr": 9901, "seg": 9902, "sc": 9903}
 
 
+MODEL_LABELS = {"roi": "ROI-CNN", "grader": "G-CNN", "descriptors": "descriptor model"}
+
+
+def model_parameters(model_ids: Mapping[str, str]) -> dict[str, str]:
+    """{"ROI-CNN": id, "G-CNN": id, ("descriptor model": id)}: the models behind a result."""
+    return {label: str(model_ids.get(key, "unknown")) for key, label in MODEL_LABELS.items()
+            if key != "descriptors" or key in model_ids}
+
+
 def algorithm_identification(model_ids: Mapping[str, str]) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
         name=MODEL_NAME, version=__version__,
-        parameters=[f"ROI-CNN {model_ids.get('roi', 'unknown')}",
-                    f"G-CNN {model_ids.get('grader', 'unknown')}"],
+        parameters=[f"{label} {value}" for label, value in model_parameters(model_ids).items()],
     )
 
 
@@ -273,8 +283,7 @@ def build_segmentation(source: Dataset, assessment: Assessment, *,
     reference = _single_frame_view(source) if frames > 1 else source
     algorithm = hd.AlgorithmIdentificationSequence(
         name=MODEL_NAME, family=codes.DCM.ArtificialIntelligence, version=__version__,
-        parameters={"ROI-CNN": str(assessment.model_ids.get("roi", "unknown")),
-                    "G-CNN": str(assessment.model_ids.get("grader", "unknown"))})
+        parameters=model_parameters(assessment.model_ids))
     description = hd.seg.SegmentDescription(
         segment_number=1, segment_label="lesion (refined)",
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
