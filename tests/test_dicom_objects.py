@@ -218,3 +218,23 @@ def test_forward_target_parsing():
     for bad in ("PACS@127.0.0.1", "127.0.0.1:104", "PACS@host:port", "@h:1", "A" * 17 + "@h:1"):
         with pytest.raises(ValueError, match="AE@HOST:PORT"):
             ForwardTarget.parse(bad)
+
+
+def test_the_graders_explained_assessment_goes_into_the_report(grader, phantom, tmp_path):
+    """With a descriptor model (models/descriptors.json) the grader's descriptors and malignancy
+    probability appear in the SR as it gives them."""
+    if grader.descriptors is None:
+        pytest.skip("no models/descriptors.json: the grader gives no descriptors")
+    ds = ultrasound_dataset(phantom.image, pixel_size_mm=phantom.pixel_size_mm)
+    graded = grading.grade_dataset(ds, grader)
+    explained = graded.result.assessment
+    sr = hd.sr.srread(_roundtrip(graded.objects["sr"], tmp_path, "sr.dcm"))
+    group = sr.content.get_planar_roi_measurement_groups()[0]
+    measured = {m.name.meaning: m.value for m in group.get_measurements()}
+    assert measured["Probability of cancer"] == pytest.approx(explained["malignancy_probability"])
+    given = [name for name, entry in explained["descriptors"].items() if entry.get("value") is not None]
+    evaluations = group.get_qualitative_evaluations()
+    assert len(evaluations) == 2 + len(given)  # finding category, assessment category, descriptors
+    assert graded.summary["size"] == explained["size"]  # one home for size: the same numbers
+    texts = _texts(group)
+    assert f"descriptor model {grader.model_ids['descriptors']}" in texts["111002"]
