@@ -159,3 +159,13 @@ def test_code_carries_no_development_history_or_paths():
         if lines:
             offending[_relative(f)] = lines
     assert offending == {}
+
+
+def test_documents_named_in_code_and_help_exist():
+    named = set()
+    for root in ("capture", "engine", "refine", "calibration", "sonograde", "scripts", "research"):
+        for f in (REPO / root).rglob("*.py") if (REPO / root).is_dir() else []:
+            text = f.read_text(encoding="utf-8")
+            named.update(re.findall(r"\b((?:docs|models)/[\w.-]+\.md)", text))
+    assert "docs/data.md" in named
+    assert sorted(n for n in named if not (REPO / n).is_file()) == []
