@@ -167,11 +167,12 @@ def _descriptor_item(name: str, value: object) -> hd.sr.QualitativeEvaluation | 
     return hd.sr.QualitativeEvaluation(name=concept, value=coded)
 
 
-def _size_measurements(size: Mapping, algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
+def _size_measurements(size: Mapping) -> list[hd.sr.Measurement]:
     if size.get("unit") != "mm":
         return []  # a pixel count is never written as mm; the statement says why sizes are missing
-    return [hd.sr.Measurement(name=concept, value=float(size[key]), unit=codes.UCUM.Millimeter,
-                              algorithm_id=algorithm)
+    # The algorithm is identified once, on the measurement group: repeating it on every measurement
+    # (TID 300 allows both) made the report's content tree, and highdicom's time to build it, twice as big.
+    return [hd.sr.Measurement(name=concept, value=float(size[key]), unit=codes.UCUM.Millimeter)
             for key, concept in SIZE_CONCEPTS.items()]
 
 
@@ -228,11 +229,11 @@ def build_measurement_report(source: Dataset, assessment: Assessment, *,
             if item is not None:
                 evaluations.append(item)
         if assessment.size is not None:
-            measurements.extend(_size_measurements(assessment.size, algorithm))
+            measurements.extend(_size_measurements(assessment.size))
         if assessment.malignancy_probability is not None:
             measurements.append(hd.sr.Measurement(
                 name=codes.DCM.ProbabilityOfCancer, value=float(assessment.malignancy_probability),
-                unit=UNITLESS, algorithm_id=algorithm))
+                unit=UNITLESS))
         region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
                                    graphic_data=_closed_polyline(assessment.contour),
                                    source_image=source_image)
@@ -256,7 +257,7 @@ def build_measurement_report(source: Dataset, assessment: Assessment, *,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)])
     report[0].ContentSequence.append(container)
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[source], content=report[0],
+        evidence=[_without_pixels(source)], content=report[0],
         series_instance_uid=derived_series_uid(source, "sr"), series_number=SERIES_NUMBERS["sr"],
         sop_instance_uid=derived_uid(source, "sr", assessment),
         instance_number=instance_number or int(getattr(source, "InstanceNumber", None) or 1),
@@ -264,6 +265,17 @@ def build_measurement_report(source: Dataset, assessment: Assessment, *,
         series_description=f"Sonograde measurement report - {RESEARCH_USE_ONLY}"[:64],
     )
     return sr
+
+
+def _without_pixels(source: Dataset) -> Dataset:
+    """The source's attributes without Pixel Data: the report needs its identity and UIDs, and highdicom
+    copies its evidence (a cine's pixels would be copied for nothing)."""
+    header = Dataset()
+    for element in source:
+        if element.keyword != "PixelData":
+            header.add(element)
+    header.file_meta = getattr(source, "file_meta", Dataset())
+    return header
 
 
 def build_segmentation(source: Dataset, assessment: Assessment, *,
