@@ -155,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
         pipeline.start(warm_up=True)
     except EndpointError as error:
         return _error(str(error))
+    except ValueError as error:  # engine.grader.ModelOutputError: a model's output has the wrong shape
+        pipeline.stop()
+        return _error(f"the models do not fit: {error}")
     endpoint = pipeline.publisher.endpoint if pipeline.publisher is not None else None
     if endpoint:
         print(f"publishing on {endpoint} (Ctrl-C stops)", file=sys.stderr)
