@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 import time
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -123,11 +125,17 @@ def png_significant_bits(data: bytes) -> int | None:
 def image_file_size(path: str | Path) -> tuple[int, int] | None:
     """(width, height) from an image file's header without decoding its pixels (Pillow), or None when
     Pillow does not know the format."""
-    try:
-        from PIL import Image
+    from PIL import Image
 
-        with Image.open(path) as image:
-            return int(image.size[0]), int(image.size[1])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our cap decides
+            with Image.open(path) as image:
+                return int(image.size[0]), int(image.size[1])
+    except Image.DecompressionBombError as error:  # Pillow's own cap (~179 MP) is far above ours
+        numbers = [int(n) for n in re.findall(r"\d+", str(error))]
+        pixels = numbers[0] if numbers else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        return pixels, 1  # the pixel count is what the cap needs
     except Exception:  # Pillow raises many types for formats it does not read; OpenCV may still
         return None
 
@@ -143,7 +151,8 @@ def read_image_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarra
         raise SourceError("no such file" if not path.exists() else "not a file")
     size = image_file_size(path)
     if size is not None and size[0] * size[1] > max_pixels:
-        raise ImageTooLargeError(f"{size[0]} x {size[1]} pixels is more than the limit of {max_pixels:,} "
+        what = f"{size[0]} x {size[1]} pixels" if size[1] > 1 else f"{size[0]:,} pixels"
+        raise ImageTooLargeError(f"{what} is more than the limit of {max_pixels:,} "
                                  "(shrink the image, or raise the limit where the command offers it)")
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
