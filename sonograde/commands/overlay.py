@@ -58,6 +58,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"sonograde overlay: --frames must be positive, got {args.frames}", file=sys.stderr)
         return 2
 
+    from sonograde.publisher import EndpointError, check_endpoint
+
+    try:  # a malformed endpoint is a one-line error, not a ZMQError traceback from connect
+        check_endpoint(args.connect, allow_remote=True)
+    except EndpointError as error:
+        print(f"sonograde overlay: {error}", file=sys.stderr)
+        return 2
     renderer = OverlayRenderer()
     meter = RateMeter()
     result: Message | None = None
