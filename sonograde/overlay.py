@@ -156,7 +156,7 @@ class OverlayRenderer:
 
     # --------------------------------------------------------------------------------- side panel
     def _draw_panel(self, canvas: np.ndarray, result: Message | None, status: Message | None,
-                    fps: float | None, stale: bool = False) -> None:
+                    fps: float | None, stale: bool = False, health: Message | None = None) -> None:
         """Category, probability bars, size, timing and state beside the image."""
         st = self.style
         top = st.banner_height
@@ -237,8 +237,15 @@ class OverlayRenderer:
         for line in lines:
             _text(panel, line, (x, y), 0.5, _TEXT if not line.startswith("ms:") else _DIM)
             y += 24
-        error = status.header.get("last_error") if status is not None else None
-        if error:
+        # Faults the pipeline counted (skipped frames, unreadable files) are shown while they happen,
+        # not only when the source drops out: a NaN-giving model must not look like a quiet scan.
+        errors = health.header.get("errors") if health is not None else None
+        if isinstance(errors, dict) and (errors.get("total") or errors.get("source_skipped")):
+            line = f"errors {errors.get('total', 0)}   skipped files {errors.get('source_skipped', 0)}"
+            _text(panel, line, (x, y), 0.45, (0, 190, 255))
+            y += 20
+        error = (status or health).header.get("last_error") if (status or health) is not None else None
+        if error and (status is not None or errors):
             _text(panel, str(error)[:44], (x, y), 0.4, (0, 190, 255))
         if header and header.get("model_ids"):
             lines = [f"{kind}: {model_id}"[:52] for kind, model_id in header["model_ids"].items()]
@@ -268,7 +275,7 @@ class OverlayRenderer:
         stale = state is not None and state != "connected"
         self._draw_banner(canvas)
         self._draw_image(canvas, result, stale)
-        self._draw_panel(canvas, result, status if stale else None, fps, stale)
+        self._draw_panel(canvas, result, status if stale else None, fps, stale, health=status)
         if stale:
             top = self.style.banner_height
             label = f"SOURCE {state.upper()}"

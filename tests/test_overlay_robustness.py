@@ -343,3 +343,15 @@ def test_overlay_command_says_no_signal_when_the_publisher_goes_quiet(tmp_path, 
     live = renderer.render(decode(good), None, 30.0)
     assert picture[top:].mean() < 0.6 * live[top:].mean()
     assert (np.abs(picture[top:].astype(int) - (0, 190, 255)).max(axis=2) <= 40).sum() > 300
+
+
+def test_counted_errors_show_in_the_panel_while_connected():
+    renderer = OverlayRenderer()
+    result = decode(with_frame(valid_header(), np.full((48, 64), 120, np.uint8)))
+    quiet = dict(valid_status(), t_publish_ns=0, errors={"total": 0, "source_skipped": 0})
+    faulty = dict(quiet, errors={"total": 7, "classify": 7, "source_skipped": 2},
+                  last_error="classify: ModelOutputError: <file>: G-CNN output has NaN or infinite values")
+    panel = (slice(renderer.style.banner_height, None), slice(renderer.image_width, None))
+    amber = [(np.abs(renderer.render(result, decode(raw(header, topic=b"sonograde.status")))[panel]
+                     .astype(int) - (0, 190, 255)).max(axis=2) <= 40).sum() for header in (quiet, faulty)]
+    assert amber[0] == 0 and amber[1] > 100
