@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         written = sink.close()
     if invalid:
-        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(invalid.items()))
+        kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(invalid.items()))
         print(f"skipped {sum(invalid.values())} message(s) that could not be drawn ({kinds})",
               file=sys.stderr)
     if render_failures:
