@@ -97,7 +97,7 @@ class _State:
 
 STATE = _State()
 _local = threading.local()
-_addresses = itertools.count(0x7F00_0000_0000, 0x10_0000)
+_next_address = [0x7F00_0000_0000]  # device addresses: 256-byte aligned ranges that never overlap
 _stream_ids = itertools.count(0x5000)
 CONTEXT_BASE = 0xC0C0_0000
 
@@ -256,7 +256,9 @@ def cuMemAlloc(bytesize: int):
     in_use = sum(len(a.data) for a in STATE.device_memory.values())
     if in_use + bytesize > gpu.memory_bytes:
         return (CUresult.CUDA_ERROR_OUT_OF_MEMORY, None)
-    address = next(_addresses)
+    with STATE.lock:
+        address = _next_address[0]
+        _next_address[0] += (bytesize + 4096 + 255) // 256 * 256  # a gap: overruns hit no allocation
     STATE.device_memory[address] = _Allocation(_current(), bytearray(bytesize))
     _record("cuMemAlloc")
     return (CUresult.CUDA_SUCCESS, CUdeviceptr(address))
