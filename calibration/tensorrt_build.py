@@ -132,10 +132,7 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike,
     finally:
         context.release()
 
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    metadata = {p.key: p.value for p in model.metadata_props}
+    metadata = _onnx_metadata(onnx_path)
     sidecar = EngineSidecar(
         tensorrt_version=environment.tensorrt_version,
         gpu_name=environment.gpu_name,
@@ -155,6 +152,19 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike,
     )
     write_sidecar(out_path, sidecar)
     return sidecar
+
+
+def _onnx_metadata(onnx_path: Path) -> dict[str, str]:
+    """The model's string metadata (``sonograde.*``), which the engine itself does not keep."""
+    try:
+        import onnx
+    except ImportError:  # a runtime-only install: ONNX Runtime reads the same metadata
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        return dict(session.get_modelmeta().custom_metadata_map)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
 
 
 def _build(trt, logger, onnx_path: Path, out_path: Path, config: BuildConfig):

@@ -221,9 +221,11 @@ class OnnxParser:
         self._errors.clear()
 
     def parse_from_file(self, model: str) -> bool:
-        import onnx
-        from onnx import numpy_helper
-
+        try:
+            import onnx
+            from onnx import numpy_helper
+        except ImportError:  # a GPU machine with ONNX Runtime but without onnx: I/O only, no op checks
+            return self._parse_with_onnxruntime(model)
         try:
             with open(model, "rb") as f:
                 data = f.read()
@@ -256,6 +258,23 @@ class OnnxParser:
         for value in proto.graph.output:
             self.network._outputs.append(ITensor(value.name, _value_shape(value),
                                                  _FROM_ONNX[value.type.tensor_type.elem_type]))
+        self.network.onnx_bytes = data
+        return True
+
+    def _parse_with_onnxruntime(self, model: str) -> bool:
+        import onnxruntime as ort
+
+        types = {"tensor(float)": DataType.FLOAT, "tensor(float16)": DataType.HALF,
+                 "tensor(int8)": DataType.INT8, "tensor(int64)": DataType.INT64}
+        with open(model, "rb") as f:
+            data = f.read()
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+        def shape(value) -> tuple[int, ...]:
+            return tuple(d if isinstance(d, int) and d > 0 else -1 for d in value.shape)
+
+        self.network._inputs = [ITensor(v.name, shape(v), types[v.type]) for v in session.get_inputs()]
+        self.network._outputs = [ITensor(v.name, shape(v), types[v.type]) for v in session.get_outputs()]
         self.network.onnx_bytes = data
         return True
 
