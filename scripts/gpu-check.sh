@@ -17,18 +17,19 @@
 # TensorRT (a stand-in TensorRT runs the models with ONNX Runtime on real device memory): driver,
 # contexts from several threads, pinned and device buffers, copies on a stream. About a minute.
 #
-# Usage: scripts/gpu-check.sh [WORK_DIR] | --cuda     (env: MODELS=models DATA=DIR SECONDS_BENCH=20 COUNT=100)
+# Usage: scripts/gpu-check.sh [WORK_DIR] | --cuda
+#        (env: MODELS=models DATA=DIR SECONDS_BENCH=20 COUNT=100 PYTHON=python3)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-SONOGRADE=(python -m sonograde.cli)
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
+SONOGRADE=("$PYTHON" -m sonograde.cli)
 
 if [ "${1:-}" = "--cuda" ]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  python -c "import importlib.metadata as m; print('cuda-bindings', m.version('cuda-bindings'))" 2>/dev/null \
-    || python -c "import cuda.bindings; print('cuda-bindings', cuda.bindings.__version__)" \
-    || { echo "gpu-check: cuda-python is not importable here; pip install cuda-bindings" >&2; exit 2; }
-  python tests/fakes/device_checks.py
+  "$PYTHON" -c "import cuda.bindings.driver, cuda.bindings as b; print('cuda-bindings', \
+getattr(b, '__version__', '?'))" || { echo "gpu-check: cuda-python is not importable; pip install cuda-bindings" >&2; exit 2; }
+  "$PYTHON" tests/fakes/device_checks.py
   exit $?
 fi
 
@@ -55,13 +56,13 @@ run_step() {
   return 0
 }
 
-if ! python -c "import tensorrt, cuda.bindings.driver" 2>/dev/null; then
+if ! "$PYTHON" -c "import tensorrt, cuda.bindings.driver" 2>/dev/null; then
   echo "gpu-check: TensorRT and cuda-python are not importable here; install them with:" \
        "pip install -e '.[tensorrt]' (or run scripts/gpu-check.sh --cuda for the CUDA half alone)" >&2
   exit 2
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-python -c "from engine.backends.tensorrt_sidecar import detect_environment as d; e = d(0); \
+"$PYTHON" -c "from engine.backends.tensorrt_sidecar import detect_environment as d; e = d(0); \
 print('TensorRT', e.tensorrt_version, '(CUDA', e.cuda_major or '?', 'build) |', e.gpu_name, 'cc', e.compute_capability)"
 
 if [ -f "$DATA/manifest.csv" ]; then
@@ -105,4 +106,4 @@ for precision in fp16 int8; do
 done
 
 echo
-python -m calibration.gpu_check "$WORK"
+"$PYTHON" -m calibration.gpu_check "$WORK"

@@ -90,15 +90,32 @@ sys.modules.update({{"cuda": package, "cuda.bindings": bindings, "cuda.bindings.
 '''
 
 
+def _stand_in_site(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITE.format(tests=str(REPO / "tests")))
+    return site
+
+
+def test_script_cuda_mode_prints_table(tmp_path):
+    """gpu-check.sh --cuda on the stand-in driver: the table and exit status 0 (on a GPU: the real one)."""
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    env = {**os.environ, "PYTHONPATH": f"{_stand_in_site(tmp_path)}{os.pathsep}{REPO}"}
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh"), "--cuda"], env=env,
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    for row in ("driver, device, context", "pinned/device copies", "backend roi_cnn", "backend g_cnn"):
+        assert f"{row:<26} ok" in result.stdout
+
+
 @pytest.mark.slow
 def test_script_runs_every_step_and_reports_a_failed_build(tmp_path):
     """gpu-check.sh end to end on the stand-ins: the ROI-CNN's INT8 source is broken, its build fails, the
     other steps still run and the table says which step failed; exit status 1."""
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITE.format(tests=str(REPO / "tests")))
+    site = _stand_in_site(tmp_path)
     models = tmp_path / "models"
     models.mkdir()
     for name in ("roi_cnn.onnx", "g_cnn.onnx", "g_cnn.int8.trt.onnx"):
