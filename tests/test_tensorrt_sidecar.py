@@ -159,3 +159,22 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path, rng):  # pragma: no cover
     assert trt_backend.name == "tensorrt" and trt_backend.metadata.get("sonograde.model") == "roi"
     batch = rng.standard_normal((2, *ort_backend.input_shape[1:])).astype(np.float32)
     assert np.abs(trt_backend.run(batch) - ort_backend.run(batch)).max() < 1e-2
+
+
+def test_cuda_major_of_the_tensorrt_wheel(monkeypatch):
+    from engine.backends import tensorrt_sidecar
+
+    installed = {"tensorrt-cu13"}
+
+    def distribution(name):
+        if name not in installed:
+            raise tensorrt_sidecar.importlib_metadata.PackageNotFoundError(name)
+        return object()
+
+    monkeypatch.setattr(tensorrt_sidecar.importlib_metadata, "distribution", distribution)
+    assert tensorrt_sidecar.tensorrt_cuda_major() == "13"
+    installed.clear()
+    installed.add("tensorrt-cu12-libs")
+    assert tensorrt_sidecar.tensorrt_cuda_major() == "12"
+    installed.clear()  # a tar or Debian install: unknown, and then not compared
+    assert tensorrt_sidecar.tensorrt_cuda_major() == ""
