@@ -272,6 +272,6 @@ def _train_descriptors(args: argparse.Namespace) -> int:
     choice = report["choice"]
     print(f"chosen candidate {choice['chosen']}: " + "; ".join(
         f"{c} CV mean kappa {v['mean_kappa']}, malignancy AUC {v['malignancy_auc']}"
-        for c, v in choice.items() if c != "chosen"))
+        for c, v in choice.items() if isinstance(v, dict)) + f" ({choice['why']})")
     print(f"wrote {Path(args.out) / 'descriptors.json'}, metrics.json and reliability.png")
     return 0
