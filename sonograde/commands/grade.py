@@ -267,14 +267,16 @@ def _assessment_text(assessment: dict | None) -> str:
     return "\n    " + "; ".join(parts)
 
 
-def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespace, used: set[str]) -> None:
-    """Output for an image that was not graded: the reason where the category would be."""
+def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespace, used: set[str],
+                          assessment: dict | None = None) -> None:
+    """Output for an image that was not graded: the reason where the category would be (and, with a
+    descriptor model, ``assessment``: its keys absent with the reason)."""
     import numpy as np
     from tqdm import tqdm
 
     if args.json:
         line = {"image": str(path), "lesion_found": False, "category": None, "probabilities": None,
-                "bbox": None, "area_px": 0, "timings_ms": {}, "not_gradeable": reason}
+                "bbox": None, "area_px": 0, "timings_ms": {}, "not_gradeable": reason, **(assessment or {})}
         tqdm.write(json.dumps(line), file=sys.stdout)
     else:
         tqdm.write(_table_row(path.name, image.shape, None, reason), file=sys.stdout)
@@ -291,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from engine.backends import ModelLoadError
+    from engine.descriptors import absent
     from engine.gradeability import check_gradeable
     from engine.grader import TwoStageGrader
 
@@ -346,7 +349,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         verdict = check_gradeable(image)
         if not verdict.gradeable:  # an answer, not a failure: say why instead of a category
-            _report_not_gradeable(path, image, verdict.reason, args, used_stems)
+            absent_assessment = absent(f"not gradeable: {verdict.reason}") if grader.descriptors else None
+            _report_not_gradeable(path, image, verdict.reason, args, used_stems, absent_assessment)
             continue
         # pixel size: the user's --pixel-size-mm, else the DICOM's own, else the manifest's, else none (px)
         if args.pixel_size_mm is not None:
