@@ -26,6 +26,7 @@ JSON line (one per readable image):
   {"image": "scan.png", "lesion_found": true, "category": "4B",
    "probabilities": {"3": .., "4A": .., "4B": .., "4C": .., "5": ..}, "bbox": [x, y, w, h],
    "area_px": .., "timings_ms": {"roi_cnn": .., "refine": .., "g_cnn": .., "total": ..},
+   "not_gradeable": null,
    "descriptors": {"shape": {"value": "irregular", "probabilities": {..}},
                    "orientation": {"value": "parallel", "angle_deg": 12.5, "height_width_ratio": ..},
                    "margin": {"value": "not circumscribed", "probabilities": {..}, "subtypes": {..}},
@@ -33,16 +34,15 @@ JSON line (one per readable image):
    "size": {"unit": "mm", "width": 14.2, "height": 9.8, "longest": 15.0, "pixel_size_mm": 0.065,
             "pixel_size_source": "manifest"},
    "malignancy_probability": 0.42, "drivers": [{"descriptor": "margin", "value": .., "contribution": ..,
-   "direction": "up"}, ..], "descriptor_model": "..", "not_gradeable": null}
+   "direction": "up"}, ..], "descriptor_model": ".."}
 bbox and area_px are in the input image's pixels. With no lesion: lesion_found false, category,
 probabilities and bbox null, area_px 0, descriptors, size and malignancy_probability null with
-assessment_absent_reason. The size is in mm only when the pixel size is known (--pixel-size-mm, a
-manifest's pixel_size_mm, DICOM Sequence of Ultrasound Regions or Pixel Spacing; pixel_size_source
-says which); otherwise in px, never a guessed mm. drivers: the descriptors that pushed the assessment up
-or down (signed log-odds contributions to a suspicion model). A descriptor the model cannot learn is
-given with value null and its reason.
-Not gradeable: the same, "timings_ms" empty and "not_gradeable" says why (e.g. "too small
-(10 x 10 px; at least 100 px a side)").
+assessment_absent_reason. Not gradeable: the same, "timings_ms" empty and "not_gradeable" says why
+(e.g. "too small (10 x 10 px; at least 100 px a side)"). The size is in mm only when the pixel size is
+known (--pixel-size-mm, a manifest's pixel_size_mm, DICOM Sequence of Ultrasound Regions or Pixel
+Spacing; pixel_size_source says which); otherwise in px, never a guessed mm. drivers: the descriptors
+that pushed the assessment up or down (signed log-odds contributions to a suspicion model). A descriptor
+the model cannot learn is given with value null and its reason.
 
 --out also writes <stem>_mask.png (the refined lesion mask at the input's own size, 0/255; all zero
 when no lesion) and <stem>_overlay.png (the image with the ROI-CNN contour in blue, the refined
@@ -51,10 +51,11 @@ by a whole factor so the text stays legible).
 
 --dicom-out DIR (DICOM inputs; needs the dicom extra) writes for each DICOM image what
 `sonograde dicom serve` sends back: <stem>_sr.dcm, a Comprehensive 3D SR measurement report (lesion size
-in mm from Pixel Spacing or the Sequence of Ultrasound Regions, BI-RADS category, model ids, research
-statement), <stem>_seg.dcm, a Segmentation of the refined lesion (when one is found), <stem>.json, and
-with --dicom-overlay <stem>_sc.dcm, a Secondary Capture of the overlay. A multi-frame image is graded
-on up to 8 frames spread over it, reported on the one with the largest lesion (docs/dicom.md).
+in mm from Pixel Spacing or the Sequence of Ultrasound Regions, BI-RADS category, descriptors,
+malignancy probability, model ids, research statement), <stem>_seg.dcm, a Segmentation of the refined
+lesion (when one is found), <stem>.json, and with --dicom-overlay <stem>_sc.dcm, a Secondary Capture of
+the overlay. A multi-frame image is graded on up to 8 frames spread over it, reported on the one with
+the largest lesion (docs/dicom.md).
 
 Exit status: 0 all graded; 1 some image could not be read or graded (named on stderr, the others are
 still graded); 2 bad models or options.
@@ -87,9 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="write <stem>_mask.png and <stem>_overlay.png for each image into DIR")
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
-    parser.add_argument("--pixel-size-mm", type=float, default=None, metavar="MM",
-                        help="size of one image pixel in mm, for every image (the lesion size is then in "
-                             "mm; default: the DICOM's or the manifest's own, else sizes in px)")
     parser.add_argument("--dicom-out", type=Path, default=None, metavar="DIR",
                         help="for DICOM images: write a TID 1500 SR, a SEG and a JSON summary into DIR "
                              "(sizes from the DICOM's own pixel size)")
@@ -98,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
                         help="refuse images with more pixels than this (default 50,000,000, about 7000 x "
                              "7000), checked from the file's header before decoding")
+    parser.add_argument("--pixel-size-mm", type=float, default=None, metavar="MM",
+                        help="size of one image pixel in mm, for every image (the lesion size is then in "
+                             "mm; default: the DICOM's or the manifest's own, else sizes in px)")
 
 
 def expand_images(items: list[str]) -> list[Path]:
@@ -132,11 +133,10 @@ def expand_inputs(items: list[str]) -> list[tuple[Path, float | None]]:
     return out
 
 
-def dicom_pixel_size(path: Path) -> tuple[float | tuple[float, float] | None, str | None]:
+def dicom_pixel_size(path: Path) -> tuple[float | None, str | None]:
     """(pixel size in mm, source) from a DICOM file's Sequence of Ultrasound Regions or Pixel Spacing
-    (``capture.sources.dicom_pixel_spacing_mm``): one number for square pixels, else (row_mm, col_mm);
-    (None, None) where it has neither or is not DICOM."""
-    from capture.sources import dicom_pixel_spacing_mm, is_dicom_file
+    (capture's reader), (None, None) where it has neither or is not DICOM."""
+    from capture.sources import dicom_pixel_size_mm, is_dicom_file
 
     if not is_dicom_file(path):
         return None, None
@@ -146,11 +146,13 @@ def dicom_pixel_size(path: Path) -> tuple[float | tuple[float, float] | None, st
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception:  # unreadable headers are reported by read_image
         return None, None
-    spacing = dicom_pixel_spacing_mm(ds)
-    if spacing is None or not min(spacing[0]) > 0:
+    size = dicom_pixel_size_mm(ds)
+    if size is None or not size > 0:
         return None, None
-    (row, col), source = spacing
-    return (row if row == col else (row, col)), source
+    regions = getattr(ds, "SequenceOfUltrasoundRegions", None)
+    from_regions = bool(regions) and any(int(getattr(r, "PhysicalUnitsXDirection", 0)) == 3
+                                         and getattr(r, "PhysicalDeltaX", None) for r in regions)
+    return size, "dicom_ultrasound_regions" if from_regions else "dicom_pixel_spacing"
 
 
 def read_image(path: Path, max_pixels: int | None = None):
@@ -279,6 +281,27 @@ def _assessment_text(assessment: dict | None) -> str:
     return "\n    " + "; ".join(parts)
 
 
+def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespace, used: set[str],
+                          assessment: dict | None = None) -> None:
+    """Output for an image that was not graded: the reason where the category would be (and, with a
+    descriptor model, ``assessment``: its keys absent with the reason)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    if args.json:
+        line = {"image": str(path), "lesion_found": False, "category": None, "probabilities": None,
+                "bbox": None, "area_px": 0, "timings_ms": {}, "not_gradeable": reason, **(assessment or {})}
+        tqdm.write(json.dumps(line), file=sys.stdout)
+    else:
+        tqdm.write(_table_row(path.name, image.shape, None, reason), file=sys.stdout)
+    if args.out is not None:
+        stem = _unique_stem(path.stem, used)
+        _write_png(args.out / f"{stem}_mask.png", np.zeros(image.shape[:2], np.uint8))
+        overlay = render_overlay(image, None, note=f"not gradeable: {reason}")
+        _write_png(args.out / f"{stem}_overlay.png", overlay)
+    sys.stdout.flush()
+
+
 def _is_dicom(path: Path) -> bool:
     from capture.sources import is_dicom_file
 
@@ -304,47 +327,24 @@ def _grade_dicom(path: Path, grader, out_dir: Path, stem: str, overlay: bool):
     return graded.frame, graded.result
 
 
-def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespace, used: set[str],
-                          with_assessment: bool = False) -> None:
-    """Output for an image that was not graded: the reason where the category would be (and, when the
-    grader explains its results, the assessment's keys absent with that reason, as a graded line has them)."""
-    import numpy as np
-    from tqdm import tqdm
-
-    if args.json:
-        from engine.descriptors import absent
-
-        explained = absent(f"not gradeable: {reason}") if with_assessment else {}
-        line = {"image": str(path), "lesion_found": False, "category": None, "probabilities": None,
-                "bbox": None, "area_px": 0, "timings_ms": {}, **explained, "not_gradeable": reason}
-        tqdm.write(json.dumps(line), file=sys.stdout)
-    else:
-        tqdm.write(_table_row(path.name, image.shape, None, reason), file=sys.stdout)
-    if args.out is not None:
-        stem = _unique_stem(path.stem, used)
-        _write_png(args.out / f"{stem}_mask.png", np.zeros(image.shape[:2], np.uint8))
-        overlay = render_overlay(image, None, note=f"not gradeable: {reason}")
-        _write_png(args.out / f"{stem}_overlay.png", overlay)
-    sys.stdout.flush()
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
     from engine.backends import ModelLoadError
+    from engine.descriptors import absent
     from engine.gradeability import check_gradeable
     from engine.grader import TwoStageGrader
 
     if args.threads is not None and args.threads < 1:
         print(f"sonograde grade: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
+    if args.max_pixels is not None and args.max_pixels < 1:
+        print(f"sonograde grade: --max-pixels must be >= 1, got {args.max_pixels}", file=sys.stderr)
+        return 2
     if args.pixel_size_mm is not None and not (0 < args.pixel_size_mm < 100):
         print(f"sonograde grade: --pixel-size-mm must be a positive size of one pixel in mm (e.g. 0.07), "
               f"got {args.pixel_size_mm}", file=sys.stderr)
-        return 2
-    if args.max_pixels is not None and args.max_pixels < 1:
-        print(f"sonograde grade: --max-pixels must be >= 1, got {args.max_pixels}", file=sys.stderr)
         return 2
     try:
         grader = TwoStageGrader.from_models_dir(args.models, precision=args.precision, backend=args.backend,
@@ -387,13 +387,14 @@ def run(args: argparse.Namespace) -> int:
               f"{'area_px':>8} {'ms':>8}")
     failures = 0
     used_stems: set[str] = set()
+    dicom_stems: set[str] = set()  # --dicom-out names, apart from --out's
     for path, manifest_size in tqdm(inputs, desc="grading", unit="image", file=sys.stderr, disable=None,
                                     leave=False):
         if args.dicom_out is not None and path.is_file() and _is_dicom(path):
             # graded as the DICOM node grades it: frame choice and pixel size from the DICOM itself
-            stem = _unique_stem(path.stem, used_stems)
             try:
-                image, result = _grade_dicom(path, grader, args.dicom_out, stem, args.dicom_overlay)
+                image, result = _grade_dicom(path, grader, args.dicom_out,
+                                             _unique_stem(path.stem, dicom_stems), args.dicom_overlay)
             except ValueError as exc:
                 tqdm.write(f"sonograde grade: cannot grade DICOM image {path}: {exc}", file=sys.stderr)
                 failures += 1
@@ -410,10 +411,10 @@ def run(args: argparse.Namespace) -> int:
                 continue
             verdict = check_gradeable(image)
             if not verdict.gradeable:  # an answer, not a failure: say why instead of a category
-                _report_not_gradeable(path, image, verdict.reason, args, used_stems,
-                                      with_assessment=grader.descriptors is not None)
+                absent_assessment = (absent(f"not gradeable: {verdict.reason}") if grader.descriptors
+                                     else None)
+                _report_not_gradeable(path, image, verdict.reason, args, used_stems, absent_assessment)
                 continue
-            stem = _unique_stem(path.stem, used_stems)
             # pixel size: the user's --pixel-size-mm, else the DICOM's own, else the manifest's, else none
             if args.pixel_size_mm is not None:
                 pixel_size, source = args.pixel_size_mm, "cli"
@@ -433,6 +434,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             tqdm.write(_table_row(path.name, image.shape, result), file=sys.stdout)
         if args.out is not None:
+            stem = _unique_stem(path.stem, used_stems)
             _write_png(args.out / f"{stem}_mask.png", result.refined_mask.astype(np.uint8) * 255)
             _write_png(args.out / f"{stem}_overlay.png", render_overlay(image, result))
         sys.stdout.flush()
