@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.birads import CATEGORIES
+
 MODEL_KINDS = ("roi", "grader")
 DEFAULT_ROI_SIZE = 288
 DEFAULT_GRADER_SIZE = 128
 DEFAULT_ROI_MARGIN = 0.1
-DEFAULT_CATEGORIES = ("3", "4A", "4B", "4C", "5")
+DEFAULT_CATEGORIES = CATEGORIES
 
 
 class ModelInfoError(ValueError):

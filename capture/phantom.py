@@ -43,7 +43,6 @@ from scipy.ndimage import gaussian_filter
 from capture.geometry import GeometryProfile
 from capture.sources import FrameSource
 
-CATEGORIES = ("3", "4A", "4B", "4C", "5")
 DEFAULT_SIZE = (384, 320)  # (width, height) in pixels
 
 DESCRIPTOR_CHOICES: dict[str, tuple[str, ...]] = {
@@ -101,6 +100,10 @@ CATEGORY_TABLE: dict[str, dict[str, tuple[float, ...]]] = {
         "calcifications": (0.50, 0.50),
     },
 }
+
+# The categories the phantom draws: the keys of its own table. capture sits below engine and cannot import
+# engine.birads, the vocabulary's home; tests/test_phantom.py checks the two agree.
+CATEGORIES: tuple[str, ...] = tuple(CATEGORY_TABLE)
 
 # Longest lesion diameter in mm, uniform in this range.
 SIZE_MM: dict[str, tuple[float, float]] = {

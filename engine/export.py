@@ -27,9 +27,9 @@ import numpy as np
 import onnx
 import torch
 
+from engine.birads import CATEGORIES as GRADER_CATEGORIES
 from engine.networks import (
     GCNN,
-    GRADER_CATEGORIES,
     GraderConfig,
     GraderEnsemble,
     GraderProbabilities,

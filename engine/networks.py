@@ -34,10 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as nnf
 
-GRADER_CATEGORIES = ("3", "4A", "4B", "4C", "5")
-# Likelihood of malignancy per category: midpoints of the ACR BI-RADS ranges (3: <= 2 %, 4A: 2-10 %,
-# 4B: 10-50 %, 4C: 50-95 %, 5: >= 95 %).
-MALIGNANCY_LIKELIHOOD = (0.01, 0.06, 0.30, 0.72, 0.97)
+from engine.birads import MALIGNANCY_LIKELIHOOD
 
 
 def _ch(channels: int, width: float) -> int:

@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from engine.birads import MALIGNANCY_LIKELIHOOD, malignancy_score
 from engine.data.datasets import load_records
-from engine.networks import GCNN, MALIGNANCY_LIKELIHOOD, GraderConfig
+from engine.networks import GCNN, GraderConfig
 from engine.splits import SplitConfig, make_split
 from engine.training.common import RunState, TrainConfig, make_optimizer, save_checkpoint
-from engine.training.grader import malignancy_score
 from engine.training.ordinal import (
     OrdinalHead,
     cross_validate_head,

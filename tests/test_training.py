@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from engine.birads import MALIGNANCY_LIKELIHOOD
 from engine.data.datasets import phantom_roi_arrays
 from engine.data.manifest import ManifestRecord, read_manifest
 from engine.networks import RoiCNN, RoiConfig
 from engine.splits import SplitConfig, check_disjoint, folds_patient_disjoint, make_split
 from engine.training.common import TrainConfig, TrainingError, load_checkpoint
-from engine.training.grader import MALIGNANCY_LIKELIHOOD, allowed_set_loss, distillation_loss, malignancy_loss
+from engine.training.grader import allowed_set_loss, distillation_loss, malignancy_loss
 from engine.training.roi import batch_tensors, roi_loss, train_roi
 from sonograde.commands import train as train_command
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-CATEGORIES = ("3", "4A", "4B", "4C", "5")
+from engine.birads import CATEGORIES
+
 OPSET = 17
 
 

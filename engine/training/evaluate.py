@@ -35,7 +35,9 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from engine.data.datasets import GRADER_CATEGORIES, grader_allowed, load_records, resize_mask, resize_to
+from engine.birads import CATEGORIES as GRADER_CATEGORIES
+from engine.birads import FINE_FOUR, malignancy_score
+from engine.data.datasets import grader_allowed, load_records, resize_mask, resize_to
 from engine.data.manifest import ManifestRecord, load_gray, load_mask
 from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input
 from engine.splits import SplitConfig, make_split
@@ -164,8 +166,6 @@ def grader_report(probs: np.ndarray, labels: np.ndarray, malignant: np.ndarray,
     no category there. Besides the point estimates: a 95 % bootstrap interval of accuracy and macro AUC,
     the one-sided exact binomial p-value of the accuracy against the baseline's accuracy, and the exact
     McNemar p-value of grader vs baseline on the same cases."""
-    from engine.training.grader import malignancy_score
-
     graded = np.ones(len(labels), bool) if graded is None else np.asarray(graded, bool)
     predicted = probs.argmax(1)
     # Confusion over the graded cases; a row's accuracy is over all its cases (misses are wrong).
@@ -211,7 +211,7 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
     roi_session = _session(roi_model) if roi_model else None
     cases = [r for r in test if r.mask is not None and _five_way_label(r) is not None
              and r.birads not in ("4",)]
-    fine_sets = {r.dataset for r in cases if r.birads in ("4A", "4B", "4C")}
+    fine_sets = {r.dataset for r in cases if r.birads in FINE_FOUR}
     cases = [r for r in cases if r.dataset in fine_sets]
     train_labels = [_five_way_label(r) for r in train if r.dataset in fine_sets and r.mask is not None]
     majority = Counter(x for x in train_labels if x is not None).most_common(1)[0][0]

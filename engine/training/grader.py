@@ -28,14 +28,15 @@ import numpy as np
 import torch
 
 from engine.augment import GraderAugment, jitter_box, perturb_mask, translate_frame
+from engine.birads import CATEGORIES as GRADER_CATEGORIES
+from engine.birads import MALIGNANCY_LIKELIHOOD, malignancy_score
 from engine.data.datasets import (
-    GRADER_CATEGORIES,
     GraderSample,
     load_grader_samples,
     load_records,
     phantom_grader_samples,
 )
-from engine.networks import GCNN, MALIGNANCY_LIKELIHOOD, GraderConfig
+from engine.networks import GCNN, GraderConfig
 from engine.preprocess import grader_input, mask_bbox
 from engine.splits import make_split
 from engine.training.common import (
@@ -190,12 +191,6 @@ def grader_metrics(probs: np.ndarray, samples: list[GraderSample], fine: set[str
     if known.any():
         row[f"{prefix}_malignancy_auc"] = roc_auc(malignancy_score(probs[known]), malignant[known] == 1)
     return row
-
-
-def malignancy_score(probs: np.ndarray) -> np.ndarray:
-    """A scalar malignancy score from the five probabilities: the expected BI-RADS likelihood of
-    malignancy, using the midpoints of the ACR ranges (3: 1 %, 4A: 6 %, 4B: 30 %, 4C: 72 %, 5: 97 %)."""
-    return probs @ np.array(MALIGNANCY_LIKELIHOOD)
 
 
 def with_pipeline_masks(train: list[GraderSample], val: list[GraderSample],

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.networks import MALIGNANCY_LIKELIHOOD
+from engine.birads import MALIGNANCY_LIKELIHOOD
 from engine.splits import SplitConfig
 from engine.training.ordinal import (
     SCORE_CLIP,
@@ -151,7 +151,8 @@ def fit_head_from_onnx(model_path: str | Path, data: list[str], out: str | Path,
 
     from engine.backends import load_backend
     from engine.backends.base import ModelLoadError
-    from engine.data.datasets import GRADER_CATEGORIES, load_grader_samples, load_records
+    from engine.birads import CATEGORIES as GRADER_CATEGORIES
+    from engine.data.datasets import load_grader_samples, load_records
     from engine.splits import make_split
     from engine.training.common import TrainConfig, TrainingError, write_json
     from engine.training.grader import sample_input

@@ -23,7 +23,8 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
 
-from engine.networks import GRADER_CATEGORIES
+from engine.birads import CATEGORIES as GRADER_CATEGORIES
+from engine.birads import malignancy_score
 from engine.splits import SplitConfig
 
 SCORE_CLIP = 1e-4  # m is clipped to [1e-4, 1 - 1e-4] before the logit
@@ -52,8 +53,6 @@ class OrdinalHead:
 
 def suspicion_score(probs: np.ndarray) -> np.ndarray:
     """logit of the expected likelihood of malignancy implied by five probabilities (N, 5) -> (N,)."""
-    from engine.training.grader import malignancy_score
-
     m = np.clip(malignancy_score(np.asarray(probs, dtype=np.float64)), SCORE_CLIP, 1 - SCORE_CLIP)
     return np.log(m) - np.log1p(-m)
 

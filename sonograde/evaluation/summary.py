@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sonograde.evaluation.labels import CATEGORIES, COARSE_CATEGORIES, coarse
+from engine.birads import CATEGORIES, COARSE_CATEGORIES, FINE_FOUR, MALIGNANCY_BY_CATEGORY, coarse
 from sonograde.evaluation.metrics import (
     auc,
     confusion_matrix,
@@ -38,12 +38,9 @@ VARIANT_NAMES: dict[str, str] = {
     "refined": "Refined ROI-CNN",
 }
 
-MALIGNANCY_LIKELIHOOD: dict[str, float] = {"3": 0.01, "4A": 0.06, "4B": 0.30, "4C": 0.72, "5": 0.97}
-"""About the mid-points of the BI-RADS likelihood-of-malignancy ranges (3: <=2%, 4A: 2-10%, 4B: 10-50%,
-4C: 50-95%, 5: >=95%), the same weights as the training's validation metric
-(``engine.training.grader.malignancy_score``). The malignancy score of a case is
-sum_c P(c) * likelihood(c): an expected probability of malignancy, monotone in every category's
-probability."""
+# The malignancy score of a case is sum_c P(c) * likelihood(c) with ``engine.birads``'s likelihoods (the
+# same weights as the training's validation metric): an expected probability of malignancy, monotone in
+# every category's probability.
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +142,7 @@ class GradedCase:
 
     @property
     def malignancy_score(self) -> float:
-        return float(sum(p * MALIGNANCY_LIKELIHOOD[c] for c, p in zip(CATEGORIES, self.scores, strict=True)))
+        return float(sum(p * MALIGNANCY_BY_CATEGORY[c] for c, p in zip(CATEGORIES, self.scores, strict=True)))
 
 
 def category_scores(cases: Sequence[GradedCase], category: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -156,7 +153,7 @@ def category_scores(cases: Sequence[GradedCase], category: str) -> tuple[np.ndar
     Returns ``None`` when no case qualifies.
     """
     graded = [c for c in cases if c.label is not None]
-    if category in ("4A", "4B", "4C"):
+    if category in FINE_FOUR:
         graded = [c for c in graded if c.label != "4"]
     if not graded:
         return None
