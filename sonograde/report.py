@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.grading_metrics import trapezoid_area
 from sonograde import RESEARCH_USE_ONLY
 from sonograde.evaluation.labels import CATEGORIES
-from sonograde.evaluation.metrics import trapezoid_area
 from sonograde.evaluation.summary import VARIANT_NAMES, VARIANTS, roc_points
 
 if TYPE_CHECKING:

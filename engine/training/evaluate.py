@@ -39,17 +39,17 @@ from engine.birads import CATEGORIES as GRADER_CATEGORIES
 from engine.birads import FINE_FOUR, malignancy_score
 from engine.data.datasets import grader_allowed, load_records, resize_mask, resize_to
 from engine.data.manifest import ManifestRecord, load_gray, load_mask
-from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input
-from engine.splits import SplitConfig, make_split
-from engine.training.metrics import (
+from engine.grading_metrics import (
     binomial_p,
     bootstrap_interval,
-    confusion,
+    confusion_matrix,
     macro_auc,
     one_vs_rest_auc,
     paired_sign_p,
     roc_auc,
 )
+from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input
+from engine.splits import SplitConfig, make_split
 from refine.metrics import dice
 
 LOCATED_DICE = 0.3  # "located": the pipeline's refined mask overlaps the annotation with at least this DSC
@@ -169,7 +169,7 @@ def grader_report(probs: np.ndarray, labels: np.ndarray, malignant: np.ndarray,
     graded = np.ones(len(labels), bool) if graded is None else np.asarray(graded, bool)
     predicted = probs.argmax(1)
     # Confusion over the graded cases; a row's accuracy is over all its cases (misses are wrong).
-    matrix = confusion(labels[graded], predicted[graded], len(GRADER_CATEGORIES))
+    matrix = confusion_matrix(labels[graded], predicted[graded], len(GRADER_CATEGORIES))
     correct = (predicted == labels) & graded
     per_category = {c: (float(correct[labels == k].mean()) if (labels == k).any() else None)
                     for k, c in enumerate(GRADER_CATEGORIES)}

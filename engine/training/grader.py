@@ -36,6 +36,7 @@ from engine.data.datasets import (
     load_records,
     phantom_grader_samples,
 )
+from engine.grading_metrics import macro_auc, roc_auc
 from engine.networks import GCNN, GraderConfig
 from engine.preprocess import grader_input, mask_bbox
 from engine.splits import make_split
@@ -53,7 +54,6 @@ from engine.training.common import (
     training_device,
     write_json,
 )
-from engine.training.metrics import macro_auc, roc_auc
 
 FINE_CATEGORIES = (1, 2, 3)  # 4A, 4B, 4C: a dataset with any of these one-hot labels is "five-way"
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.birads import CATEGORIES, COARSE_CATEGORIES, FINE_FOUR, MALIGNANCY_BY_CATEGORY, coarse
-from sonograde.evaluation.metrics import (
+from engine.grading_metrics import (
     auc,
     confusion_matrix,
     mean_or_none,
