@@ -31,7 +31,8 @@ from sonograde.evaluation.labels import CATEGORIES
 from sonograde.evaluation.summary import VARIANT_NAMES, VARIANTS, roc_points
 
 if TYPE_CHECKING:
-    from sonograde.evaluation.runner import CaseResult, EvaluationOptions
+    from sonograde.evaluation.runner import EvaluationOptions
+    from sonograde.evaluation.summary import CaseResult
 
 PAPER_TABLE3_REFINED_GCNN: dict[str, float] = {"3": 0.998, "4A": 0.940, "4B": 0.734, "4C": 0.922, "5": 0.876}
 """Per-category grading accuracy of "Refined ROI-CNN + G-CNN" (Huang et al. 2019, abstract and Table 3),

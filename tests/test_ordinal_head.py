@@ -14,15 +14,10 @@ import torch
 from engine.birads import MALIGNANCY_LIKELIHOOD, malignancy_score
 from engine.data.datasets import load_records
 from engine.networks import GCNN, GraderConfig
+from engine.ordinal_head import OrdinalHead, ordinal_probabilities, suspicion_score
 from engine.splits import SplitConfig, make_split
 from engine.training.common import RunState, TrainConfig, make_optimizer, save_checkpoint
-from engine.training.ordinal import (
-    OrdinalHead,
-    cross_validate_head,
-    fit_ordinal_head,
-    ordinal_probabilities,
-    suspicion_score,
-)
+from engine.training.ordinal import cross_validate_head, fit_ordinal_head
 from sonograde.cli import main
 
 

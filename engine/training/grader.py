@@ -89,7 +89,7 @@ def load_teacher(config: TrainConfig, device: torch.device) -> torch.nn.Module |
     this run's network (view, input size, mask channel, crop margin)."""
     if not config.distill_from:
         return None
-    from engine.export import GRADER_INPUT_KEYS, load_ensemble
+    from engine.training.checkpoints import GRADER_INPUT_KEYS, load_ensemble
 
     _, teacher, teacher_config = load_ensemble(list(config.distill_from))
     ours = {key: getattr(config, key) for key in GRADER_INPUT_KEYS}
