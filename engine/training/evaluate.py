@@ -1,11 +1,12 @@
 """Held-out evaluation of exported ONNX models, for the model cards (what ships is what is measured).
 
-ROI-CNN (``evaluate_roi``): on the test side of ``engine.splits.make_split`` (BUS-BRA: the held-out
-official fold), each image goes through exactly the pipeline's first two stages: resize to 288,
-``roi_input``, the ONNX ROI-CNN, ``refine.area_filter.area_filter(prob, 0.5, 0.4)``, then
-``refine.chan_vese.refine_roi(image_288, raw, margin=16)`` (falling back to the raw mask if Chan–Vese
-empties it). DSC is computed at 288x288 (against the mask resized as in training) and at the image's own
-size (masks upsampled nearest-neighbour, as the pipeline does), HD95 at the image's own size in pixels.
+ROI-CNN (``evaluate_roi``): on the test side of ``engine.splits.make_split`` (BUS-BRA: the held-out official
+fold), each image goes through exactly the pipeline's first two stages with the pipeline's own parameters
+(``engine.grader.GraderConfig``, what ``TwoStageGrader`` runs): resize to 288, ``roi_input``, the ONNX ROI-
+CNN, the area filter (threshold, smallest component fraction), then Chan–Vese on a crop around the raw mask
+(margin, iterations, weights), falling back to the raw mask if Chan–Vese empties it. DSC is computed at
+288x288 (against the mask resized as in training) and at the image's own size (masks upsampled nearest-
+neighbour, as the pipeline does), HD95 at the image's own size in pixels.
 
 G-CNN (``evaluate_grader``): on the test side of the split, five-way datasets only for the five-way
 metrics (accuracy, per-category accuracy, confusion matrix, one-vs-rest and macro AUC, malignancy AUC
@@ -35,10 +36,12 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from engine import contract
 from engine.birads import CATEGORIES as GRADER_CATEGORIES
 from engine.birads import FINE_FOUR, malignancy_score
 from engine.data.datasets import grader_allowed, load_records, resize_mask, resize_to
 from engine.data.manifest import ManifestRecord, load_gray, load_mask
+from engine.grader import GraderConfig
 from engine.grading_metrics import (
     binomial_p,
     bootstrap_interval,
@@ -52,6 +55,7 @@ from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input
 from engine.splits import SplitConfig, make_split
 from refine.metrics import dice
 
+PIPELINE_CONFIG = GraderConfig()  # the shipped pipeline's refinement: what ships is what is measured
 LOCATED_DICE = 0.3  # "located": the pipeline's refined mask overlaps the annotation with at least this DSC
 
 
@@ -62,27 +66,32 @@ def _session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
 
 
 def _metadata(session: ort.InferenceSession) -> dict[str, str]:
-    return dict(session.get_modelmeta().custom_metadata_map)
+    return contract.read_metadata(session)
 
 
 def _upsample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
 
 
-def locate_and_refine(session: ort.InferenceSession, gray: np.ndarray,
-                      refine: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(image_288, probability map, raw mask, refined mask) at 288x288, as the pipeline's stages 1-2."""
+def locate_and_refine(session: ort.InferenceSession, gray: np.ndarray, refine: bool = True,
+                      config: GraderConfig = PIPELINE_CONFIG
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(image_288, probability map, raw mask, refined mask) at 288x288: ``TwoStageGrader.locate`` and
+    ``refine`` on an ONNX Runtime session of the ROI-CNN alone (no G-CNN needed), with the pipeline's
+    parameters ``config`` (tests check the masks are the grader's)."""
     from refine.area_filter import area_filter
 
     small = resize_to(gray, ROI_INPUT_SIZE)
     prob = session.run(None, {"image": roi_input(small)[None]})[0][0, 0]
-    raw = area_filter(prob, 0.5, 0.4)
+    raw = area_filter(prob, threshold=config.threshold, min_fraction=config.min_fraction)
     refined = raw
     if refine and raw.any():
         from refine.chan_vese import refine_roi
 
-        refined = np.asarray(refine_roi(small, raw, margin=16).mask, dtype=bool)
-        if not refined.any():
+        refined = np.asarray(refine_roi(small, raw, margin=config.cv_margin, mu1=config.mu1, mu2=config.mu2,
+                                        alpha=config.alpha, max_iterations=config.cv_max_iterations).mask,
+                             dtype=bool)
+        if not refined.any():  # Chan–Vese let the contour vanish: the pipeline keeps the raw ROI
             refined = raw
     return small, prob, raw, refined
 
@@ -145,7 +154,7 @@ def pool_roi_results(results: list[dict]) -> dict:
     if len(set(ids)) != len(ids):
         raise ValueError("an image appears in two of the pooled results: are the test folds disjoint?")
     return {"summary": {"folds": len(results), **roi_summary(rows)}, "rows": rows,
-            "model_ids": [r["metadata"].get("sonograde.model_id") for r in results]}
+            "model_ids": [r["metadata"].get(contract.MODEL_ID) for r in results]}
 
 
 def _five_way_label(record: ManifestRecord) -> int | None:
@@ -204,10 +213,9 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
 
     session = _session(model)
     meta = _metadata(session)
-    size = int(meta.get("sonograde.input_size", "128"))
-    margin = float(meta.get("sonograde.roi_margin", "0.25"))
-    mask_channel = meta.get("sonograde.mask_channel", "0") == "1"
-    view = meta.get("sonograde.grader_view", "crop")
+    grader_in = contract.GraderInput.from_metadata(meta)
+    size, margin, mask_channel, view = (grader_in.input_size, grader_in.roi_margin, grader_in.mask_channel,
+                                        grader_in.view)
     roi_session = _session(roi_model) if roi_model else None
     cases = [r for r in test if r.mask is not None and _five_way_label(r) is not None
              and r.birads not in ("4",)]
@@ -266,7 +274,7 @@ def pool_grader_results(results: list[dict]) -> dict:
     malignant = np.array([row["malignant"] for row in rows])
     majority = np.array([row["majority"] for row in rows])
     pooled: dict = {"folds": len(results), "datasets": sorted({d for r in results for d in r["datasets"]}),
-                    "model_ids": [r["metadata"].get("sonograde.model_id") for r in results]}
+                    "model_ids": [r["metadata"].get(contract.MODEL_ID) for r in results]}
     for key in ("ground_truth_masks", "two_stage_masks"):
         if all(key in row for row in rows):
             graded = np.array([row.get("lesion_found", True) for row in rows]) if key == "two_stage_masks" \
