@@ -111,7 +111,7 @@ class RoiProbability(nn.Module):
 
 
 @dataclass(frozen=True)
-class GraderConfig:
+class GCNNConfig:
     """G-CNN configuration.
 
     width: channel and FC multiplier (1.0 = paper). in_channels: 1 (ROI) or 2 (ROI + mask).
@@ -131,9 +131,9 @@ class GraderConfig:
 class GCNN(nn.Module):
     """The paper's G-CNN (see the module docstring); input (N, C, S, S), output logits (N, 5)."""
 
-    def __init__(self, config: GraderConfig | None = None) -> None:
+    def __init__(self, config: GCNNConfig | None = None) -> None:
         super().__init__()
-        cfg = self.config = config or GraderConfig()
+        cfg = self.config = config or GCNNConfig()
         if cfg.input_size % 16:
             raise ValueError(f"G-CNN input_size must be a multiple of 16, got {cfg.input_size}")
         if cfg.head not in ("flatten", "gap"):
@@ -309,7 +309,7 @@ def build(kind: str, config: dict) -> nn.Module:
     if kind == "roi":
         return RoiCNN(RoiConfig(**config))
     if kind == "grader":
-        return GCNN(GraderConfig(**config))
+        return GCNN(GCNNConfig(**config))
     if kind == "vgg16":
         return VGG16(**config)
     if kind == "resnet50":

@@ -184,10 +184,10 @@ def whole_image_input(sample: GraderSample, size: int, rng: np.random.Generator 
 def build_classifier(arch: str, width: float, size: int, in_channels: int = 1) -> torch.nn.Module:
     """G-CNN (``engine.networks.GCNN``, global-pooling head as the shipped edge model), VGG16 or
     ResNet50 from ``engine.networks``, five outputs."""
-    from engine.networks import GCNN, VGG16, GraderConfig, ResNet50
+    from engine.networks import GCNN, VGG16, GCNNConfig, ResNet50
 
     if arch == "grader":
-        return GCNN(GraderConfig(width=width, in_channels=in_channels, input_size=size))
+        return GCNN(GCNNConfig(width=width, in_channels=in_channels, input_size=size))
     if arch == "vgg16":
         return VGG16(width=width, in_channels=in_channels, head="gap", input_size=size)
     if arch == "resnet50":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from engine.networks import GCNN, GraderConfig, GraderEnsemble, OrdinalReading, RoiCNN, RoiConfig, build
+from engine.networks import GCNN, GCNNConfig, GraderEnsemble, OrdinalReading, RoiCNN, RoiConfig, build
 from engine.ordinal_head import OrdinalHead
 from engine.training.common import TrainingError, load_checkpoint
 
@@ -32,7 +32,7 @@ def load_trained(checkpoint: str | Path) -> tuple[str, torch.nn.Module, dict]:
     if kind == "roi":
         net: torch.nn.Module = RoiCNN(RoiConfig(**payload["net_config"]))
     else:
-        net = GCNN(GraderConfig(**payload["net_config"]))
+        net = GCNN(GCNNConfig(**payload["net_config"]))
     net.load_state_dict(payload["model"])
     head = payload.get("extra", {}).get("ordinal_head")
     if head:  # written by engine.training.ordinal.fit_head_run

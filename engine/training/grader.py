@@ -37,7 +37,7 @@ from engine.data.datasets import (
     phantom_grader_samples,
 )
 from engine.grading_metrics import macro_auc, roc_auc
-from engine.networks import GCNN, GraderConfig
+from engine.networks import GCNN, GCNNConfig
 from engine.preprocess import grader_input, mask_bbox
 from engine.splits import make_split
 from engine.training.common import (
@@ -246,13 +246,13 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
     device = training_device(config.device)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    net_config = GraderConfig(width=config.width, in_channels=2 if config.mask_channel else 1,
+    net_config = GCNNConfig(width=config.width, in_channels=2 if config.mask_channel else 1,
                               input_size=config.input_size)
     state = RunState()
     payload = None
     if resume:
         payload = load_resume_checkpoint(config, out / "last.pt")
-        net_config = GraderConfig(**payload["net_config"])
+        net_config = GCNNConfig(**payload["net_config"])
         state = RunState(**payload["state"])
     net = GCNN(net_config)
     if payload is not None:
