@@ -8,10 +8,10 @@ uses, so the overlay can show lesion sizes in mm. Check the printed rectangle an
 scanner's screen before relying on it. The captured frame itself is not saved.
 
 Examples:
-  sonograde calibrate geometry --frame screen.png --out geometry.json
-  sonograde calibrate geometry --source 0 --frames 5 --out geometry.json        # capture card 0
-  sonograde calibrate geometry --source phantom:screen=1,layout=2,depth=45 --out /tmp/g.json --json
-  sonograde calibrate geometry --frame screen.png --depth-mm 40 --out geometry.json
+  sonograde screen measure --frame screen.png --out geometry.json
+  sonograde screen measure --source 0 --frames 5 --out geometry.json        # capture card 0
+  sonograde screen measure --source phantom:screen=1,layout=2,depth=45 --out /tmp/g.json --json
+  sonograde screen measure --frame screen.png --depth-mm 40 --out geometry.json
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def _screen_from_source(spec: str, count: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from calibration.geometry import GeometryMeasurementError, measure_geometry
     from capture.geometry import GeometryProfile
+    from capture.screen_measure import GeometryMeasurementError, measure_geometry
     from engine.data.manifest import ManifestError, load_gray
 
     try:
