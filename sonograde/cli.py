@@ -23,7 +23,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("export", "sonograde.commands.export", "export a checkpoint to ONNX and check it against torch"),
     ("grade", "sonograde.commands.grade", "grade images: ROI-CNN -> refine -> G-CNN (JSON, masks, overlays)"),
     ("evaluate", "sonograde.commands.evaluate", "evaluate on labelled datasets: Table 2 / Fig. 4 analogues"),
-    ("experiment", "sonograde.commands.experiment", "the paper's experiments: table3 (one- vs two-stage)"),
+    ("experiment", "sonograde.commands.experiment", "research, not installed: python -m research.table3"),
     ("calibrate", "sonograde.commands.calibrate", "INT8/FP16 models with an accuracy gate"),
     ("screen", "sonograde.commands.screen", "measure a scanner screen: image rectangle, mm per pixel"),
     ("build-engine", "sonograde.commands.build_engine", "build a TensorRT engine from an ONNX model (GPU)"),

@@ -25,6 +25,7 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "engine": frozenset({"calibration", "sonograde", "research"}),
     "calibration": frozenset({"sonograde", "research"}),
     "sonograde": frozenset({"research"}),
+    "research": frozenset(),  # research may import the whole product; it is in the graph for circles
 }
 
 # Known edges allowed until the change that removes them lands; each names why. Keep this empty.
@@ -48,7 +49,7 @@ def module_name(path: Path) -> str:
 
 def product_modules() -> dict[str, Path]:
     modules = {}
-    for package in PRODUCT:
+    for package in OURS:
         for path in sorted((ROOT / package).rglob("*.py")):
             modules[module_name(path)] = path
     return modules

@@ -10,10 +10,8 @@ from torch import nn
 from engine.augment import translate_frame
 from engine.networks import (
     GCNN,
-    VGG16,
     GCNNConfig,
     GraderProbabilities,
-    ResNet50,
     RoiCNN,
     RoiConfig,
     RoiProbability,
@@ -77,16 +75,6 @@ def test_gcnn_rejects_bad_config() -> None:
         GCNN(GCNNConfig(head="avg"))
     with pytest.raises(ValueError, match="unknown network kind"):
         build("unet", {})
-
-
-def test_comparison_classifiers() -> None:
-    x = torch.randn(2, 1, 64, 64)
-    with torch.no_grad():
-        assert VGG16(width=0.125).eval()(x).shape == (2, 5)
-        assert ResNet50(width=0.125).eval()(x).shape == (2, 5)
-    assert len(_convs(VGG16(width=0.125))) == 13
-    # ResNet50: stem + 16 bottlenecks x 3 convs + 4 projection shortcuts = 53 convs
-    assert len(_convs(ResNet50(width=0.125))) == 53
 
 
 def _image_with_box_lesion(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int, int]:

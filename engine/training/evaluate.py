@@ -18,17 +18,11 @@ Cross-validation (``--cv-folds K`` with K models trained by ``sonograde train gr
 graded (every image segmented) once by a network that never saw it; each case's baseline is its own fold's
 training majority. A grader's first stage can be one ROI-CNN or one per fold (``--roi-model`` K times).
 
-Usage:
-  python -m engine.training.evaluate roi --model models/roi_cnn.onnx --data $DATA/busbra
-  python -m engine.training.evaluate grader --model models/g_cnn.onnx --roi-model models/roi_cnn.onnx \\
-      --data $DATA/busbra --data $DATA/breast_lesions_usg
+Command line: ``sonograde evaluate roi|grader`` (sonograde/commands/evaluate_models.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -39,7 +33,7 @@ import onnxruntime as ort
 from engine import contract
 from engine.birads import CATEGORIES as GRADER_CATEGORIES
 from engine.birads import FINE_FOUR, malignancy_score
-from engine.data.datasets import grader_allowed, load_records, resize_mask, resize_to
+from engine.data.datasets import grader_allowed, resize_mask, resize_to
 from engine.data.manifest import ManifestRecord, load_gray, load_mask
 from engine.grader import GraderConfig
 from engine.grading_metrics import (
@@ -52,7 +46,6 @@ from engine.grading_metrics import (
     roc_auc,
 )
 from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input
-from engine.splits import SplitConfig, make_split
 from refine.metrics import dice
 
 PIPELINE_CONFIG = GraderConfig()  # the shipped pipeline's refinement: what ships is what is measured
@@ -312,64 +305,3 @@ def average_grader_results(results: list[dict]) -> dict:
                 graded = np.array([all(cases[i].get("lesion_found", True) for cases in by_id) for i in ids])
             averaged[key] = grader_report(probs, labels, malignant, majority, graded=graded)
     return averaged
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.training.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_kind", choices=["roi", "grader"])
-    parser.add_argument("--model", action="append", required=True,
-                        help="ONNX model; with --cv-folds K give it K times, the i-th is evaluated on "
-                             "fold i and the K test folds are pooled (or once: fold --test-fold only)")
-    parser.add_argument("--roi-model", action="append", default=None,
-                        help="grader: also evaluate on two-stage masks, with this ROI-CNN as the first "
-                             "stage; with --cv-folds K once (one first stage for all folds) or K times "
-                             "(the i-th is fold i's own first stage, e.g. fine-tuned without fold i)")
-    parser.add_argument("--data", action="append", required=True)
-    parser.add_argument("--test-fold", type=int, default=1)
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--test-fraction", type=float, default=0.3)
-    parser.add_argument("--cv-folds", type=int, default=0, metavar="K",
-                        help="the models were trained with sonograde train --cv-folds K (default 0: one "
-                             "model, test side of --test-fraction / --test-fold)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-refine", action="store_true")
-    parser.add_argument("--json", default=None, help="write the full result here")
-    args = parser.parse_args(argv)
-    pooled = args.cv_folds > 0 and len(args.model) > 1
-    if pooled and len(args.model) != args.cv_folds:
-        parser.error(f"with --cv-folds {args.cv_folds} give --model once (evaluated on --test-fold) or "
-                     f"{args.cv_folds} times (one per fold, pooled), got {len(args.model)}")
-    if not args.cv_folds and len(args.model) > 1:
-        parser.error("several --model files need --cv-folds K (one model per fold)")
-    roi_models = args.roi_model or [None]
-    if len(roi_models) == 1:
-        roi_models = roi_models * len(args.model)
-    elif not pooled or len(roi_models) != len(args.model):
-        parser.error(f"give --roi-model once, or once per fold model ({len(args.model)}), "
-                     f"got {len(roi_models)}")
-    records = load_records(args.data)
-    folds = range(1, args.cv_folds + 1) if pooled else [args.test_fold]
-    results = []
-    for model, roi_model, fold in zip(args.model, roi_models, folds, strict=True):
-        split = make_split(records, SplitConfig(fold, args.val_fraction, args.test_fraction, args.seed,
-                                                folds=args.cv_folds))
-        print(f"{model}: {split.summary()}", file=sys.stderr)
-        if args.model_kind == "roi":
-            results.append(evaluate_roi(model, split.test, refine=not args.no_refine))
-        else:
-            results.append(evaluate_grader(model, roi_model, split.test, split.train))
-    if args.model_kind == "roi":
-        result = pool_roi_results(results) if pooled else results[0]
-        print(json.dumps(result["summary"], indent=1))
-    else:
-        result = pool_grader_results(results) if pooled else results[0]
-        print(json.dumps({k: v for k, v in result.items() if k not in ("ids", "metadata", "per_case")},
-                         indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
