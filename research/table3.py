@@ -606,7 +606,7 @@ def run(args: argparse.Namespace) -> int:
     if args.smoke:
         folds, epochs, width, crop, whole = 2, 1, 0.0625, 32, 32
         if not data:
-            from capture.phantom import write_dataset
+            from capture.phantom_dataset import write_dataset
 
             data = [str(write_dataset(args.out / "phantom", SMOKE_PHANTOM_COUNT, seed=0, size=(160, 128)))]
     if not data:

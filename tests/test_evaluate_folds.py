@@ -36,7 +36,7 @@ def _blind_roi_model(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_each_fold_is_graded_through_its_own_roi_model(tmp_path: Path) -> None:
-    from capture.phantom import write_dataset
+    from capture.phantom_dataset import write_dataset
 
     split_seed = int(np.random.randint(1 << 20))
     data = write_dataset(tmp_path / "data", 20, seed=split_seed, size=(160, 128))
@@ -72,7 +72,7 @@ def test_roi_models_must_match_the_folds(tmp_path: Path, capsys: pytest.CaptureF
 
 @pytest.mark.slow
 def test_roi_cross_validation_pools_every_image_once(tmp_path: Path) -> None:
-    from capture.phantom import write_dataset
+    from capture.phantom_dataset import write_dataset
 
     split_seed = int(np.random.randint(1 << 20))
     data = write_dataset(tmp_path / "data", 15, seed=split_seed, size=(160, 128))

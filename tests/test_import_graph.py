@@ -36,7 +36,7 @@ KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset({
     # capture/sources.py opens "phantom:" sources (inside _open_phantom) while PhantomSequence subclasses its
     # FrameSource: the circle goes once FrameSource (with to_gray) moves to capture/frame.py, a change to
     # capture/sources.py left to the engineers editing it now.
-    ("capture.sources", "capture.phantom"),
+    ("capture.sources", "capture.phantom_sequence"),
 })
 
 

@@ -271,7 +271,7 @@ def _phantom_base(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, np.nd
     / 5 by those scores plus noise (so a head has something to fit), the crops and their scores."""
     import csv
 
-    from capture.phantom import write_dataset
+    from capture.phantom_dataset import write_dataset
     from engine.data.datasets import load_grader_samples
     from engine.training.grader import sample_input
 

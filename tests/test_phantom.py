@@ -15,8 +15,8 @@ from capture.phantom import (
     DESCRIPTOR_CHOICES,
     PhantomError,
     PhantomScanner,
-    PhantomSequence,
 )
+from capture.phantom_sequence import PhantomSequence
 from capture.screen import LAYOUTS, render_scanner_screen
 from capture.sources import open_source
 from engine.data.manifest import load_gray, load_mask, read_manifest

@@ -285,7 +285,7 @@ def test_coarse_bias_keeps_a_coarse_datasets_base_rate_out_of_the_model(tmp_path
     """With --coarse-bias the lesions of a dataset without five-way labels train through their own logit
     offset: a coarse dataset that says "3" for everything pushes that offset towards "3", it is saved
     with the checkpoint (not in the model) and restored on resume."""
-    from capture.phantom import write_dataset
+    from capture.phantom_dataset import write_dataset
 
     five_way = write_dataset(tmp_path / "five", 10, seed=int(np.random.randint(1 << 30)),
                              size=(160, 128))

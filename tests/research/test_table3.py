@@ -30,7 +30,7 @@ def test_folds_are_patient_disjoint_and_balanced(rng: np.random.Generator) -> No
 
 
 def test_table3_smoke_run_and_resume(tmp_path: Path) -> None:
-    from capture.phantom import write_dataset
+    from capture.phantom_dataset import write_dataset
     from engine.backends.dev_models import make_grader_model, make_roi_model
 
     models = tmp_path / "models"
