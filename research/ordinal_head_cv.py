@@ -1,7 +1,7 @@
 """Cross-validate an ordinal head (``engine.training.ordinal``) for a G-CNN that never saw the five-way
 data.
 
-Input: the JSON of ``python -m engine.training.evaluate grader --cv-folds K --seed S --json FILE`` run with
+Input: the JSON of ``sonograde evaluate grader --cv-folds K --seed S --json FILE`` run with
 the head-less network (or ensemble) once per fold (each fold through its own first stage, if you have
 one). For every fold a head is fitted on the other folds' cases (annotated masks) and applied to the fold (the
 pipeline's masks); the pooled result is printed and written to ``--out``. This is how the shipped grader's

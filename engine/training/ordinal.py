@@ -220,7 +220,7 @@ def cross_validate_head(per_case: list[dict], test_fold_of: dict[str, int], *,
                         apply_masks: str = "two_stage_masks") -> tuple[list[dict], list[OrdinalHead]]:
     """Cross-validate the ordinal head of a network that never saw these cases.
 
-    per_case: the ``per_case`` rows of ``python -m engine.training.evaluate grader --cv-folds K --json``
+    per_case: the ``per_case`` rows of ``sonograde evaluate grader --cv-folds K --json FILE``
     (each with ``id``, ``label`` 0..4 and five probabilities under ``fit_masks`` and ``apply_masks``).
     test_fold_of: case id -> its test fold. For every fold, a head is fitted on the other folds' cases
     (read through ``fit_masks``, the annotated ones by default) and applied to the fold's own cases
