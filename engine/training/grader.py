@@ -21,7 +21,6 @@ a hundred) against ~1,300 coarse BUS-BRA lesions, and only they teach 4A/4B/4C a
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +44,10 @@ from engine.training.common import (
     RunState,
     TrainConfig,
     TrainingError,
-    end_epoch,
     initial_weights,
     load_resume_checkpoint,
-    lr_at,
     make_optimizer,
-    set_lr,
+    train_epochs,
     training_device,
     write_json,
 )
@@ -239,7 +236,6 @@ def prepare_grader_data(config: TrainConfig,
 
 def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
     """Train (or resume) a G-CNN into ``config.out``; returns the final run state."""
-    from tqdm import tqdm
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -290,61 +286,43 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
           f"{len(train)} training lesions ({len(pool)} per epoch with "
           f"five-way x{config.fine_repeat}), {len(val)} validation; five-way datasets: {sorted(fine)}",
           file=sys.stderr)
-    log = MetricsLog(out)
-    while state.epoch < config.epochs:
-        if config.max_steps is not None and state.step >= config.max_steps:
-            break
-        epoch = state.epoch
-        set_lr(optimizer, lr_at(config, epoch))
-        rng = np.random.default_rng([config.seed, epoch])
-        order = rng.permutation(pool)
-        steps = max(1, len(order) // config.batch_size)
-        net.train()
-        started, losses = time.perf_counter(), []
-        bar = tqdm(range(steps), desc=f"grader epoch {epoch + 1}/{config.epochs}",
-                   disable=not config.progress)
-        for step in bar:
-            indices = order[step * config.batch_size:(step + 1) * config.batch_size]
-            batch = [train[i] for i in indices]
-            if len(batch) < 2:  # batch norm needs two samples
-                continue
-            x = torch.from_numpy(np.stack([sample_input(s, config, rng) for s in batch])).to(device)
-            x = x.contiguous(memory_format=torch.channels_last)
-            allowed = torch.from_numpy(np.stack([s.allowed for s in batch])).to(device)
-            logits = net(x)
-            if config.coarse_bias:
-                is_coarse = torch.from_numpy(coarse_train[indices]).to(device=device, dtype=logits.dtype)
-                logits = logits + is_coarse[:, None] * coarse_bias
-            loss = allowed_set_loss(logits, allowed)
-            if config.malignancy_weight > 0:
-                malignant = torch.tensor([s.malignant for s in batch], device=device)
-                loss = loss + config.malignancy_weight * malignancy_loss(logits, malignant)
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_log_probs = teacher(x)
-                loss = loss + config.distill_weight * distillation_loss(logits, teacher_log_probs)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            state.step += 1
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            if config.max_steps is not None and state.step >= config.max_steps:
-                break
-        bar.close()
-        state.epoch += 1
-        row: dict = {"epoch": state.epoch, "step": state.step, "lr": lr_at(config, epoch),
-                     "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                     "seconds": time.perf_counter() - started}
-        if val:
-            probs = predict(net, val, config)
-            if config.coarse_bias:  # validate coarse-label lesions as they are trained: with their offset
-                probs = with_offset(probs, coarse_val, coarse_bias)
-            row.update(grader_metrics(probs, val, fine, "val", config.malignancy_weight))
-            if teacher_val is not None:
-                log_probs = torch.log(torch.from_numpy(probs).clamp_min(1e-7))
-                row["val_teacher_kl"] = float(distillation_loss(log_probs, torch.log(
-                    torch.from_numpy(teacher_val).clamp_min(1e-7))))
-        end_epoch(out, row, -row.get("val_loss", row["train_loss"]), net=net, optimizer=optimizer,
-                  config=config, state=state, log=log, extra={"coarse_bias": coarse_bias.detach().cpu()})
-    return state
+
+    def batch_loss(indices: np.ndarray, rng: np.random.Generator) -> torch.Tensor | None:
+        batch = [train[i] for i in indices]
+        if len(batch) < 2:  # batch norm needs two samples
+            return None
+        x = torch.from_numpy(np.stack([sample_input(s, config, rng) for s in batch])).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        allowed = torch.from_numpy(np.stack([s.allowed for s in batch])).to(device)
+        logits = net(x)
+        if config.coarse_bias:
+            is_coarse = torch.from_numpy(coarse_train[indices]).to(device=device, dtype=logits.dtype)
+            logits = logits + is_coarse[:, None] * coarse_bias
+        loss = allowed_set_loss(logits, allowed)
+        if config.malignancy_weight > 0:
+            malignant = torch.tensor([s.malignant for s in batch], device=device)
+            loss = loss + config.malignancy_weight * malignancy_loss(logits, malignant)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_log_probs = teacher(x)
+            loss = loss + config.distill_weight * distillation_loss(logits, teacher_log_probs)
+        return loss
+
+    def validate() -> dict:
+        if not val:
+            return {}
+        probs = predict(net, val, config)
+        if config.coarse_bias:  # validate coarse-label lesions as they are trained: with their offset
+            probs = with_offset(probs, coarse_val, coarse_bias)
+        row = grader_metrics(probs, val, fine, "val", config.malignancy_weight)
+        if teacher_val is not None:
+            log_probs = torch.log(torch.from_numpy(probs).clamp_min(1e-7))
+            row["val_teacher_kl"] = float(distillation_loss(log_probs, torch.log(
+                torch.from_numpy(teacher_val).clamp_min(1e-7))))
+        return row
+
+    return train_epochs(
+        config, state, name="grader", net=net, optimizer=optimizer, out=out, log=MetricsLog(out),
+        epoch_order=lambda rng: rng.permutation(pool), batch_loss=batch_loss, validate=validate,
+        score=lambda row: -row.get("val_loss", row["train_loss"]),
+        extra=lambda: {"coarse_bias": coarse_bias.detach().cpu()})
