@@ -3,7 +3,7 @@
 Source strings (``open_source(spec)``):
 
 ==========================  ===================================================================
-``phantom``                 the synthetic scanner sweep (``capture.phantom.PhantomSequence``);
+``phantom``                 the synthetic scanner sweep (``capture.phantom_sequence.PhantomSequence``);
                             options after a colon: ``phantom:seed=3,screen=1,layout=2,size=384x320,
                             frames=300,speed=5,depth=40,start=150,fps=30`` (``frames``: stop after N;
                             ``speed``: mm/s; ``depth``: mm; ``start``: first frame of the sweep);
@@ -740,7 +740,8 @@ def _open_phantom(
     width: int | None,
     height: int | None,
 ) -> FrameSource:
-    from capture.phantom import DEFAULT_SIZE, PhantomSequence
+    from capture.phantom import DEFAULT_SIZE
+    from capture.phantom_sequence import PhantomSequence
 
     options = _parse_phantom_options(options_text)
     known = {"seed", "screen", "layout", "size", "frames", "speed", "fps", "depth", "start"}

@@ -44,11 +44,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engine.model_files import DEFAULT_MODELS_DIR
 from refine.measure import lesion_orientation, lesion_size
 
 FORMAT = "sonograde.descriptors/1"
 DESCRIPTOR_MODEL_FILE = "descriptors.json"
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "models" / DESCRIPTOR_MODEL_FILE
+DEFAULT_MODEL_PATH = DEFAULT_MODELS_DIR / DESCRIPTOR_MODEL_FILE  # checkout, installed copy or $SONOGRADE_MODELS
 
 #: Values of each learned descriptor, in the order of its head's classes (ACR BI-RADS US lexicon, 5th ed.).
 DESCRIPTOR_VALUES: dict[str, tuple[str, ...]] = {

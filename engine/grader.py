@@ -25,6 +25,7 @@ import numpy as np
 
 from engine.backends import InferenceBackend, ModelLoadError, load_backend
 from engine.descriptors import DESCRIPTOR_MODEL_FILE, DescriptorModel, absent
+from engine.model_files import DEFAULT_MODELS_DIR as DEFAULT_MODELS_DIR  # the shipped models' folder
 from engine.preprocess import GRADER_VIEWS, ROI_INPUT_SIZE, grader_input, roi_input, to_gray_u8
 from engine.results import (
     CATEGORIES,
@@ -37,7 +38,6 @@ from engine.results import (
 from refine import area_filter as area_filtering
 from refine import chan_vese, contours
 
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 PRECISIONS = ("fp32", "int8", "fp16")
 MODEL_STEMS = {"roi": "roi_cnn", "grader": "g_cnn"}
 

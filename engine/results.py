@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-CATEGORIES = ("3", "4A", "4B", "4C", "5")
+from engine.birads import CATEGORIES
+
 EMPTY_CONTOUR = np.zeros((0, 2), np.int32)
 
 
