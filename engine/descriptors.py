@@ -49,7 +49,7 @@ from refine.measure import lesion_orientation, lesion_size
 
 FORMAT = "sonograde.descriptors/1"
 DESCRIPTOR_MODEL_FILE = "descriptors.json"
-DEFAULT_MODEL_PATH = DEFAULT_MODELS_DIR / DESCRIPTOR_MODEL_FILE  # checkout, installed copy or $SONOGRADE_MODELS
+DEFAULT_MODEL_PATH = DEFAULT_MODELS_DIR / DESCRIPTOR_MODEL_FILE  # checkout, installed or $SONOGRADE_MODELS
 
 #: Values of each learned descriptor, in the order of its head's classes (ACR BI-RADS US lexicon, 5th ed.).
 DESCRIPTOR_VALUES: dict[str, tuple[str, ...]] = {
