@@ -257,8 +257,9 @@ def caliper_endpoints(mask: np.ndarray) -> dict[str, list[list[float]]]:
     m = _lesion_mask(mask)
     rows = np.flatnonzero(m.any(axis=1))
     cols = np.flatnonzero(m.any(axis=0))
-    y_width = _widest_line(m)
-    x_height = _widest_line(m.T)
+    box = m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # the scans below only need the lesion's box
+    y_width = int(rows[0]) + _widest_line(box)
+    x_height = int(cols[0]) + _widest_line(np.ascontiguousarray(box.T))
     return {
         "width": [[float(cols[0]) - 0.5, float(y_width)], [float(cols[-1]) + 0.5, float(y_width)]],
         "height": [[float(x_height), float(rows[0]) - 0.5], [float(x_height), float(rows[-1]) + 0.5]],
