@@ -122,7 +122,7 @@ class Message:
     @property
     def assessment(self) -> dict[str, Any] | None:
         """The explained assessment of a result (schema 2), None for status messages and version 1."""
-        if self.kind != "result":
+        if self.kind != "result" or self.header.get("schema_version", 1) < 2:
             return None
         value = self.header.get("assessment")
         return value if isinstance(value, dict) else None
