@@ -10,9 +10,9 @@ import numpy as np
 from assessment_samples import sample_assessment
 from test_overlay import colour_mask, result_message
 
+from sonograde.assessment import NO_LESION
 from sonograde.messages import RESULT_TOPIC, decode, encode, encode_frame
 from sonograde.overlay import _TICK_PX, CALIPER_GREEN, OverlayRenderer, OverlaySink
-from sonograde.pipeline import NO_LESION, frame_assessment  # noqa: F401  (the producer of these messages)
 
 
 def with_assessment(rng, assessment: dict | None, version: int = 2):

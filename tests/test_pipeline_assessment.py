@@ -16,8 +16,9 @@ from engine.backends.dev_models import make_grader_model, make_roi_model
 from engine.grader import TwoStageGrader
 from engine.lexicon import DESCRIPTORS
 from refine.measure import caliper_endpoints, lesion_size
+from sonograde.assessment import NO_DESCRIPTOR_MODEL, NO_LESION, frame_assessment
 from sonograde.messages import ASSESSMENT_PARTS
-from sonograde.pipeline import NO_DESCRIPTOR_MODEL, NO_LESION, Pipeline, PipelineConfig, frame_assessment
+from sonograde.pipeline import Pipeline, PipelineConfig
 from sonograde.publisher import Publisher, PublisherConfig
 from sonograde.subscriber import Subscriber
 
