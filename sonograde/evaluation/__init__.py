@@ -5,6 +5,9 @@
 - :mod:`.selection`: fold / ids-file / training-split filters for honest held-out evaluation.
 - :mod:`.runner`: runs the pipeline and the paper's three identification variants per image.
 - :mod:`.summary`: per-case results -> the evaluation JSON (Table 2 and Fig. 4 analogues).
+- :mod:`.agreement`: Cohen's kappa (plain, quadratic-weighted) with seeded bootstrap intervals, calibration.
+- :mod:`.assessment`: the explained assessment: descriptor agreement, size error, malignancy calibration,
+  five-way accuracy and kappa.
 
 The Markdown report with figures is :mod:`sonograde.report`; the Table 3 experiment is
 :mod:`sonograde.experiments`. Research use only, not for diagnosis.

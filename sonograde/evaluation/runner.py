@@ -31,6 +31,7 @@ from sonograde.evaluation.summary import VARIANTS, GradedCase, SegmentationScore
 if TYPE_CHECKING:
     from engine.data.manifest import ManifestRecord
     from engine.grader import TwoStageGrader
+    from engine.lexicon import DescriptorLabels
 
 NO_ROI_SIZE = 288
 """Default grid of the "No ROI-CNN" Chan–Vese: the paper scaled every input to 288 x 288 first."""
@@ -66,6 +67,10 @@ class CaseResult:
     lesion_found : variant -> whether its mask is non-empty.
     contours : "truth" / variant -> list of (N, 2) int32 polygons in image pixels (for the case grid).
     timings_ms : "pipeline" (locate + refine + classify) and "no_roi_cnn" wall times.
+    assessment : the pipeline's explained assessment of the image (``sonograde.assessment``).
+    descriptor_truth : the reader's lexicon labels from the manifest (``engine.lexicon``).
+    truth_size, truth_orientation : size and orientation measured on the annotated mask (``None``
+        without one), the reference for the pipeline's.
     """
 
     dataset: str
@@ -82,6 +87,10 @@ class CaseResult:
     lesion_found: dict[str, bool] = field(default_factory=dict)
     contours: dict[str, list[np.ndarray]] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    assessment: dict | None = None
+    descriptor_truth: DescriptorLabels | None = None
+    truth_size: dict | None = None
+    truth_orientation: str | None = None
 
     def graded(self, variant: str = "refined") -> GradedCase:
         """This case as a :class:`GradedCase` for ``variant`` (label None if it is not graded)."""
@@ -173,6 +182,7 @@ def evaluate_case(grader: TwoStageGrader, record: ManifestRecord, options: Evalu
     refined = grader.refine(gray, roi)
     classified = grader.classify(gray, refined)
     case.timings_ms["pipeline"] = (time.perf_counter() - t0) * 1e3
+    assess_case(case, record, refined, classified, truth)
     masks: dict[str, np.ndarray] = {"roi_cnn": refined.raw_mask, "refined": refined.refined_mask}
     probs: dict[str, np.ndarray | None] = {"refined": classified.probabilities}
     if options.no_roi_cnn:
@@ -200,6 +210,22 @@ def evaluate_case(grader: TwoStageGrader, record: ManifestRecord, options: Evalu
     if options.keep_contours and has_lesion:
         case.contours["truth"] = mask_contours(truth)
     return case
+
+
+def assess_case(case: CaseResult, record: ManifestRecord, refined: object, classified: object,
+                truth: np.ndarray | None) -> None:
+    """Fill the case's explained assessment (the pipeline's, with the manifest's pixel size) and its
+    references: the reader's descriptor labels and the size and orientation of the annotated mask."""
+    from engine.lexicon import manifest_descriptor_labels
+    from refine.measure import lesion_orientation, lesion_size
+    from sonograde.assessment import frame_assessment
+
+    pixel = record.pixel_size_mm
+    case.assessment = frame_assessment(refined, classified, pixel, "manifest" if pixel else None)
+    case.descriptor_truth = manifest_descriptor_labels(record.extra)
+    if truth is not None and truth.any():
+        case.truth_size = lesion_size(truth, pixel, "manifest" if pixel else None)
+        case.truth_orientation = lesion_orientation(truth, pixel)["value"]
 
 
 def _ordered(probabilities: np.ndarray, grader: TwoStageGrader) -> tuple[float, float, float, float, float]:
