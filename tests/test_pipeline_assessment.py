@@ -150,3 +150,24 @@ def test_frame_without_pixel_size_is_measured_in_px(grader, rng):
     assert assessment["size"] == lesion_size(refined.refined_mask)
     assert assessment["size"]["unit"] == "px" and assessment["size"]["pixel_size_mm"] is None
     assert assessment["calipers"] == caliper_endpoints(refined.refined_mask)
+
+
+def test_bench_pipeline_shows_the_measure_stage_and_the_descriptor_share(tmp_path, capsys):
+    """`sonograde bench pipeline` (short, dev models): the stage line names classify with its descriptor
+    share (none for a grader without descriptor models) and the measure stage of the assessment."""
+    import json
+
+    from engine.backends.dev_models import make_grader_model, make_roi_model
+    from sonograde.cli import main as cli_main
+
+    make_roi_model(tmp_path / "roi_cnn.onnx")
+    make_grader_model(tmp_path / "g_cnn.onnx")
+    argv = ["bench", "pipeline", "--models", str(tmp_path), "--seconds", "1.5", "--warmup", "0.5"]
+    assert cli_main(argv) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    stages = summary["stages_ms"]
+    assert "classify" in stages, "the dev ROI-CNN found no lesion on the phantom"
+    assert "measure" in stages and "classify_descriptors" not in stages
+    assert "stages p50/p99 ms:" in captured.err and "(no descriptor models)" in captured.err
+    assert f"measure {stages['measure']['p50']}/" in captured.err
