@@ -281,6 +281,9 @@ _DESCRIPTOR_LABELS = {"shape": "shape", "orientation": "orientation", "margin": 
                       "echo_pattern": "echo pattern", "posterior_features": "posterior",
                       "calcifications": "calcif."}
 _TICK_PX = 6  # half-length of a caliper's end tick
+_PIXEL_SIZE_ORIGINS = {"caller": "from the source", "geometry": "geometry profile", "manifest": "manifest",
+                       "cli": "--pixel-size-mm", "dicom_pixel_spacing": "DICOM Pixel Spacing",
+                       "dicom_ultrasound_regions": "DICOM US regions"}
 
 
 def _to_canvas(point: list[float], scale: float, dx: int, dy: int) -> tuple[float, float]:
@@ -382,13 +385,15 @@ def _draw_assessment_column(column: np.ndarray, result: Message | None, stale: b
         _text(column, f"W {_format_length(size['width'], unit)}  x  H {_format_length(size['height'], unit)}",
               (x, y + 22), 0.5, text_colour)
         _text(column, f"longest {_format_length(size['longest'], unit)}", (x, y + 44), 0.45, text_colour)
-        source = (f"pixel {size['pixel_size_mm']} mm ({size.get('pixel_size_source')})"
+        origin = _PIXEL_SIZE_ORIGINS.get(str(size.get("pixel_size_source")), size.get("pixel_size_source"))
+        source = (f"pixel {size['pixel_size_mm']} mm ({origin})"
                   if size.get("pixel_size_mm") is not None else "no pixel size: px, not mm")
         _text(column, source[:44], (x, y + 64), 0.38, _DIM)
         y += 90
     else:
-        _text(column, f"size: - ({absent.get('size', '')})"[:44], (x, y), 0.42, _DIM)
-        y += 30
+        _text(column, "size: -", (x, y), 0.45, _DIM)
+        _text(column, str(absent.get("size", ""))[:44], (x, y + 20), 0.4, _DIM)
+        y += 44
     drivers = assessment.get("drivers")
     if drivers:
         _text(column, "drivers of the category", (x, y), 0.45, _DIM)
@@ -401,7 +406,8 @@ def _draw_assessment_column(column: np.ndarray, result: Message | None, stale: b
             _text(column, line[:38], (x, y), 0.42, colour)
             y += 20
     elif "drivers" in absent:
-        _text(column, f"drivers: - ({absent['drivers']})"[:46], (x, y), 0.4, _DIM)
+        _text(column, "drivers: -", (x, y), 0.45, _DIM)
+        _text(column, str(absent["drivers"])[:44], (x, y + 20), 0.4, _DIM)
 
 
 def display_available() -> tuple[bool, str]:
