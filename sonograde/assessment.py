@@ -64,7 +64,7 @@ def frame_assessment(refined: Any, classified: Any, pixel_size_mm: float | None,
     grader's classify stage when its model has them. Every part missing is named with its reason: no
     lesion, or a grader model without descriptor heads.
     """
-    if not refined.lesion_found or classified is None or classified.category is None:
+    if refined is None or not refined.lesion_found or classified is None or classified.category is None:
         return absent_assessment(NO_LESION)
     from refine.measure import PIXEL_SIZE_SOURCES, caliper_endpoints, lesion_size
 

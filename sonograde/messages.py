@@ -12,8 +12,8 @@ Every message is one ZeroMQ multipart message:
   prefix.
 - ``header``: one UTF-8 JSON object (see ``RESULT_FIELDS`` / ``STATUS_FIELDS``); always carries
   ``schema_version``. Readers ignore keys they do not know: new keys may be added within a version,
-  anything else bumps the version. A reader refuses a newer version with "message schema version N,
-  this reader understands up to M: upgrade" (kind ``future schema N``).
+  anything else bumps the version. A reader refuses a newer version with "schema_version N is newer
+  than this reader (M); upgrade" (kind ``future schema N``).
 - ``frame`` (results only, optional): the graded frame, described by ``header["frame"]``:
   ``{"encoding": "raw", "dtype": "uint8", "shape": [H, W]}`` (row-major bytes, H*W of them) or
   ``{"encoding": "jpeg", "quality": Q, "shape": [H, W]}`` (a baseline grayscale JPEG).
@@ -276,9 +276,10 @@ def decode(parts: list[bytes], *, t_receive_ns: int = 0, with_frame: bool = True
         raise MessageError("bad schema version", repr(version))
     if version > SCHEMA_VERSION:
         raise MessageError(f"future schema {version}",
-                           f"message schema version {version}, this reader understands up to "
-                           f"{SCHEMA_VERSION}: upgrade Sonograde to read it")
+                           f"schema_version {version} is newer than this reader ({SCHEMA_VERSION}); upgrade")
     _check_fields(header, RESULT_FIELDS if kind == "result" else STATUS_FIELDS)
+    if kind == "result" and version >= 2:
+        check_assessment(header.get("assessment", _MISSING))
     frame = None
     if kind == "result":
         _check_polygon("roi_contour", header["roi_contour"])
@@ -288,8 +289,6 @@ def decode(parts: list[bytes], *, t_receive_ns: int = 0, with_frame: bool = True
             raise MessageError("bad frame", "header 'frame' and the presence of a frame part disagree")
         if descriptor is not None and with_frame:
             frame = _decode_frame(descriptor, bytes(parts[2]))
-        if version >= 2:
-            check_assessment(header.get("assessment", _MISSING))
     elif len(parts) != 2:
         raise MessageError("not multipart", "a status message has exactly 2 parts")
     return Message(kind=kind, header=header, frame=frame, t_receive_ns=t_receive_ns)

@@ -36,7 +36,7 @@ import numpy as np
 
 from sonograde import RESEARCH_USE_ONLY
 from sonograde.assessment import descriptor_ms, frame_assessment
-from sonograde.messages import absent_assessment, encode, encode_frame, polygon_to_json
+from sonograde.messages import encode, encode_frame, polygon_to_json
 from sonograde.publisher import DEFAULT_ENDPOINT, Publisher, PublisherConfig
 from sonograde.smoothing import LesionTracker, SmoothingConfig
 
@@ -136,7 +136,6 @@ class _Work:
     roi: Any = None
     refined: Any = None
     classified: Any = None
-    assessment: dict[str, Any] | None = None
     ns: dict[str, int] = field(default_factory=dict)  # stage -> duration in ns (monotonic)
 
 
@@ -453,8 +452,6 @@ class Pipeline:
             "stale_graded": self._stale,
             "frame": None,
             "research_use": RESEARCH_USE_ONLY,
-            "assessment": work.assessment if work.assessment is not None else absent_assessment(
-                "not assessed"),
         }
 
     def _status_header(self, state: str, reconnects: int, last_error: str | None) -> dict[str, Any]:
@@ -521,15 +518,8 @@ class Pipeline:
         classified = work.classified
         bbox = work.refined.bbox if work.refined.lesion_found else None
         track = self.tracker.update(bool(work.refined.lesion_found), bbox, classified.probabilities)
-        t_measure = time.monotonic_ns()
-        work.assessment = frame_assessment(work.refined, classified, work.frame.pixel_size_mm,
-                                           self._pixel_size_source(work.frame))
-        if work.refined.lesion_found:  # size and calipers are measured only on a lesion
-            work.ns["measure"] = time.monotonic_ns() - t_measure
-        descriptors_ms = descriptor_ms(classified)
-        if descriptors_ms is not None:
-            work.ns["classify_descriptors"] = round(descriptors_ms * 1e6)
         header = self._header(work, state, track)
+        self._add_assessment(header, work)
         frame_part = None
         if cfg.send_frames:
             descriptor, frame_part = encode_frame(work.frame.image, cfg.frame_encoding, cfg.jpeg_quality)
@@ -550,6 +540,20 @@ class Pipeline:
             self._last_smoothed = header["smoothed_category"]
         if self.on_result is not None:
             self.on_result(header, work.frame.image)
+
+    def _add_assessment(self, header: dict[str, Any], work: _Work) -> None:
+        """Put the frame's explained assessment (schema 2) into ``header``, with its measuring time
+        (``measure``) and the descriptor models' share of classify (``classify_descriptors``)."""
+        refined, classified = work.refined, work.classified
+        t0 = time.monotonic_ns()
+        header["assessment"] = frame_assessment(refined, classified, work.frame.pixel_size_mm,
+                                                self._pixel_size_source(work.frame))
+        timings = header["timings_ms"]
+        if refined is not None and refined.lesion_found:  # size and calipers are measured only on a lesion
+            timings["measure"] = round((time.monotonic_ns() - t0) / 1e6, 3)
+        share = descriptor_ms(classified)
+        if share is not None:
+            timings["classify_descriptors"] = round(share, 3)
 
     def _pixel_size_source(self, frame: Any) -> str | None:
         """Where the frame's pixel size came from: the frame's own word for it where it gives one, else

@@ -100,7 +100,7 @@ def test_a_version_1_reader_is_told_to_upgrade_over_a_real_socket(rng, caplog, m
         assert subscriber.invalid["future schema 2"] == 2
         warnings = [r.getMessage() for r in caplog.records if r.name == "sonograde.subscriber"]
         assert len(warnings) == 1
-        assert "message schema version 2, this reader understands up to 1: upgrade" in warnings[0]
+        assert "schema_version 2 is newer than this reader (1); upgrade" in warnings[0]
 
 
 def test_jpeg_frame_and_assessment_together(rng):
