@@ -138,6 +138,7 @@ def test_summary_without_descriptor_predictions_says_why(tmp_path):
     summary = summarize_assessment([case], replicates=50)
     assert "descriptors" not in summary and summary["descriptors_absent"] == [NO_DESCRIPTOR_MODEL]
     assert summary["malignancy"]["source"].startswith("category likelihood")
+    assert "five_way" not in summary  # only a "3" label: no 4A/4B/4C, no five-way block
     files = write_assessment_report(tmp_path, summary)
     assert files[0].name == "assessment.md" and NO_DESCRIPTOR_MODEL in files[0].read_text()
 

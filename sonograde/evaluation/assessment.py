@@ -174,11 +174,12 @@ def summarize_malignancy(cases: Sequence[CaseResult], n_bins: int = 10) -> dict[
 def summarize_five_way(cases: Sequence[CaseResult], replicates: int = BOOTSTRAP_REPLICATES,
                        seed: int = BOOTSTRAP_SEED) -> dict[str, object]:
     """Five-way (3/4A/4B/4C/5) accuracy, quadratic-weighted kappa with its interval, and macro AUC over the
-    fine-labelled cases (a coarse "4" label is not a five-way label)."""
+    fine-labelled cases (a coarse "4" label is not a five-way label). Empty when no case is labelled
+    4A, 4B or 4C: a dataset with only 3, coarse 4 and 5 has no five-way labels."""
     graded = [c.graded("refined") for c in cases]
     fine = [g for g in graded if g.label in CATEGORIES]
-    if not fine:
-        return {}
+    if not any(g.label in ("4A", "4B", "4C") for g in fine):
+        return {}  # only 3 and 5 (and coarse 4): not a five-way label set (BUS-BRA)
     grading = summarize_grading(fine)
     found = [g for g in fine if g.predicted is not None]
     block = _kappa_block([CATEGORIES.index(g.label) for g in found],  # type: ignore[arg-type]
@@ -186,7 +187,7 @@ def summarize_five_way(cases: Sequence[CaseResult], replicates: int = BOOTSTRAP_
                          CATEGORIES, "quadratic", replicates, seed)
     return {"n": len(fine), "n_no_lesion": len(fine) - len(found), "accuracy": grading.get("accuracy"),
             "quadratic_weighted_kappa": block["kappa"], "kappa_ci95": block["kappa_ci95"],
-            "macro_auc": grading.get("macro_auc")}
+            "macro_auc": grading.get("macro_auc"), "macro_auc_over": grading.get("macro_auc_over")}
 
 
 def summarize_assessment(cases: Sequence[CaseResult], replicates: int = BOOTSTRAP_REPLICATES,
