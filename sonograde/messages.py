@@ -317,8 +317,11 @@ def _check_descriptors(descriptors: Any) -> None:
     if not isinstance(descriptors, dict):
         raise _bad("'descriptors' must be an object of descriptor -> {value, probabilities}")
     for name, entry in descriptors.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("value"), str):
-            raise _bad(f"descriptor {name!r} must be an object with a string 'value'")
+        if not isinstance(entry, dict) or not (
+                isinstance(entry.get("value"), str)
+                or (entry.get("value") is None and isinstance(entry.get("reason"), str))):
+            raise _bad(f"descriptor {name!r} must be an object with a string 'value' (or a null value "
+                       "and its 'reason')")
         if "probabilities" in entry:
             _check_probability_map(f"descriptor {name!r} probabilities", entry["probabilities"])
         if "subtypes" in entry:
@@ -379,6 +382,6 @@ def check_assessment(assessment: Any) -> None:
     if "drivers" in assessment:
         drivers = assessment["drivers"]
         named = isinstance(drivers, list) and all(isinstance(d, dict) and isinstance(d.get("descriptor"), str)
-                                                  for d in drivers)
+                                                  and _is_number(d.get("contribution", 0.0)) for d in drivers)
         if not named:
             raise _bad("'drivers' must be a list of objects, each naming its 'descriptor'")

@@ -324,7 +324,9 @@ def _draw_calipers(area: np.ndarray, assessment: dict | None, scale: float, dx: 
 
 
 def _descriptor_line(name: str, entry: dict) -> str:
-    value = str(entry.get("value", "?"))
+    if entry.get("value") is None:  # a descriptor the model does not give, with its reason
+        return f"- ({entry.get('reason', 'not given')})"
+    value = str(entry["value"])
     probability = (entry.get("probabilities") or {}).get(value)
     text = value + (f" {100 * float(probability):.0f}%" if probability is not None else "")
     if name == "orientation" and entry.get("angle_deg") is not None:

@@ -35,7 +35,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from sonograde import RESEARCH_USE_ONLY
-from sonograde.assessment import descriptor_ms, frame_assessment
+from sonograde.assessment import descriptor_ms, frame_assessment, grader_accepts_pixel_size
 from sonograde.messages import encode, encode_frame, polygon_to_json
 from sonograde.publisher import DEFAULT_ENDPOINT, Publisher, PublisherConfig
 from sonograde.smoothing import LesionTracker, SmoothingConfig
@@ -386,7 +386,8 @@ class Pipeline:
                 self._last_graded_t = max(self._last_graded_t, t_capture)
             t0 = time.monotonic_ns()
             try:
-                work.classified = self.grader.classify(work.frame.image, work.refined)
+                work.classified = self.grader.classify(work.frame.image, work.refined,
+                                                       **self._pixel_size(work))
             except Exception as error:
                 self._record_error("classify", error)
                 continue
@@ -554,6 +555,13 @@ class Pipeline:
         share = descriptor_ms(classified)
         if share is not None:
             timings["classify_descriptors"] = round(share, 3)
+
+    def _pixel_size(self, work: _Work) -> dict[str, Any]:
+        """The frame's pixel size for a grader that measures the lesion in classify (mm sizes there)."""
+        if not grader_accepts_pixel_size(self.grader) or not work.frame.pixel_size_mm:
+            return {}
+        return {"pixel_size_mm": work.frame.pixel_size_mm,
+                "pixel_size_source": self._pixel_size_source(work.frame)}
 
     def _pixel_size_source(self, frame: Any) -> str | None:
         """Where the frame's pixel size came from: the frame's own word for it where it gives one, else

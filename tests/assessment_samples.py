@@ -29,9 +29,34 @@ def sample_assessment(rng: np.random.Generator, bbox: tuple[int, int, int, int] 
     calipers = {"width": [[x - 0.5, y + h // 2], [x + w - 0.5, y + h // 2]],
                 "height": [[x + w // 2, y - 0.5], [x + w // 2, y + h - 0.5]]}
     drivers = [{"descriptor": "margin", "value": descriptors["margin"]["value"], "direction": "up",
-                "weight": 0.8},
+                "contribution": 0.8},
                {"descriptor": "shape", "value": descriptors["shape"]["value"], "direction": "up",
-                "weight": 0.5},
-               {"descriptor": "orientation", "value": "parallel", "direction": "down", "weight": -0.3}]
+                "contribution": 0.5},
+               {"descriptor": "orientation", "value": "parallel", "direction": "down", "contribution": -0.3}]
     return {"descriptors": descriptors, "size": size, "calipers": calipers,
             "malignancy_probability": round(float(rng.uniform()), 3), "drivers": drivers, "absent": {}}
+
+
+def random_descriptor_model(rng: np.random.Generator, model_id: str = "test-descriptors") -> dict:
+    """A descriptor model file's content (``engine.descriptors.FORMAT``) with seeded random coefficients:
+    the real runtime on untrained weights, for plumbing tests (its outputs mean nothing)."""
+    from engine.descriptors import DESCRIPTOR_VALUES, FEATURE_NAMES, FORMAT
+
+    n = len(FEATURE_NAMES)
+
+    def head(classes: tuple[str, ...]) -> dict:
+        rows = 1 if len(classes) == 2 else len(classes)
+        return {"classes": list(classes), "coef": rng.normal(0, 0.5, (rows, n)).tolist(),
+                "intercept": rng.normal(0, 0.5, rows).tolist()}
+
+    inputs = ["shape:irregular", "orientation:not parallel", "margin:not circumscribed",
+              "margin_subtype:spiculated", "posterior_features:shadowing"]
+    return {
+        "format": FORMAT, "model_id": model_id, "feature_names": list(FEATURE_NAMES),
+        "mean": rng.normal(0, 1, n).tolist(), "scale": rng.uniform(0.5, 2.0, n).tolist(),
+        "heads": {name: head(values) for name, values in DESCRIPTOR_VALUES.items()},
+        "margin_subtypes": {s: head(("no", "yes")) for s in MARGIN_SUBTYPES},
+        "malignancy": {**head(("benign", "malignant")), "platt": [1.0, 0.0]},
+        "suspicion": {"inputs": inputs, "coef": rng.normal(0, 1, len(inputs)).tolist(),
+                      "mean": rng.uniform(0, 1, len(inputs)).tolist()},
+    }

@@ -4,8 +4,7 @@ small dev ONNX models, real ZeroMQ)."""
 
 from __future__ import annotations
 
-import dataclasses
-import threading
+import json
 import time
 
 import numpy as np
@@ -88,56 +87,44 @@ def test_no_lesion_gives_every_part_absent_with_the_reason(grader):
     assert assessment == {"absent": dict.fromkeys(ASSESSMENT_PARTS, NO_LESION)}
 
 
-@dataclasses.dataclass(frozen=True)
-class _Described:
-    """The G-CNN stage's result plus what a grader with descriptor heads adds."""
+@pytest.fixture(scope="module")
+def describing_grader(tmp_path_factory):
+    """The dev grader with a real descriptor model (seeded random coefficients) in its models folder."""
+    from assessment_samples import random_descriptor_model
 
-    probabilities: np.ndarray | None
-    category: str | None
-    categories: tuple
-    ms: float
-    descriptors: dict
-    malignancy_probability: float
-    drivers: list
-    descriptor_ms: float
-
-
-class _DescribingGrader:
-    """The real dev grader, its classify result extended the way a descriptor model extends it."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.categories, self.model_ids = inner.categories, inner.model_ids
-        self.calls = 0
-        self.lock = threading.Lock()
-
-    def locate(self, image):
-        return self.inner.locate(image)
-
-    def refine(self, image, roi):
-        return self.inner.refine(image, roi)
-
-    def classify(self, image, refined):
-        c = self.inner.classify(image, refined)
-        descriptors = {name: {"value": values[0], "probabilities": {v: 1.0 / len(values) for v in values}}
-                       for name, values in DESCRIPTORS.items()}
-        descriptors["orientation"]["angle_deg"] = np.float64(4.25)
-        drivers = [{"descriptor": "shape", "value": "oval", "direction": "down", "weight": -0.4}]
-        return _Described(c.probabilities, c.category, c.categories, c.ms, descriptors, np.float32(0.25),
-                          drivers, 0.7)
+    directory = tmp_path_factory.mktemp("dev_models_descriptors")
+    make_roi_model(directory / "roi_cnn.onnx")
+    make_grader_model(directory / "g_cnn.onnx")
+    model = random_descriptor_model(np.random.default_rng(7))
+    (directory / "descriptors.json").write_text(json.dumps(model))
+    grader = TwoStageGrader.from_models_dir(directory)
+    assert grader.descriptors is not None
+    grader.warm_up()
+    return grader
 
 
-def test_the_graders_descriptors_reach_the_stream(grader, rng):
-    received = _receive_results(_DescribingGrader(grader), lesion_images(rng), 5)
+def test_the_graders_descriptors_reach_the_stream(describing_grader, rng):
+    received = _receive_results(describing_grader, lesion_images(rng), 5)
     lesions = [m for m in received if m.header["lesion_found"]]
     assert lesions
     for message in lesions:
         assessment = message.assessment
         assert assessment["absent"] == {}
-        assert assessment["descriptors"]["orientation"]["angle_deg"] == 4.25
-        assert assessment["malignancy_probability"] == 0.25
-        assert assessment["drivers"][0]["descriptor"] == "shape"
-        assert message.header["timings_ms"]["classify_descriptors"] == 0.7
+        descriptors = assessment["descriptors"]
+        assert set(descriptors) == {"shape", "orientation", "margin", "echo_pattern", "posterior_features",
+                                    "calcifications"}
+        assert descriptors["shape"]["value"] in DESCRIPTORS["shape"]
+        assert abs(sum(descriptors["shape"]["probabilities"].values()) - 1) < 1e-3
+        assert isinstance(descriptors["orientation"]["angle_deg"], float)
+        assert set(descriptors["margin"]["subtypes"]) == {"indistinct", "angular", "microlobulated",
+                                                         "spiculated"}
+        assert 0.0 <= assessment["malignancy_probability"] <= 1.0
+        assert all(d["direction"] in ("up", "down") for d in assessment["drivers"])
+        # the grader measured the size itself, in mm with the frame's pixel size from the source
+        assert assessment["size"]["unit"] == "mm" and assessment["size"]["pixel_size_source"] == "caller"
+        timings = message.header["timings_ms"]
+        assert 0.0 < timings["classify_descriptors"] <= timings["classify"]
+        assert message.header["model_ids"]["descriptors"] == "test-descriptors"
 
 
 def test_frame_without_pixel_size_is_measured_in_px(grader, rng):
@@ -153,21 +140,27 @@ def test_frame_without_pixel_size_is_measured_in_px(grader, rng):
 
 
 def test_bench_pipeline_shows_the_measure_stage_and_the_descriptor_share(tmp_path, capsys):
-    """`sonograde bench pipeline` (short, dev models): the stage line names classify with its descriptor
-    share (none for a grader without descriptor models) and the measure stage of the assessment."""
-    import json
+    """`sonograde bench pipeline` (short, dev models and a descriptor model): the stage line shows classify
+    with the descriptor model's share, and the assessment's measure stage."""
+    from assessment_samples import random_descriptor_model
 
-    from engine.backends.dev_models import make_grader_model, make_roi_model
+    from sonograde.benchmarks.pipeline import format_stages
     from sonograde.cli import main as cli_main
 
     make_roi_model(tmp_path / "roi_cnn.onnx")
     make_grader_model(tmp_path / "g_cnn.onnx")
+    (tmp_path / "descriptors.json").write_text(json.dumps(random_descriptor_model(np.random.default_rng(3))))
     argv = ["bench", "pipeline", "--models", str(tmp_path), "--seconds", "1.5", "--warmup", "0.5"]
     assert cli_main(argv) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
     stages = summary["stages_ms"]
     assert "classify" in stages, "the dev ROI-CNN found no lesion on the phantom"
-    assert "measure" in stages and "classify_descriptors" not in stages
-    assert "stages p50/p99 ms:" in captured.err and "(no descriptor models)" in captured.err
+    assert {"measure", "classify_descriptors"} <= set(stages)
+    assert stages["classify_descriptors"]["p50"] <= stages["classify"]["p50"]
+    assert "stages p50/p99 ms:" in captured.err
+    assert f"(descriptors {stages['classify_descriptors']['p50']}/" in captured.err
     assert f"measure {stages['measure']['p50']}/" in captured.err
+    assert "descriptors p50 <= 3 ms" in captured.err
+    without = format_stages({"classify": {"p50": 4.0, "p99": 9.0}})
+    assert without == "stages p50/p99 ms: classify 4.0/9.0 (no descriptor models)"

@@ -180,7 +180,7 @@ def evaluate_case(grader: TwoStageGrader, record: ManifestRecord, options: Evalu
     t0 = time.perf_counter()
     roi = grader.locate(gray)
     refined = grader.refine(gray, roi)
-    classified = grader.classify(gray, refined)
+    classified = grader.classify(gray, refined, **_pixel_size(grader, record))
     case.timings_ms["pipeline"] = (time.perf_counter() - t0) * 1e3
     assess_case(case, record, refined, classified, truth)
     masks: dict[str, np.ndarray] = {"roi_cnn": refined.raw_mask, "refined": refined.refined_mask}
@@ -210,6 +210,15 @@ def evaluate_case(grader: TwoStageGrader, record: ManifestRecord, options: Evalu
     if options.keep_contours and has_lesion:
         case.contours["truth"] = mask_contours(truth)
     return case
+
+
+def _pixel_size(grader: TwoStageGrader, record: ManifestRecord) -> dict[str, object]:
+    """The manifest's pixel size for a grader that measures the lesion in classify (mm sizes there)."""
+    from sonograde.assessment import grader_accepts_pixel_size
+
+    if not grader_accepts_pixel_size(grader) or not record.pixel_size_mm:
+        return {}
+    return {"pixel_size_mm": record.pixel_size_mm, "pixel_size_source": "manifest"}
 
 
 def assess_case(case: CaseResult, record: ManifestRecord, refined: object, classified: object,
