@@ -323,6 +323,15 @@ def _draw_calipers(area: np.ndarray, assessment: dict | None, scale: float, dx: 
         _text(area, label, org, 0.45, CALIPER_GREEN)
 
 
+def _percent(probability: float) -> str:
+    """A probability as a whole percentage, never a bare 0 % or 100 % for what is only close to them."""
+    if probability < 0.005:
+        return "<1%"
+    if probability > 0.995:
+        return ">99%"
+    return f"{100 * probability:.0f}%"
+
+
 def _descriptor_line(name: str, entry: dict) -> str:
     if entry.get("value") is None:  # a descriptor the model does not give, with its reason
         return f"- ({entry.get('reason', 'not given')})"
@@ -352,7 +361,7 @@ def _draw_assessment_column(column: np.ndarray, result: Message | None, stale: b
     absent = assessment.get("absent") or {}
     probability = assessment.get("malignancy_probability")
     if probability is not None:  # level with the category in the panel to its left
-        _text(column, f"{100 * float(probability):.0f}%", (x, 100), 1.5, text_colour, 2, _FONT)
+        _text(column, _percent(float(probability)), (x, 100), 1.5, text_colour, 2, _FONT)
         _text(column, "malignancy probability", (x, 128), 0.45, _DIM)
     else:
         _text(column, "malignancy: -", (x, 92), 0.6, _DIM)
@@ -398,12 +407,13 @@ def _draw_assessment_column(column: np.ndarray, result: Message | None, stale: b
         y += 44
     drivers = assessment.get("drivers")
     if drivers:
-        _text(column, "drivers of the category", (x, y), 0.45, _DIM)
+        _text(column, "drivers (up / down the suspicion)", (x, y), 0.45, _DIM)
         y += 22
         for driver in drivers[:3]:
             direction = str(driver.get("direction", ""))
             arrow = "up" if direction == "up" else "down" if direction == "down" else ""
-            line = f"{arrow:>4s}  {driver.get('descriptor', '?')}: {driver.get('value', '')}"
+            name = _DESCRIPTOR_LABELS.get(str(driver.get("descriptor")), str(driver.get("descriptor", "?")))
+            line = f"{arrow:>4s}  {name}: {driver.get('value') or ''}"
             colour = _DIM if stale else ((80, 160, 255) if arrow == "up" else (180, 220, 140))
             _text(column, line[:38], (x, y), 0.42, colour)
             y += 20
