@@ -337,7 +337,7 @@ def _descriptor_line(name: str, entry: dict) -> str:
         return f"- ({entry.get('reason', 'not given')})"
     value = str(entry["value"])
     probability = (entry.get("probabilities") or {}).get(value)
-    text = value + (f" {100 * float(probability):.0f}%" if probability is not None else "")
+    text = value + (f" {_percent(float(probability))}" if probability is not None else "")
     if name == "orientation" and entry.get("angle_deg") is not None:
         text += f"  {float(entry['angle_deg']):+.0f} deg"
     return text
@@ -381,7 +381,7 @@ def _draw_assessment_column(column: np.ndarray, result: Message | None, stale: b
             subtypes = entry.get("subtypes") if name == "margin" else None
             if subtypes:
                 top = sorted(subtypes.items(), key=lambda kv: -float(kv[1]))[:2]
-                line = ", ".join(f"{k} {100 * float(v):.0f}%" for k, v in top)
+                line = ", ".join(f"{k} {_percent(float(v))}" for k, v in top)
                 _text(column, line[:34], (x + 96, y), 0.38, _DIM)
                 y += 18
     else:
