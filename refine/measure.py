@@ -254,15 +254,16 @@ def caliper_endpoints(mask: np.ndarray) -> dict[str, list[list[float]]]:
         bottom edge of its bottom row, at the column where it is tallest. ``x1 - x0`` and ``y1 - y0`` are
         the ``width`` and ``height`` of :func:`lesion_size` in px.
     """
-    m = _lesion_mask(mask)
-    rows = np.flatnonzero(m.any(axis=1))
-    cols = np.flatnonzero(m.any(axis=0))
-    box = m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # the scans below only need the lesion's box
-    y_width = int(rows[0]) + _widest_line(box)
-    x_height = int(cols[0]) + _widest_line(np.ascontiguousarray(box.T))
+    m = as_mask(mask, "mask")
+    x, y, w, h = cv2.boundingRect(m.view(np.uint8))  # frame coordinates of the lesion's box
+    if w == 0:
+        raise ValueError("mask is empty: no lesion to measure")
+    box = np.ascontiguousarray(m[y:y + h, x:x + w])  # the scans below only need the box
+    y_width = y + _widest_line(box)
+    x_height = x + _widest_line(np.ascontiguousarray(box.T))
     return {
-        "width": [[float(cols[0]) - 0.5, float(y_width)], [float(cols[-1]) + 0.5, float(y_width)]],
-        "height": [[float(x_height), float(rows[0]) - 0.5], [float(x_height), float(rows[-1]) + 0.5]],
+        "width": [[x - 0.5, float(y_width)], [x + w - 0.5, float(y_width)]],
+        "height": [[float(x_height), y - 0.5], [float(x_height), y + h - 0.5]],
     }
 
 
