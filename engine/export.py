@@ -218,7 +218,7 @@ def load_weight_average(checkpoints: list[str | Path]) -> tuple[str, torch.nn.Mo
     batch-norm statistics are the mean of the checkpoints': a weight-space ensemble, as fast as one network.
     With a pretrained network and its fine-tuned descendant this is WiSE-FT (Wortsman et al., "Robust
     fine-tuning of zero-shot models", CVPR 2022) at mixing 0.5, a trade between what fine-tuning gained
-    and what it forgot (measured for the grader in docs/training.md, session 7). Only meaningful for
+    and what it forgot (measured for the grader in commit 4ae05d2, docs/research.md). Only meaningful for
     networks that share an ancestry (one started from the other, or both from one checkpoint).
     TrainingError unless all have the same kind and configuration."""
     from engine.training.common import TrainingError, load_checkpoint

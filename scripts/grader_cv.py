@@ -4,10 +4,11 @@ models pooled by ``engine.training.evaluate`` (every case graded once by a netwo
 the mean of the initializations' probabilities evaluated as an ensemble. Prints one line per evaluation and
 writes ``OUT/summary.json``. Research use only, not for diagnosis.
 
-This is how docs/training.md "Five-way grading on a GPU" was measured (session 4, one H200, 14 workers):
+For example, three initializations of a frame-view recipe on one GPU with 14 workers (docs/research.md,
+commit 55b945e):
 
   python scripts/grader_cv.py --out /dev/shm/cv --device cuda --workers 14 --seeds 30,31,32 --split-seed 3 \\
-      --data ../shared/data/breast_lesions_usg -- --view frame --input-size 288 --width 0.25 --epochs 25
+      --data $DATA/breast_lesions_usg -- --view frame --input-size 288 --width 0.25 --epochs 25
 
 Arguments after ``--`` go to ``sonograde train grader`` as they are (the recipe). Always added: ``--cv-folds K
 --test-fold i --seed S --split-seed SPLIT --device --threads 1 --no-progress --cache-dir OUT/cache`` and

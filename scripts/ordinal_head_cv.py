@@ -4,10 +4,10 @@ data.
 Input: the JSON of ``python -m engine.training.evaluate grader --cv-folds K --seed S --json FILE`` run with
 the head-less network (or ensemble) once per fold (each fold through its own first stage, if you have
 one). For every fold a head is fitted on the other folds' cases (annotated masks) and applied to the fold (the
-pipeline's masks); the pooled result is printed and written to ``--out``. This is how docs/training.md
-"An ordinal head on BUS-BRA graders" was measured (session 8):
+pipeline's masks); the pooled result is printed and written to ``--out``. This is how the shipped grader's
+recipe was cross-validated (docs/training.md, "Cross-validation"):
 
-  python scripts/ordinal_head_cv.py --pooled runs/ensA_cv_s3.json --data ../shared/data/breast_lesions_usg \\
+  python scripts/ordinal_head_cv.py --pooled runs/ensA_cv_s3.json --data $DATA/breast_lesions_usg \\
       --cv-folds 5 --seed 3 --out runs/ensA_oh_s3.json
 
 Research use only, not for diagnosis.

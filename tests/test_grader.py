@@ -210,7 +210,7 @@ def test_shipped_models_find_phantom_lesions():
     seed = int(np.random.randint(0, 2**31))
     scores = []
     # The shipped models are trained on real images; on the phantom the refined DSC was > 0.5 on 85 % of
-    # 200 random frames (session 4; 87.5 % on 200 others in session 8), so >= 12 of 20 fails by chance
+    # 200 random frames (87.5 % on 200 others measured later), so >= 12 of 20 fails by chance
     # about once in 750 runs (>= 6 of 10, the earlier check, about once in 100: it did once).
     for i in range(20):
         sample = phantom.PhantomScanner(seed + i).sample()
@@ -253,7 +253,7 @@ def test_shipped_precisions_load_by_name(precision):
     reference_grader = TwoStageGrader.from_models_dir()
     candidate_grader = TwoStageGrader.from_models_dir(precision=precision)
     # Several fresh frames, judged by the median: on about one phantom frame in 60 the area filter keeps
-    # another component in one precision than in the other (DSC 0; measured in session 8). Eight frames:
+    # another component in one precision than in the other (DSC 0; measured in commit 8a8f879). Eight frames:
     # both precisions find a lesion in fewer than three about once in 10,000 runs.
     agreement = []
     for seed in np.random.randint(0, 2**31, size=8):

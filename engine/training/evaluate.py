@@ -18,9 +18,9 @@ graded (every image segmented) once by a network that never saw it; each case's 
 training majority. A grader's first stage can be one ROI-CNN or one per fold (``--roi-model`` K times).
 
 Usage:
-  python -m engine.training.evaluate roi --model models/roi_cnn.onnx --data ../shared/data/busbra
+  python -m engine.training.evaluate roi --model models/roi_cnn.onnx --data $DATA/busbra
   python -m engine.training.evaluate grader --model models/g_cnn.onnx --roi-model models/roi_cnn.onnx \\
-      --data ../shared/data/busbra --data ../shared/data/breast_lesions_usg
+      --data $DATA/busbra --data $DATA/breast_lesions_usg
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ def fit_head_run(bases: list[str | Path], data: list[str], out: str | Path, spli
                                 "network")
     if not data:
         raise TrainingError("an ordinal head needs --data: a folder with five-way labels (3, 4a, 4b, 4c, 5), "
-                            "such as ../shared/data/breast_lesions_usg")
+                            "such as BrEaST-Lesions_USG")
     torch.set_num_threads(threads)
     net = load_ensemble(list(bases))[1]  # one base: an ensemble of one, the same probabilities
     configs = [TrainConfig(**{**p["train_config"], "train_masks": "annotation"}) for p in payloads]

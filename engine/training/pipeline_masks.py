@@ -3,9 +3,9 @@
 In use, the G-CNN's mask channel (and, in the crop view, its box) comes from the ROI-CNN and the
 refinement (area filter, Chan–Vese), whose outline is smoother and a few pixels off a radiologist's
 annotation, and which now and then picks another dark region. A grader trained on annotated masks learns
-their outline too, and loses accuracy when it gets the pipeline's instead (session 5: 0.07-0.10 of
-five-way accuracy between annotated and pipeline masks on cross-validated BrEaST cases, misses counted
-wrong; docs/training.md). ``sonograde train
+their outline too, and loses accuracy when it gets the pipeline's instead (0.07-0.10 of five-way
+accuracy between annotated and pipeline masks on cross-validated BrEaST cases, misses counted wrong;
+commit ed6d351, docs/research.md). ``sonograde train
 grader --train-masks pipeline --roi-model M`` trains it on what it will see: each training and validation
 image goes once through the pipeline's stages 1-2 exactly as ``engine.training.evaluate`` runs them, and
 the refined mask replaces the annotation where it found the annotated lesion (Dice >= ``min_dice``);

@@ -7,9 +7,9 @@ user waits, which on a shared machine also measures the scheduler). Medians over
 median counts only frames with a lesion. Each thread count gets its own freshly loaded, warmed-up models,
 and thread counts are measured alternately (--rounds) so a change in machine load hits all of them.
 
-Examples:
+Examples ($DATA: the folder with the public datasets; any manifest folder DIR works, docs/data.md):
   sonograde bench grader                             # shipped models, 20 phantom frames, threads 1 and 2
-  sonograde bench grader --data ../shared/data/busbra --frames 30 --json
+  sonograde bench grader --data $DATA/busbra --frames 30 --json
   sonograde bench grader --models my_models/ --precision int8 --threads 1
   sonograde bench grader --precision int8 --threads 1 --descriptors both   # classify with vs without
                                                      # the explained assessment (models/descriptors.json)

@@ -1,13 +1,14 @@
 """Bench calibration: fast models that still agree with the reference, and the scanner's screen geometry.
 
-INT8 in three steps (calibration reader -> quantizer -> accuracy gate), as ONNX Runtime's tools:
-  sonograde calibrate int8 --model models/roi_cnn.onnx --data ../shared/data/busbra \\
+INT8 in three steps (calibration reader -> quantizer -> accuracy gate), as ONNX Runtime's tools
+($DATA: the folder with the public datasets; any manifest folder DIR works, docs/data.md):
+  sonograde calibrate int8 --model models/roi_cnn.onnx --data $DATA/busbra \\
       --out models/roi_cnn.int8.onnx                     # calibrates, runs the gate, writes if it passes
-  sonograde calibrate int8 --model models/g_cnn.onnx --data ../shared/data/busbra --target tensorrt \\
+  sonograde calibrate int8 --model models/g_cnn.onnx --data $DATA/busbra --target tensorrt \\
       --out models/g_cnn.int8.trt.onnx                   # symmetric int8 for TensorRT
   sonograde calibrate fp16 --model models/roi_cnn.onnx --out models/roi_cnn.fp16.onnx
   sonograde calibrate verify --reference models/roi_cnn.onnx --candidate models/roi_cnn.int8.onnx \\
-      --data ../shared/data/busbra --json                # the gate alone
+      --data $DATA/busbra --json                # the gate alone
   sonograde calibrate geometry --frame screen.png --out geometry.json   # image rectangle + mm per pixel
 
 See docs/calibration.md.

@@ -6,9 +6,9 @@ running it in ONNX Runtime against the FP32 model; with --data or --source the a
 (`sonograde calibrate verify`) runs too and the file is written only if it passes (or with --force).
 On a CPU the FP16 model is not faster (ONNX Runtime casts around float16 ops it lacks); it is for GPUs.
 
-Examples:
+Examples ($DATA: the folder with the public datasets; any manifest folder DIR works, docs/data.md):
   sonograde calibrate fp16 --model models/roi_cnn.onnx --out models/roi_cnn.fp16.onnx
-  sonograde calibrate fp16 --model models/g_cnn.onnx --out models/g_cnn.fp16.onnx --data ../shared/data/busbra
+  sonograde calibrate fp16 --model models/g_cnn.onnx --out models/g_cnn.fp16.onnx --data $DATA/busbra
 """
 
 from __future__ import annotations

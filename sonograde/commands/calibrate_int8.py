@@ -11,10 +11,10 @@ Calibration frames come from the training side of the split (--split train), gat
 side (--verify-split test) of the same folders unless --verify-data is given. With --source, the first
 --count frames calibrate and the next --verify-count frames verify.
 
-Examples:
-  sonograde calibrate int8 --model models/roi_cnn.onnx --data ../shared/data/busbra ../shared/data/busi \\
+Examples ($DATA: the folder with the public datasets; any manifest folder DIR works, docs/data.md):
+  sonograde calibrate int8 --model models/roi_cnn.onnx --data $DATA/busbra $DATA/busi \\
       --out models/roi_cnn.int8.onnx
-  sonograde calibrate int8 --model models/g_cnn.onnx --data ../shared/data/busbra --method entropy \\
+  sonograde calibrate int8 --model models/g_cnn.onnx --data $DATA/busbra --method entropy \\
       --out models/g_cnn.int8.onnx --json
   sonograde calibrate int8 --model models/roi_cnn.onnx --source phantom:seed=2 --count 64 \\
       --target tensorrt --out /tmp/roi_cnn.int8.trt.onnx

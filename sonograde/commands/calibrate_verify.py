@@ -9,11 +9,11 @@ runs, then the median over inputs):
 Passes when mean DSC agreement >= 0.98 (ROI-CNN) or top-1 agreement >= 0.97 (grader), unless changed.
 Exit status 0 when it passes, 1 when the candidate is refused (the reason is printed), 2 on bad input.
 
-Examples:
+Examples ($DATA: the folder with the public datasets; any manifest folder DIR works, docs/data.md):
   sonograde calibrate verify --reference models/roi_cnn.onnx --candidate models/roi_cnn.int8.onnx \\
-      --data ../shared/data/busbra --json
+      --data $DATA/busbra --json
   sonograde calibrate verify --reference models/g_cnn.onnx --candidate models/g_cnn.int8.onnx \\
-      --data ../shared/data/busbra ../shared/data/breast_lesions_usg --count 300
+      --data $DATA/busbra $DATA/breast_lesions_usg --count 300
   sonograde calibrate verify --reference models/roi_cnn.onnx --candidate models/roi_cnn.int8.plan \\
       --source phantom:seed=4 --count 100            # a TensorRT engine, on a GPU machine
 """

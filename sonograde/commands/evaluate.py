@@ -26,10 +26,11 @@ reports:
     never taken as negatives.
 
 Honest numbers need held-out images: evaluate the shipped models only on the parts they were not
-trained on (models/roi_cnn.md and models/g_cnn.md say which), e.g.
-  sonograde evaluate --data ../shared/data/busbra --fold 1                 # BUS-BRA held-out fold
-  sonograde evaluate --data ../shared/data/breast_lesions_usg --split test # held-out cases
-  sonograde evaluate --data ../shared/data/breast_lesions_usg --split test --split-cv-folds 5 \
+trained on (models/roi_cnn.md and models/g_cnn.md say which; $DATA: the folder with the public
+datasets, docs/data.md), e.g.
+  sonograde evaluate --data $DATA/busbra --fold 1                 # BUS-BRA held-out fold
+  sonograde evaluate --data $DATA/breast_lesions_usg --split test # held-out cases
+  sonograde evaluate --data $DATA/breast_lesions_usg --split test --split-cv-folds 5 \
       --split-test-fold 1                     # fold 1 of 5, for a model trained with --cv-folds 5
   sonograde evaluate --data DIR --ids held_out_ids.txt --json              # ids file: ID or DATASET:ID
   sonograde evaluate --data DIR --out report/                               # Markdown + ROC + case grid

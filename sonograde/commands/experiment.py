@@ -9,10 +9,10 @@ images: keep it outside any repository. Measured on two idle CPU cores with brea
 lesions): 5 folds at --whole-size 288 --crop-size 128 --epochs 20 --width 0.125 took 19 minutes; adding
 BUS-BRA or widening the networks multiplies that: run long ones with nohup.
 
-Examples:
-  sonograde experiment table3 --data ../shared/data/breast_lesions_usg --out /tmp/t3      # 5 folds
-  sonograde experiment table3 --data ../shared/data/breast_lesions_usg --out /tmp/t3_a --epochs 20 \
-      --width 0.125 --whole-size 288 --crop-size 128 --optimizer adamw    # docs/results.md, run A
+Examples ($DATA: the folder with the public datasets; any manifest folder DIR works, docs/data.md):
+  sonograde experiment table3 --data $DATA/breast_lesions_usg --out /tmp/t3      # 5 folds
+  sonograde experiment table3 --data $DATA/breast_lesions_usg --out /tmp/t3_a --epochs 20 \
+      --width 0.125 --whole-size 288 --crop-size 128 --optimizer adamw    # docs/research.md
   sonograde experiment table3 --data DIR --folds 3 --epochs 4 --width 0.125 --out /tmp/t3_small
   sonograde experiment table3 --smoke --out /tmp/t3_smoke     # phantom data, tiny networks, seconds
 

@@ -185,4 +185,4 @@ def run(args: argparse.Namespace) -> int:
           f"{p50:.1f}/{p99:.1f} ms, "
           f"dropped {stats.dropped['total']}, stale graded {stats.stale_graded}, errors {stats.errors}",
           file=sys.stderr)
-    return 0  # Ctrl-C is the normal way to stop a live session
+    return 0  # Ctrl-C is the normal way to stop a live run

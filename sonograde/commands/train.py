@@ -1,9 +1,9 @@
 """Train the ROI-CNN or the G-CNN on manifest folders and/or phantom data.
 
-Examples:
-  sonograde train roi --data ../shared/data/busbra --data ../shared/data/busi --out runs/roi \\
+Examples ($DATA: the folder with the public datasets; any manifest folder DIR works, docs/data.md):
+  sonograde train roi --data $DATA/busbra --data $DATA/busi --out runs/roi \\
       --epochs 20 --optimizer adamw --cache-dir ~/.cache/sonograde
-  sonograde train grader --data ../shared/data/busbra --data ../shared/data/breast_lesions_usg \\
+  sonograde train grader --data $DATA/busbra --data $DATA/breast_lesions_usg \\
       --out runs/grader --epochs 30
   sonograde train roi --phantom 64 --out /tmp/smoke --max-steps 5      # smoke run, no real data
   sonograde train roi --data ... --out runs/roi --resume               # continue from runs/roi/last.pt
@@ -14,7 +14,7 @@ Examples:
   sonograde train grader --data ... --out runs/g --device cuda          # on an NVIDIA GPU (CUDA torch)
   sonograde train grader --data ... --out runs/student --distill-from runs/a/last.pt \\
       --distill-from runs/b/last.pt --distill-from runs/c/last.pt       # one network learning three
-  sonograde train head --init-from runs/pre_busbra/last.pt --data ../shared/data/breast_lesions_usg \\
+  sonograde train head --init-from runs/grader/last.pt --data $DATA/breast_lesions_usg \\
       --split-seed 0 --out runs/oh                                      # ordinal head, no network training
   sonograde train head --init-from models/g_cnn.onnx --data my_five_way_images \\
       --out runs/my-head                                                # refit the shipped grader's head
@@ -25,7 +25,7 @@ Examples:
 part of --data: a cumulative-logit reading of 3 / 4A / 4B / 4C / 5 off the network's suspicion score
 (engine.training.ordinal), for a grader trained on 3/4/5 labels (BUS-BRA) or for your own five-way cases.
 Give --init-from several times for an ensemble (mean probabilities; export it with the same checkpoints and
---ordinal-head OUT/head.json). Adding the base's own dataset (--data ../shared/data/busbra) fits its coarse
+--ordinal-head OUT/head.json). Adding the base's own dataset (--data $DATA/busbra) fits its coarse
 labels too, on the base run's validation patients only. With an exported model (--init-from
 models/g_cnn.onnx) it refits that model's head for your population (its cut points carry the base rates of
 the cases it was fitted on) and writes OUT/g_cnn.onnx, the same network read through the new head; give it
