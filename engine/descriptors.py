@@ -406,6 +406,9 @@ class DescriptorModel:
         """The explained assessment of one lesion (see the module docstring); the mask must be non-empty."""
         features = lesion_features(gray, mask, grader_probabilities)
         predicted = self.predict(features)
+        # measure on the lesion's box: the same numbers, without passes over a frame-sized mask
+        x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask, dtype=bool).view(np.uint8))
+        mask = mask[y:y + h, x:x + w]
         orientation = lesion_orientation(mask, pixel_size_mm)
         descriptors: dict[str, Any] = {}
         for name in DESCRIPTOR_ORDER:

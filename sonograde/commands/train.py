@@ -18,8 +18,8 @@ Examples ($DATA: the folder with the public datasets; any manifest folder DIR wo
       --split-seed 0 --out runs/oh                                      # ordinal head, no network training
   sonograde train head --init-from models/g_cnn.onnx --data my_five_way_images \\
       --out runs/my-head                                                # refit the shipped grader's head
-  sonograde train descriptors --data ../shared/data/breast_lesions_usg --data ../shared/data/busbra \\
-      --data ../shared/data/busi --out runs/descriptors                 # lexicon descriptors + malignancy
+  sonograde train descriptors --data $DATA/breast_lesions_usg --data $DATA/busbra \\
+      --data $DATA/busi --out runs/descriptors                 # lexicon descriptors + malignancy
 
 `train head` keeps a trained G-CNN as it is and fits five numbers on the five-way lesions of the training
 part of --data: a cumulative-logit reading of 3 / 4A / 4B / 4C / 5 off the network's suspicion score
@@ -272,6 +272,6 @@ def _train_descriptors(args: argparse.Namespace) -> int:
     choice = report["choice"]
     print(f"chosen candidate {choice['chosen']}: " + "; ".join(
         f"{c} CV mean kappa {v['mean_kappa']}, malignancy AUC {v['malignancy_auc']}"
-        for c, v in choice.items() if c != "chosen"))
+        for c, v in choice.items() if isinstance(v, dict)) + f" ({choice['why']})")
     print(f"wrote {Path(args.out) / 'descriptors.json'}, metrics.json and reliability.png")
     return 0
