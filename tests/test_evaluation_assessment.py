@@ -203,3 +203,11 @@ def test_every_breast_descriptor_is_summarized_on_real_labels(shared_data):
     for name in ("shape", "margin", "echo_pattern", "posterior_features", "calcifications"):
         block = summary["descriptors"][name]
         assert block["kappa"] == pytest.approx(1.0) and block["n"] > 140, name
+
+
+def test_a_descriptor_the_model_does_not_give_is_reported_with_its_reason():
+    case = _case("a", {"shape": "oval", "calcifications": "no"}, {"shape": "oval"}, _size(5, 5), _size(5, 5))
+    case.assessment["descriptors"]["calcifications"] = {"value": None, "reason": "too few positives"}
+    block = summarize_assessment([case], replicates=20)["descriptors"]["calcifications"]
+    assert block["n"] == 0 and block["n_no_prediction"] == 1
+    assert block["not_predicted"] == ["too few positives"]

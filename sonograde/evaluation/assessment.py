@@ -67,6 +67,14 @@ def _predicted_descriptor(case: CaseResult, name: str) -> str | None:
     return entry.get("value") if isinstance(entry, dict) else None
 
 
+def _not_predicted_reason(case: CaseResult, name: str) -> str | None:
+    descriptors = (case.assessment or {}).get("descriptors") or {}
+    entry = descriptors.get(name)
+    if isinstance(entry, dict) and entry.get("value") is None and isinstance(entry.get("reason"), str):
+        return entry["reason"]
+    return None
+
+
 def summarize_descriptors(cases: Sequence[CaseResult], replicates: int = BOOTSTRAP_REPLICATES,
                           seed: int = BOOTSTRAP_SEED) -> dict[str, object]:
     """Per-descriptor agreement with the readers (see the module docstring)."""
@@ -83,6 +91,9 @@ def summarize_descriptors(cases: Sequence[CaseResult], replicates: int = BOOTSTR
         block = _kappa_block([t for t, _ in scored], [p for _, p in scored], values, None, replicates, seed)
         block["n_labelled"] = len(labelled)
         block["n_no_prediction"] = len(labelled) - len(scored)
+        reasons = {_not_predicted_reason(c, name) for c in labelled} - {None}
+        if reasons:  # the model does not give this descriptor: say why
+            block["not_predicted"] = sorted(reasons)  # type: ignore[type-var]
         if name in PUBLISHED_READER_KAPPA:
             block["published_reader_kappa"] = list(PUBLISHED_READER_KAPPA[name])
         out[name] = block
@@ -244,6 +255,9 @@ def format_assessment(assessment: dict) -> list[str]:
             lines.append(f"  margin {subtype:14s} {block['n']:4d} {_cell(block['kappa'], 2):>6s} "
                          f"{_ci(block):>14s} {_cell(block['agreement'], 2):>6s}   "
                          f"AUC {_cell(block.get('auc'), 2)}")
+    for name, block in descriptors.items():
+        if isinstance(block, dict) and block.get("not_predicted"):
+            lines.append(f"{name} not predicted: " + "; ".join(block["not_predicted"]))
     if assessment.get("descriptors_absent"):
         lines += ["", "descriptors not evaluated: " + "; ".join(assessment["descriptors_absent"])]
     size = assessment.get("size")
