@@ -333,8 +333,8 @@ def _percent(probability: float) -> str:
 
 
 def _descriptor_line(name: str, entry: dict) -> str:
-    if entry.get("value") is None:  # a descriptor the model does not give, with its reason
-        return f"- ({entry.get('reason', 'not given')})"
+    if entry.get("value") is None:  # a descriptor the model does not give (its reason is in the message)
+        return "- (not given by the model)"
     value = str(entry["value"])
     probability = (entry.get("probabilities") or {}).get(value)
     text = value + (f" {_percent(float(probability))}" if probability is not None else "")
