@@ -76,6 +76,11 @@ class LatestFrameGrabber:
         return self._thread.name
 
     @property
+    def skipped(self) -> int:
+        """Unreadable files the current source skipped (``FrameSource.skipped``; 0 for devices)."""
+        return int(getattr(self._source, "skipped", 0) or 0)
+
+    @property
     def received(self) -> int:
         """Frames received from the source(s) so far."""
         with self._cond:
@@ -153,6 +158,7 @@ class LatestFrameGrabber:
             if was_connected:
                 self.reconnects += 1
             was_connected = True
+            self._source = source
             self.description = source.description
             backoff = self.backoff_s[0]
             self._set_state("connected")

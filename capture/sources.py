@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 import time
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -48,8 +50,16 @@ ACCEPTED = (
 )
 
 
+MAX_PIXELS = 50_000_000  # ~7000 x 7000; an ultrasound frame is under 1 MP, a screen capture under 10 MP
+_STANDARD_BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
 class SourceError(ValueError):
     """A source string that names nothing readable, or a source that cannot deliver frames."""
+
+
+class ImageTooLargeError(SourceError):
+    """An image whose header declares more pixels than the cap (refused before decoding it)."""
 
 
 class SourceDisconnectedError(RuntimeError):
@@ -57,9 +67,9 @@ class SourceDisconnectedError(RuntimeError):
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
-    """2-D uint8 from gray, BGR or BGRA input (higher bit depths are scaled down)."""
+    """2-D uint8 from gray, BGR or BGRA input (higher bit depths are scaled down, see ``to_u8``)."""
     if image.dtype != np.uint8:
-        image = _scale_to_u8(image)
+        image = to_u8(image)
     if image.ndim == 3:
         if image.shape[2] == 1:
             image = image[:, :, 0]
@@ -68,6 +78,112 @@ def to_gray(image: np.ndarray) -> np.ndarray:
         else:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     return np.ascontiguousarray(image)
+
+
+def significant_bits(image: np.ndarray, declared: int | None = None) -> int:
+    """Bits an unsigned integer image really uses: ``declared`` (a PNG's sBIT, DICOM's BitsStored) when
+    given, else the smallest standard depth (8, 10, 12, 14, 16) that holds its maximum. 12-bit data in a
+    16-bit container is then scaled by 4095, not 65535 (which would leave it near black)."""
+    width = 8 * image.dtype.itemsize
+    if declared is not None and 1 <= declared <= width:
+        return int(declared)
+    needed = int(image.max()).bit_length() if image.size else 8
+    return next((bits for bits in _STANDARD_BIT_DEPTHS if bits >= needed and bits <= width), width)
+
+
+def to_u8(image: np.ndarray, declared_bits: int | None = None) -> np.ndarray:
+    """uint8 from any image: unsigned integers scaled by their significant bits (``significant_bits``),
+    so every frame of a stream keeps one scale; signed and float data from their minimum to maximum."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8) * 255
+    if image.dtype.kind == "u":
+        data = image
+        bits = significant_bits(data, declared_bits)
+        top = float((1 << bits) - 1)
+        return np.clip(data.astype(np.float32) * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+    return _scale_to_u8(image)
+
+
+def png_significant_bits(data: bytes) -> int | None:
+    """The gray (or first colour) channel's significant bits from a PNG's sBIT chunk, else None."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    position = 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        kind = data[position + 4:position + 8]
+        if kind == b"sBIT" and length >= 1 and position + 9 <= len(data):
+            return int(data[position + 8])
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        position += 12 + length
+    return None
+
+
+def image_file_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from an image file's header without decoding its pixels (Pillow), or None when
+    Pillow does not know the format."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our cap decides
+            with Image.open(path) as image:
+                return int(image.size[0]), int(image.size[1])
+    except Image.DecompressionBombError as error:  # Pillow's own cap (~179 MP) is far above ours
+        numbers = [int(n) for n in re.findall(r"\d+", str(error))]
+        pixels = numbers[0] if numbers else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        return pixels, 1  # the pixel count is what the cap needs
+    except Exception:  # Pillow raises many types for formats it does not read; OpenCV may still
+        return None
+
+
+def read_image_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file as uint8 (H x W gray or H x W x 3 BGR), 16-bit data scaled by its significant bits.
+
+    Raises ImageTooLargeError when the header declares more than ``max_pixels`` pixels (checked before
+    decoding: a 1 MB PNG may hold a 30000 x 30000 picture), SourceError when it is empty, missing or
+    not a readable image."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError("no such file" if not path.exists() else "not a file")
+    size = image_file_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        what = f"{size[0]} x {size[1]} pixels" if size[1] > 1 else f"{size[0]:,} pixels"
+        raise ImageTooLargeError(f"{what} is more than the limit of {max_pixels:,} "
+                                 "(shrink the image, or raise the limit where the command offers it)")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise SourceError("the file is empty")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise SourceError("not a readable image (JPEG, PNG, BMP or TIFF expected), or the file is damaged")
+    if image.shape[0] * image.shape[1] > max_pixels:  # a format Pillow did not know
+        raise ImageTooLargeError(f"{image.shape[1]} x {image.shape[0]} pixels is more than the limit of "
+                                 f"{max_pixels:,}")
+    if image.dtype != np.uint8:
+        image = to_u8(image, png_significant_bits(data[:4096].tobytes()))
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    return image
+
+
+def colour_fraction(image: np.ndarray, *, step: int = 4) -> float:
+    """Fraction of pixels in strong colour (channel spread > 60 of 255 and not dark), on every
+    ``step``-th row and column. Gray ultrasound is ~0; a colour Doppler box or an elastography map
+    covers several percent. 0 for gray images."""
+    if image.ndim != 3 or image.shape[2] < 3:
+        return 0.0
+    sample = image[::step, ::step, :3]
+    if sample.dtype != np.uint8:
+        sample = to_u8(np.ascontiguousarray(sample))
+    spread = sample.max(axis=2).astype(np.int16) - sample.min(axis=2)
+    saturated = (spread > 60) & (sample.max(axis=2) > 60)
+    return float(saturated.mean()) if saturated.size else 0.0
 
 
 def _scale_to_u8(image: np.ndarray) -> np.ndarray:
@@ -104,6 +220,13 @@ class FrameSource(ABC):
         self._emitted = 0
         self._t0_ns: int | None = None
         self._closed = False
+        # Files that could not be read, skipped (name -> reason); a looping source skips them for good.
+        self.unreadable: dict[str, str] = {}
+
+    @property
+    def skipped(self) -> int:
+        """Unreadable files skipped so far (each counted once)."""
+        return len(self.unreadable)
 
     @abstractmethod
     def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:
@@ -129,6 +252,8 @@ class FrameSource(ABC):
             return None
         image, pixel_size, meta = raw
         t_ns = time.monotonic_ns()
+        if image.ndim == 3 and image.shape[2] >= 3:  # before gray conversion: a gradeability cue
+            meta = {**meta, "colour_fraction": colour_fraction(image)}
         image = to_gray(image)
         if self.geometry is not None:
             full_shape = image.shape
@@ -214,7 +339,11 @@ class VideoFileSource(FrameSource):
 
 
 class ImageFilesSource(FrameSource):
-    """A list of image files (a folder in name order, or a glob), one frame each; 30 fps unless given."""
+    """A list of image files (a folder in name order, or a glob), one frame each; 30 fps unless given.
+
+    A file that cannot be read (damaged, not an image, over ``max_pixels``) is skipped and recorded in
+    ``unreadable`` (counted once, not retried when looping); SourceError only when none can be read.
+    """
 
     def __init__(
         self,
@@ -225,7 +354,9 @@ class ImageFilesSource(FrameSource):
         realtime: bool = True,
         loop: bool = False,
         geometry: GeometryProfile | None = None,
+        max_pixels: int = MAX_PIXELS,
     ):
+        self.max_pixels = max_pixels
         if not paths:
             raise SourceError(
                 f"no images in {label!r} (looked for {', '.join(IMAGE_EXTENSIONS)}); {ACCEPTED}"
@@ -242,16 +373,24 @@ class ImageFilesSource(FrameSource):
         )
 
     def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:
-        if self._next >= len(self.paths):
-            if not self.loop:
-                return None
-            self._next = 0
-        path = self.paths[self._next]
-        self._next += 1
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise SourceError(f"cannot read image {str(path)!r} (not an image or corrupt)")
-        return image, None, {"path": str(path)}
+        while True:
+            if len(self.unreadable) >= len(self.paths):
+                raise SourceError(f"none of the {len(self.paths)} images can be read (first: "
+                                  f"{next(iter(self.unreadable.values()))})")
+            if self._next >= len(self.paths):
+                if not self.loop:
+                    return None
+                self._next = 0
+            path = self.paths[self._next]
+            self._next += 1
+            if str(path) in self.unreadable:
+                continue
+            try:
+                image = read_image_file(path, self.max_pixels)
+            except (SourceError, OSError) as error:  # skip it, count it, go on with the next file
+                self.unreadable[str(path)] = f"{path.name}: {error}"
+                continue
+            return image, None, {"path": str(path)}
 
 
 # --------------------------------------------------------------------------------------------- DICOM
@@ -364,20 +503,28 @@ class DicomSource(FrameSource):
         if not files:
             raise SourceError(f"no DICOM files (.dcm or DICM signature) in {str(self.path)!r}")
         datasets = []
+        unreadable: dict[str, str] = {}
         for file in files:
             try:
-                datasets.append(pydicom.dcmread(str(file)))
-            except Exception as error:  # pydicom raises several types for bad files
-                raise SourceError(f"cannot read DICOM file {str(file)!r}: {error}") from error
-        datasets.sort(key=lambda d: int(getattr(d, "InstanceNumber", 0) or 0))
-        self._datasets = datasets
-        self._files = files
+                dataset = pydicom.dcmread(str(file))
+                if "PixelData" not in dataset:
+                    raise SourceError("no pixel data")
+                datasets.append((dataset, file))
+            except Exception as error:  # pydicom raises several types for bad files: skip, count
+                unreadable[str(file)] = f"{file.name}: {type(error).__name__}: {str(error)[:120]}"
+        if not datasets:
+            first = next(iter(unreadable.values()))
+            raise SourceError(f"cannot read DICOM {'file' if len(files) == 1 else 'files'} in "
+                              f"{str(self.path)!r}: {first}")
+        datasets.sort(key=lambda pair: int(getattr(pair[0], "InstanceNumber", 0) or 0))
+        self._datasets = [dataset for dataset, _ in datasets]
+        self._files = [file for _, file in datasets]
         self.loop = loop
         self._dataset_index = 0
         self._frames: np.ndarray | None = None
         self._frame_index = 0
         self._pixel_size: float | None = None
-        first = datasets[0]
+        first = self._datasets[0]
         native = None
         for tag in ("CineRate", "RecommendedDisplayFrameRate"):
             if getattr(first, tag, None):
@@ -385,7 +532,7 @@ class DicomSource(FrameSource):
                 break
         if native is None and getattr(first, "FrameTime", None):
             native = 1000.0 / float(first.FrameTime)
-        total = sum(int(getattr(d, "NumberOfFrames", 1) or 1) for d in datasets)
+        total = sum(int(getattr(d, "NumberOfFrames", 1) or 1) for d in self._datasets)
         label = self.path.name + (f" ({len(files)} files)" if len(files) > 1 else "")
         super().__init__(
             f"dicom {label}, {total} frames",
@@ -394,26 +541,35 @@ class DicomSource(FrameSource):
             realtime=realtime,
             geometry=geometry,
         )
+        self.unreadable.update(unreadable)
 
-    def _load(self) -> None:
-        ds = self._datasets[self._dataset_index]
+    def _load(self) -> bool:
+        """Decode the current dataset's frames; False (recorded in ``unreadable``) when they cannot be."""
+        ds, file = self._datasets[self._dataset_index], self._files[self._dataset_index]
+        if str(file) in self.unreadable:
+            return False
         try:
             self._frames = dicom_frames_gray(ds)
-        except SourceError:
-            raise
-        except Exception as error:
-            raise SourceError(f"cannot decode pixels of DICOM {self._files[0].name}: {error}") from error
+        except Exception as error:  # truncated or damaged pixel data: skip this file, count it
+            self.unreadable[str(file)] = f"{file.name}: cannot decode pixels: {str(error)[:120]}"
+            return False
         self._pixel_size = dicom_pixel_size_mm(ds)
         self._frame_index = 0
+        return True
 
     def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:
         while True:
             if self._frames is None:
+                if all(str(f) in self.unreadable for f in self._files):
+                    raise SourceError(f"none of the DICOM pixel data can be decoded (first: "
+                                      f"{next(iter(self.unreadable.values()))})")
                 if self._dataset_index >= len(self._datasets):
                     if not self.loop:
                         return None
                     self._dataset_index = 0
-                self._load()
+                if not self._load():
+                    self._dataset_index += 1
+                    continue
             assert self._frames is not None
             if self._frame_index < len(self._frames):
                 image = self._frames[self._frame_index]

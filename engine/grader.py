@@ -87,6 +87,11 @@ def _how_to_make(path: Path, kind: str, precision: str, backend: str) -> str:
             "`git checkout models/`), or export your own with `sonograde export`")
 
 
+class ModelOutputError(ValueError):
+    """A model gave output the grader cannot use: the wrong shape (found at warm-up) or NaN/infinity
+    (refused per frame and counted by the caller, never passed on as a grade)."""
+
+
 def _parse_number(text: str) -> int | float:
     value = float(text)
     return int(value) if value.is_integer() and "." not in text else value
@@ -194,9 +199,22 @@ class TwoStageGrader:
         return cls(backends["roi"], backends["grader"], config, descriptor_model)
 
     def warm_up(self) -> None:
-        """Run each model once on zeros and compile Chan–Vese, so the first frame is not slow."""
-        self.roi.run(np.zeros((1, 1, self.roi_size, self.roi_size), np.float32))
-        self.grader.run(np.zeros((1, self.grader_channels, self.grader_size, self.grader_size), np.float32))
+        """Run each model once on zeros and compile Chan–Vese, so the first frame is not slow.
+
+        Also checks what the models give back: ModelOutputError (one line, naming the file) for an
+        output shape other than (1, 1, S, S) from the ROI-CNN or (1, number of categories) from the G-CNN.
+        """
+        size = self.roi_size
+        prob = self.roi.run(np.zeros((1, 1, size, size), np.float32))
+        if prob.ndim != 4 or prob.shape[:2] != (1, 1) or prob.shape[2] < 2 or prob.shape[3] < 2:
+            raise ModelOutputError(f"{self.roi.path.name}: ROI-CNN output has shape {tuple(prob.shape)}, "
+                                   f"expected (1, 1, {size}, {size}) (a probability map); is it a ROI-CNN?")
+        probs = self.grader.run(np.zeros((1, self.grader_channels, self.grader_size, self.grader_size),
+                                         np.float32))
+        if probs.shape != (1, len(self.categories)):
+            raise ModelOutputError(
+                f"{self.grader.path.name}: G-CNN output has shape {tuple(probs.shape)}, expected "
+                f"(1, {len(self.categories)}) (one probability per category {', '.join(self.categories)})")
         chan_vese.warm_up()
 
     # ------------------------------------------------------------------------------------------- stages
@@ -215,6 +233,8 @@ class TwoStageGrader:
         interpolation = cv2.INTER_AREA if min(gray.shape) > size else cv2.INTER_LINEAR
         small = cv2.resize(gray, (size, size), interpolation=interpolation)
         prob = self.roi.run(roi_input(small, size)[None])[0, 0]
+        if not np.isfinite(prob).all():  # NaN > 0.5 is False: a broken model would read as "no lesion"
+            raise ModelOutputError(f"{self.roi.path.name}: ROI-CNN output has NaN or infinite values")
         raw = area_filtering.area_filter(prob, threshold=self.config.threshold,
                                          min_fraction=self.config.min_fraction)
         lesion = bool(raw.any())
@@ -293,6 +313,8 @@ class TwoStageGrader:
         if probs.shape != (len(self.categories),):
             raise ValueError(f"{self.grader.path}: output shape {probs.shape}, expected "
                              f"({len(self.categories)},) for categories {self.categories}")
+        if not np.isfinite(probs).all():  # argmax of NaN is a category; refuse it instead
+            raise ModelOutputError(f"{self.grader.path.name}: G-CNN output has NaN or infinite values")
         category = self.categories[int(np.argmax(probs))]
         assessment = None
         descriptor_ms = None

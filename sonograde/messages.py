@@ -27,6 +27,7 @@ This module is pure: encoding/decoding only, no sockets.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,10 @@ CATEGORIES = ("3", "4A", "4B", "4C", "5")
 CLOCK = "CLOCK_MONOTONIC"
 FRAME_ENCODINGS = ("raw", "jpeg")
 _MAX_SIDE = 16384  # a frame side beyond this is garbage, not an ultrasound image
+MAX_HEADER_BYTES = 1 << 20  # a result header is ~2-20 kB; anything near this is not one
+_MAX_JSON_DEPTH = 32  # our headers nest 3 deep; deeper JSON is refused before parsing
+_MAX_POLYGON_POINTS = 65536
+_MAX_TEXT = 1024  # longest string field a reader accepts (a display truncates further)
 
 # Required header keys and the JSON types they must have (None allowed where listed).
 _COMMON_FIELDS: dict[str, tuple[type, ...]] = {
@@ -208,37 +213,118 @@ def absent_assessment(reason: str, present: dict[str, Any] | None = None) -> dic
 # ------------------------------------------------------------------------------------------- decoding
 
 
+def _is_number(value: Any) -> bool:
+    """A finite JSON number (bool is not a number here)."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def _check_fields(header: dict, fields: dict[str, tuple[type, ...]]) -> None:
     for key, types in fields.items():
         if key not in header:
             raise MessageError("missing field", f"header has no {key!r}")
-        value = header[key]
-        # bool is an int in Python; keep them apart so `"seq": true` is refused.
-        if isinstance(value, bool) and bool not in types:
-            names = "/".join(t.__name__ for t in types)
-            raise MessageError("bad field", f"{key!r} must be {names}, got bool")
-        if not isinstance(value, types):
-            names = "/".join("null" if t is type(None) else t.__name__ for t in types)
-            raise MessageError("bad field", f"{key!r} must be {names}, got {type(value).__name__}")
+        _check_type(key, header[key], types)
+
+
+def _check_type(key: str, value: Any, types: tuple[type, ...]) -> None:
+    # bool is an int in Python; keep them apart so `"seq": true` is refused.
+    if isinstance(value, bool) and bool not in types:
+        names = "/".join(t.__name__ for t in types)
+        raise MessageError("bad field", f"{key!r} must be {names}, got bool")
+    if not isinstance(value, types):
+        names = "/".join("null" if t is type(None) else t.__name__ for t in types)
+        raise MessageError("bad field", f"{key!r} must be {names}, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MessageError("non-finite number", f"{key!r} is {value}")
+    if isinstance(value, str) and len(value) > _MAX_TEXT:
+        raise MessageError("bad field", f"{key!r} is {len(value)} characters long (at most {_MAX_TEXT})")
 
 
 def _check_polygon(name: str, value: Any) -> None:
     if value is None:
         return
-    if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(c, int | float) for c in p)
+    if len(value) > _MAX_POLYGON_POINTS:
+        raise MessageError("bad field", f"{name!r} has {len(value)} points (at most {_MAX_POLYGON_POINTS})")
+    limit = 4 * _MAX_SIDE  # contours lie on the frame; far outside it they would overflow a display
+    if not all(isinstance(p, list) and len(p) == 2 and all(_is_number(c) and abs(c) <= limit for c in p)
                for p in value):
-        raise MessageError("bad field", f"{name!r} must be a list of [x, y] number pairs")
+        raise MessageError("bad field", f"{name!r} must be a list of [x, y] finite number pairs within "
+                           f"+-{limit}")
 
 
-def _decode_frame(descriptor: dict, payload: bytes) -> np.ndarray:
+def _check_number_map(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                      integers: bool = False) -> None:
+    """``value`` (a dict or None) maps short strings to finite numbers within [low, high]."""
+    if value is None:
+        return
+    for key, item in value.items():
+        if not isinstance(key, str) or len(key) > 64:
+            raise MessageError("bad field", f"{name!r} keys must be short strings")
+        if not _is_number(item) or (integers and not isinstance(item, int)):
+            kind = "non-finite number" if isinstance(item, float) else "bad field"
+            raise MessageError(kind, f"{name}[{key!r}] must be a finite {'int' if integers else 'number'}, "
+                               f"got {str(item)[:20]!r}")
+        if (low is not None and item < low) or (high is not None and item > high):
+            raise MessageError("bad field", f"{name}[{key!r}] = {item} is outside [{low}, {high}]")
+
+
+def _check_result(header: dict, parts: list[bytes]) -> None:
+    """Values a display relies on: sizes, finite numbers, probabilities in [0, 1]."""
+    size = header["image_size"]
+    if (len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= _MAX_SIDE
+                                  for s in size)):
+        raise MessageError("bad image size", f"image_size must be [H, W] of ints in 1..{_MAX_SIDE}, "
+                           f"got {str(size)[:40]}")
+    _check_polygon("roi_contour", header["roi_contour"])
+    _check_polygon("refined_contour", header["refined_contour"])
+    bbox = header["bbox"]
+    if bbox is not None and (len(bbox) != 4 or not all(_is_number(v) and abs(v) <= 4 * _MAX_SIDE
+                                                       for v in bbox) or bbox[2] < 0 or bbox[3] < 0):
+        raise MessageError("bad field", f"'bbox' must be [x, y, w, h] of finite numbers, w, h >= 0, got "
+                           f"{str(bbox)[:60]}")
+    for key in ("pixel_size_mm", "area_px", "area_mm2"):
+        if header[key] is not None and header[key] < 0:
+            raise MessageError("bad field", f"{key!r} must not be negative, got {header[key]}")
+    for key in ("probabilities", "smoothed_probabilities"):
+        # A softmax; 1e-3 of slack for rounding in other publishers.
+        _check_number_map(key, header[key], low=0.0, high=1.001)
+    _check_number_map("timings_ms", header["timings_ms"])
+    _check_number_map("dropped", header["dropped"], low=0, integers=True)
+    if header["track"] is not None:
+        _check_number_map("track", header["track"], low=0, integers=True)
+    if not all(isinstance(k, str) and isinstance(v, str) and len(v) <= _MAX_TEXT
+               for k, v in header["model_ids"].items()):
+        raise MessageError("bad field", "'model_ids' must map strings to strings")
+    if "not_gradeable" in header:
+        _check_type("not_gradeable", header["not_gradeable"], (str, type(None)))
+    descriptor = header["frame"]
+    if (descriptor is None) != (len(parts) == 2):
+        raise MessageError("bad frame", "header 'frame' and the presence of a frame part disagree")
+
+
+def _check_status(header: dict) -> None:
+    _check_number_map("dropped", header["dropped"], low=0, integers=True)
+    if header["fps"] < 0:
+        raise MessageError("bad field", f"'fps' must not be negative, got {header['fps']}")
+    if isinstance(header.get("errors"), dict):
+        _check_number_map("errors", header["errors"], low=0, integers=True)
+    elif "errors" in header:
+        raise MessageError("bad field", "'errors' must be an object of counts")
+
+
+def _decode_frame(descriptor: dict, payload: bytes, image_size: list[int]) -> np.ndarray:
     shape = descriptor.get("shape")
     if (not isinstance(shape, list) or len(shape) != 2
-            or not all(isinstance(s, int) and 0 < s <= _MAX_SIDE for s in shape)):
-        raise MessageError("bad frame", f"frame shape must be [H, W] of positive ints, got {shape!r}")
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= _MAX_SIDE for s in shape)):
+        raise MessageError("bad frame", f"frame shape must be [H, W] of ints in 1..{_MAX_SIDE}, "
+                           f"got {str(shape)[:40]}")
+    if shape != image_size:
+        raise MessageError("bad frame", f"frame shape {shape} differs from image_size {image_size}")
     encoding = descriptor.get("encoding")
     if encoding == "raw":
         if descriptor.get("dtype", "uint8") != "uint8":
-            raise MessageError("bad frame", f"raw frame dtype must be uint8, got {descriptor.get('dtype')!r}")
+            raise MessageError("bad frame",
+                               f"raw frame dtype must be uint8, got {str(descriptor.get('dtype'))[:20]!r}")
         if len(payload) != shape[0] * shape[1]:
             raise MessageError("bad frame", f"raw frame of shape {shape} needs {shape[0] * shape[1]} bytes, "
                                f"got {len(payload)}")
@@ -246,51 +332,133 @@ def _decode_frame(descriptor: dict, payload: bytes) -> np.ndarray:
     if encoding == "jpeg":
         import cv2
 
-        image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+        declared = jpeg_size(payload)
+        if declared != (shape[1], shape[0]):
+            # Checked before decoding: a tiny JPEG may declare a huge picture.
+            raise MessageError("bad frame", f"JPEG header says {declared}, descriptor says {shape}")
+        try:
+            image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+        except cv2.error:
+            image = None
         if image is None or list(image.shape) != shape:
             raise MessageError("bad frame", f"JPEG frame does not decode to shape {shape}")
         return image
     raise MessageError("bad frame",
-                       f"unknown frame encoding {encoding!r} (this reader knows {FRAME_ENCODINGS})")
+                       f"unknown frame encoding {str(encoding)[:20]!r} (this reader knows {FRAME_ENCODINGS})")
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame marker without decoding it; None if not found."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
+            if position + 9 > len(data):
+                return None
+            height = int.from_bytes(data[position + 5:position + 7], "big")
+            width = int.from_bytes(data[position + 7:position + 9], "big")
+            return width, height
+        if length < 2:
+            return None
+        position += 2 + length
+    return None
+
+
+def _json_depth_exceeds(text: bytes, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``limit`` (checked before ``json.loads``, whose
+    recursion would otherwise end in RecursionError or take the interpreter's stack)."""
+    depth = 0
+    in_string = escaped = False
+    for byte in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x7B, 0x5B):  # { [
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x7D, 0x5D):
+            depth -= 1
+    return False
+
+
+def _reject_constant(name: str) -> Any:
+    raise MessageError("non-finite number", f"JSON constant {name} (JSON has no NaN or infinity)")
 
 
 def decode(parts: list[bytes], *, t_receive_ns: int = 0, with_frame: bool = True) -> Message:
     """Validate and decode one multipart message. Raises MessageError (with a ``kind``) on anything
-    this reader does not understand: wrong part count, unknown topic, bad UTF-8/JSON, a schema version
-    newer than ``SCHEMA_VERSION``, missing or mistyped fields, a frame that does not match its
-    descriptor. ``with_frame=False`` skips decoding the frame part (a latency-only reader)."""
+    this reader does not understand or could not draw, and nothing else: wrong part count, unknown topic,
+    bad UTF-8/JSON, JSON nested too deeply or too large, NaN/infinity anywhere, a schema version newer
+    than ``SCHEMA_VERSION``, missing or mistyped fields, sizes out of range, probabilities outside
+    [0, 1], a frame that does not match its descriptor. ``with_frame=False`` skips decoding the frame
+    part (a latency-only reader)."""
+    try:
+        return _decode(parts, t_receive_ns, with_frame)
+    except MessageError:
+        raise
+    except (RecursionError, MemoryError, ValueError, TypeError, KeyError, AttributeError,
+            OverflowError) as error:  # a gap in the checks above must still not stop a display
+        raise MessageError("invalid", f"{type(error).__name__}: {str(error)[:80]}") from None
+
+
+def _decode(parts: list[bytes], t_receive_ns: int, with_frame: bool) -> Message:
     if not isinstance(parts, list | tuple) or not 2 <= len(parts) <= 3:
-        raise MessageError("not multipart", f"expected [topic, header, frame?], got {len(parts)} part(s)")
+        count = len(parts) if isinstance(parts, list | tuple) else type(parts).__name__
+        raise MessageError("not multipart", f"expected [topic, header, frame?], got {count} part(s)")
     topic = bytes(parts[0])
     kind = TOPICS.get(topic)
     if kind is None:
         raise MessageError("unknown topic", repr(topic[:40]))
+    raw_header = bytes(parts[1])
+    if len(raw_header) > MAX_HEADER_BYTES:
+        raise MessageError("too large", f"header of {len(raw_header)} bytes (at most {MAX_HEADER_BYTES})")
+    if _json_depth_exceeds(raw_header, _MAX_JSON_DEPTH):
+        raise MessageError("bad json", f"nested deeper than {_MAX_JSON_DEPTH} levels")
     try:
-        header = json.loads(bytes(parts[1]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
+        header = json.loads(raw_header.decode("utf-8"), parse_constant=_reject_constant)
+    except MessageError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise MessageError("bad json", str(error)[:80]) from None
     if not isinstance(header, dict):
         raise MessageError("bad json", f"header must be a JSON object, got {type(header).__name__}")
     version = header.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise MessageError("bad schema version", repr(version))
+        raise MessageError("bad schema version", str(version)[:20])
     if version > SCHEMA_VERSION:
-        raise MessageError(f"future schema {version}",
+        raise MessageError(f"future schema {version}" if version < 1000 else "future schema",
                            f"schema_version {version} is newer than this reader ({SCHEMA_VERSION}); upgrade")
     _check_fields(header, RESULT_FIELDS if kind == "result" else STATUS_FIELDS)
     if kind == "result" and version >= 2:
         check_assessment(header.get("assessment", _MISSING))
     frame = None
     if kind == "result":
-        _check_polygon("roi_contour", header["roi_contour"])
-        _check_polygon("refined_contour", header["refined_contour"])
+        _check_result(header, parts)
         descriptor = header["frame"]
-        if (descriptor is None) != (len(parts) == 2):
-            raise MessageError("bad frame", "header 'frame' and the presence of a frame part disagree")
         if descriptor is not None and with_frame:
-            frame = _decode_frame(descriptor, bytes(parts[2]))
-    elif len(parts) != 2:
-        raise MessageError("not multipart", "a status message has exactly 2 parts")
+            frame = _decode_frame(descriptor, bytes(parts[2]), header["image_size"])
+    else:
+        if len(parts) != 2:
+            raise MessageError("not multipart", "a status message has exactly 2 parts")
+        _check_status(header)
     return Message(kind=kind, header=header, frame=frame, t_receive_ns=t_receive_ns)
 
 

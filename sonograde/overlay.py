@@ -87,9 +87,19 @@ def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.55,
 def _polygon(points: list | None, scale: float, dx: int, dy: int) -> np.ndarray | None:
     if not points or len(points) < 2:
         return None
-    array = np.asarray(points, dtype=np.float64) * scale + 0.5 * scale - 0.5  # pixel centres
+    array = np.asarray(points, dtype=np.float64).reshape(-1, 2) * scale + 0.5 * scale - 0.5  # pixel centres
     array += (dx, dy)
-    return np.rint(array).astype(np.int32).reshape(-1, 1, 2)
+    # Points far off the picture are clipped so OpenCV's fixed-point drawing cannot overflow.
+    return np.rint(np.clip(array, -1e5, 1e5)).astype(np.int32).reshape(-1, 1, 2)
+
+
+def _unit(value: object) -> float:
+    """A probability for a bar: a number clipped to [0, 1] (0 for anything else)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    return min(max(number, 0.0), 1.0) if np.isfinite(number) else 0.0
 
 
 def mm_size(header: dict) -> tuple[float, float] | None:
@@ -125,7 +135,8 @@ class OverlayRenderer:
         else:
             frame_h, frame_w = result.frame.shape
         scale = min(self.image_width / frame_w, st.image_height / frame_h)
-        out_w, out_h = round(frame_w * scale), round(frame_h * scale)
+        # At least one pixel each way: a 1 x 16384 frame scales to 0 rows otherwise.
+        out_w, out_h = max(1, round(frame_w * scale)), max(1, round(frame_h * scale))
         dx, dy = (self.image_width - out_w) // 2, (st.image_height - out_h) // 2
         if result.frame is not None:
             resized = cv2.resize(result.frame, (out_w, out_h),
@@ -152,7 +163,8 @@ class OverlayRenderer:
 
     # --------------------------------------------------------------------------------- side panel
     def _draw_panel(self, canvas: np.ndarray, result: Message | None, status: Message | None,
-                    fps: float | None, stale: bool = False) -> None:
+                    fps: float | None, stale: bool = False, health: Message | None = None) -> None:
+        """Category, probability bars, size, timing and state beside the image."""
         st = self.style
         top = st.banner_height
         panel = canvas[top:, self.image_width:]
@@ -163,7 +175,12 @@ class OverlayRenderer:
         category = header.get("smoothed_category") if header else None
         if header and header["lesion_found"] and category is None:
             category = header.get("category")
-        if category:
+        not_gradeable = header.get("not_gradeable") if header else None
+        if not_gradeable:
+            # The frame was not graded (too small, blank, colour overlay): say why instead of a category.
+            _text(panel, "not gradeable", (x, 92), 1.05, (0, 190, 255), 2, _FONT)
+            _text(panel, str(not_gradeable)[:48], (x, 124), 0.42, _DIM)
+        elif category:
             # A result from before a dropout is shown grey: it is not about what the probe sees now.
             colour = _DIM if stale else _CATEGORY_COLOURS.get(category, _TEXT)
             _text(panel, category, (x, 100), 2.4, colour, 3, _FONT)
@@ -184,13 +201,13 @@ class OverlayRenderer:
         raw_probs = (header or {}).get("probabilities") or {}
         bar_x, bar_w, y = x + 44, st.panel_width - x - 44 - 64, 162
         for name in CATEGORIES:
-            value = float(smoothed.get(name, 0.0))
+            value = _unit(smoothed.get(name, 0.0))
             _text(panel, name, (x, y + 15), 0.55, _TEXT)
             cv2.rectangle(panel, (bar_x, y), (bar_x + bar_w, y + 20), _BAR_BG, -1)
             colour = _CATEGORY_COLOURS[name] if name == category and not stale else (185, 170, 150)
             cv2.rectangle(panel, (bar_x, y), (bar_x + round(bar_w * value), y + 20), colour, -1)
             if name in raw_probs:
-                tick = bar_x + round(bar_w * float(raw_probs[name]))
+                tick = bar_x + round(bar_w * _unit(raw_probs[name]))
                 cv2.line(panel, (tick, y - 3), (tick, y + 23), (255, 255, 255), 2)
             if smoothed:
                 _text(panel, f"{100 * value:4.0f}%", (bar_x + bar_w + 8, y + 15), 0.5, _TEXT)
@@ -218,7 +235,8 @@ class OverlayRenderer:
         ]
         if header:
             timings = header.get("timings_ms") or {}
-            stages = [f"{k} {v:.0f}" for k, v in timings.items() if k in ("locate", "refine", "classify")]
+            stages = [f"{k} {float(v):.0f}" for k, v in timings.items()
+                      if k in ("locate", "refine", "classify") and isinstance(v, int | float)]
             if stages:
                 lines.append("ms: " + "  ".join(stages))
         state = (status or result).header["source_state"] if (status or result) else "no publisher yet"
@@ -226,8 +244,15 @@ class OverlayRenderer:
         for line in lines:
             _text(panel, line, (x, y), 0.5, _TEXT if not line.startswith("ms:") else _DIM)
             y += 24
-        error = status.header.get("last_error") if status is not None else None
-        if error:
+        # Faults the pipeline counted (skipped frames, unreadable files) are shown while they happen,
+        # not only when the source drops out: a NaN-giving model must not look like a quiet scan.
+        errors = health.header.get("errors") if health is not None else None
+        if isinstance(errors, dict) and (errors.get("total") or errors.get("source_skipped")):
+            line = f"errors {errors.get('total', 0)}   skipped files {errors.get('source_skipped', 0)}"
+            _text(panel, line, (x, y), 0.45, (0, 190, 255))
+            y += 20
+        error = (status or health).header.get("last_error") if (status or health) is not None else None
+        if error and (status is not None or errors):
             _text(panel, str(error)[:44], (x, y), 0.4, (0, 190, 255))
         if header and header.get("model_ids"):
             lines = [f"{kind}: {model_id}"[:52] for kind, model_id in header["model_ids"].items()]
@@ -254,9 +279,14 @@ class OverlayRenderer:
               _BANNER_FG, 2, _FONT)
 
     def render(self, result: Message | None, status: Message | None = None,
-               fps: float | None = None) -> np.ndarray:
+               fps: float | None = None, no_signal_s: float | None = None) -> np.ndarray:
         """Picture (H, W, 3) uint8 BGR for the latest result, the latest status message (for the source
-        state while no results arrive) and the receive rate."""
+        state while no results arrive) and the receive rate.
+
+        no_signal_s : seconds since the last message of any kind (heartbeats come about once a second)
+            when the display considers the publisher gone; the picture is then dimmed and says "NO
+            SIGNAL". None while messages arrive.
+        """
         canvas = np.zeros((self.height, self.width, 3), dtype=np.uint8)
         state = (status.header["source_state"] if status is not None
                  and (result is None or status.header["t_publish_ns"] > result.header["t_publish_ns"])
@@ -264,7 +294,7 @@ class OverlayRenderer:
         stale = state is not None and state != "connected"
         self._draw_banner(canvas)
         self._draw_image(canvas, result, stale)
-        self._draw_panel(canvas, result, status if stale else None, fps, stale)
+        self._draw_panel(canvas, result, status if stale else None, fps, stale, health=status)
         self._draw_assessment(canvas, result, stale)
         if stale:
             top = self.style.banner_height
@@ -272,7 +302,22 @@ class OverlayRenderer:
             (tw, _), _ = cv2.getTextSize(label, _FONT, 1.1, 2)
             _text(canvas, label, ((self.image_width - tw) // 2, top + self.style.image_height // 2), 1.1,
                   (0, 190, 255), 2, _FONT)
+        if no_signal_s is not None:
+            self._draw_no_signal(canvas, no_signal_s)
         return canvas
+
+    def _draw_no_signal(self, canvas: np.ndarray, seconds: float) -> None:
+        """Dim everything below the banner and say that the publisher went quiet: what is shown is old."""
+        top = self.style.banner_height
+        below = canvas[top:]
+        below[:] = (below.astype(np.uint16) * 3 // 10).astype(np.uint8)
+        label = "NO SIGNAL"
+        (tw, th), _ = cv2.getTextSize(label, _FONT, 1.6, 3)
+        middle = top + self.style.image_height // 2
+        _text(canvas, label, ((self.width - tw) // 2, middle), 1.6, (0, 190, 255), 3, _FONT)
+        detail = f"no message from the publisher for {seconds:.0f} s"
+        (tw, _), _ = cv2.getTextSize(detail, _FONT_PLAIN, 0.6, 1)
+        _text(canvas, detail, ((self.width - tw) // 2, middle + th + 16), 0.6, _TEXT)
 
 
 # ------------------------------------------------------------------------------ assessment drawing

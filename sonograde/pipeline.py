@@ -24,9 +24,10 @@ Nothing here is global: everything hangs off one ``Pipeline`` built from a ``Pip
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +35,31 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from engine.gradeability import check_gradeable
 from sonograde import RESEARCH_USE_ONLY
 from sonograde.assessment import descriptor_ms, frame_assessment, grader_accepts_pixel_size
-from sonograde.messages import encode, encode_frame, polygon_to_json
+from sonograde.messages import absent_assessment, encode, encode_frame, polygon_to_json
 from sonograde.publisher import DEFAULT_ENDPOINT, Publisher, PublisherConfig
 from sonograde.smoothing import LesionTracker, SmoothingConfig
 
 LOG = logging.getLogger("sonograde.pipeline")
 STAGES = ("locate", "refine", "classify")
 T = TypeVar("T")
+# Anything that looks like a path, or a file name with an extension we read: never in the stream (file
+# names are often patient names).
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[^\s'\"()]*[/\\])+[^\s'\"()]*")
+_FILE_NAME = re.compile(r"[^\s'\"()/\\]+\.(?:dcm|dicom|png|jpe?g|bmp|tiff?|pgm|ppm|webp|mp4|avi|mov|mkv|"
+                        r"webm|m4v|mpe?g|wmv|ogv|onnx|plan|json)\b", re.IGNORECASE)
+
+
+def one_line_error(text: str | None, limit: int = 160) -> str | None:
+    """An error for the stream and the status line: its first line, paths and file names replaced by
+    ``<file>``, at most ``limit`` characters."""
+    if not text:
+        return None
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    line = _FILE_NAME.sub("<file>", _PATH.sub("<file>", line))
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -136,6 +153,7 @@ class _Work:
     roi: Any = None
     refined: Any = None
     classified: Any = None
+    not_gradeable: str | None = None  # why the frame was not graded (then roi/refined/classified stay None)
     ns: dict[str, int] = field(default_factory=dict)  # stage -> duration in ns (monotonic)
 
 
@@ -155,8 +173,13 @@ class PipelineStats:
         pipeline took them; "refine"/"classify"/"publish": replaced while waiting for that stage),
         and "total".
     stale_graded : frames graded although a newer frame had already been graded (must be 0).
-    errors : frames a stage failed on (logged once per kind; the pipeline goes on).
-    source_state, reconnects, last_error : from the grabber.
+    errors : frames a stage failed on (logged once per kind; the pipeline goes on), e.g. a model that
+        gave NaN.
+    error_counts : ``errors`` by stage ("locate", "refine", "classify", "publish"), plus
+        "source_skipped" (unreadable files the source skipped) and "total" (the stages' sum).
+    not_gradeable : frames refused before grading (too small, no tissue, colour overlay).
+    source_state, reconnects, last_error : from the grabber (``last_error``: why the source failed).
+    pipeline_error : the newest stage error, one line without paths (None when there was none).
     fps : results per second over the last two seconds.
     latency_ms : capture -> publish percentiles (p50, p99) over the recent window.
     category, smoothed_category : of the newest result.
@@ -170,6 +193,9 @@ class PipelineStats:
     dropped: dict[str, int]
     stale_graded: int
     errors: int
+    error_counts: dict[str, int]
+    not_gradeable: int
+    pipeline_error: str | None
     source_state: str
     reconnects: int
     last_error: str | None
@@ -185,7 +211,9 @@ class PipelineStats:
         latency = f"{lat['p50']:.0f}/{lat['p99']:.0f} ms" if lat else "-"
         category = self.smoothed_category or "no lesion"
         state = self.source_state if self.source_state == "connected" else self.source_state.upper()
-        errors = f" | ERRORS {self.errors}" if self.errors else ""
+        errors = f" | ERRORS {self.errors} (last: {self.pipeline_error})" if self.errors else ""
+        skipped = self.error_counts.get("source_skipped", 0)
+        errors += f" | SKIPPED FILES {skipped}" if skipped else ""
         return (f"{self.fps:5.1f} fps | latency p50/p99 {latency} | dropped {self.dropped['total']} | "
                 f"BI-RADS {category:>9} | source {state} | frames {self.published}{errors}")
 
@@ -261,8 +289,10 @@ class Pipeline:
         self._graded = 0
         self._published = 0
         self._stale = 0
-        self._errors = 0
+        self._errors: Counter[str] = Counter()  # by stage
         self._error_kinds: set[str] = set()
+        self._last_error: str | None = None
+        self._not_gradeable = 0
         self._last_graded_t = -1
         self._seq = 0
         self._latency_ms: deque[float] = deque(maxlen=self.config.stats_window)
@@ -331,7 +361,8 @@ class Pipeline:
     def _record_error(self, stage: str, error: BaseException) -> None:
         kind = f"{stage}: {type(error).__name__}"
         with self._lock:
-            self._errors += 1
+            self._errors[stage] += 1
+            self._last_error = one_line_error(f"{kind}: {error}")
             first = kind not in self._error_kinds
             self._error_kinds.add(kind)
         if first:
@@ -349,6 +380,13 @@ class Pipeline:
             work.t_locate_start = time.monotonic_ns()
             with self._lock:
                 self._frames_taken += 1
+            verdict = check_gradeable(frame.image, float(frame.meta.get("colour_fraction", 0.0)))
+            if not verdict.gradeable:  # no model runs on it; the reason goes out instead of a category
+                work.not_gradeable = verdict.reason
+                with self._lock:
+                    self._not_gradeable += 1
+                self._slots["refine"].put(work)
+                continue
             try:
                 work.roi = self.grader.locate(frame.image)
             except Exception as error:  # one bad frame must not stop a live scanner
@@ -362,6 +400,9 @@ class Pipeline:
         while not self._stop.is_set():
             work = slot.take(0.1)
             if work is None:
+                continue
+            if work.not_gradeable:
+                self._slots["classify"].put(work)
                 continue
             t0 = time.monotonic_ns()
             try:
@@ -384,6 +425,9 @@ class Pipeline:
                     # Cannot happen with 1-slot newest-wins handoffs in a chain; counted to prove it.
                     self._stale += 1
                 self._last_graded_t = max(self._last_graded_t, t_capture)
+            if work.not_gradeable:
+                self._slots["publish"].put(work)
+                continue
             t0 = time.monotonic_ns()
             try:
                 work.classified = self.grader.classify(work.frame.image, work.refined,
@@ -403,6 +447,23 @@ class Pipeline:
         return (str(getattr(grabber, "state", "connecting")), int(getattr(grabber, "reconnects", 0)),
                 None if last_error is None else str(last_error))
 
+    def error_counts(self) -> dict[str, int]:
+        """Stage errors by stage and their total, plus the unreadable files the source skipped."""
+        with self._lock:
+            counts = {stage: int(n) for stage, n in self._errors.items()}
+        counts["total"] = sum(counts.values())
+        counts["source_skipped"] = int(getattr(self._grabber, "skipped", 0) or 0)
+        return counts
+
+    def _stream_error(self, state: str, source_error: str | None) -> str | None:
+        """The error a display shows: why the source is not connected, else the newest stage error, else
+        the source's last one; one line, no paths."""
+        with self._lock:
+            stage_error = self._last_error
+        if state != "connected" and source_error:
+            return one_line_error(source_error)
+        return stage_error or one_line_error(source_error)
+
     def dropped(self) -> dict[str, int]:
         """Frames dropped before grading, by place, and their total."""
         counts = {"source": int(getattr(self._grabber, "dropped", 0) or 0)}
@@ -414,10 +475,10 @@ class Pipeline:
 
     def _header(self, work: _Work, state: str, track: Any) -> dict[str, Any]:
         frame, refined, classified = work.frame, work.refined, work.classified
-        lesion = bool(refined.lesion_found)
+        lesion = bool(refined is not None and refined.lesion_found)
         pixel = frame.pixel_size_mm
         probabilities = None
-        if classified.probabilities is not None:
+        if classified is not None and classified.probabilities is not None:
             probabilities = {c: round(float(p), 5) for c, p in zip(self.categories, classified.probabilities,
                                                                    strict=True)}
         area_px = float(refined.area_px) if lesion else None
@@ -439,7 +500,7 @@ class Pipeline:
             "bbox": [int(v) for v in refined.bbox] if lesion and refined.bbox is not None else None,
             "area_px": area_px,
             "area_mm2": round(area_px * pixel * pixel, 3) if area_px is not None and pixel else None,
-            "category": classified.category,
+            "category": classified.category if classified is not None else None,
             "probabilities": probabilities,
             "smoothed_category": track.category if track is not None else None,
             "smoothed_probabilities": (
@@ -452,6 +513,7 @@ class Pipeline:
             "dropped": self.dropped(),
             "stale_graded": self._stale,
             "frame": None,
+            "not_gradeable": work.not_gradeable,
             "research_use": RESEARCH_USE_ONLY,
         }
 
@@ -462,7 +524,9 @@ class Pipeline:
             "source": self.description,
             "source_state": state,
             "reconnects": reconnects,
-            "last_error": last_error,
+            "last_error": self._stream_error(state, last_error),
+            "errors": self.error_counts(),
+            "not_gradeable": self._not_gradeable,
             "frames_published": self._published,
             "fps": round(self._fps(), 2),
             "dropped": self.dropped(),
@@ -516,9 +580,11 @@ class Pipeline:
     def _publish_result(self, work: _Work, state: str) -> None:
         cfg = self.config
         t0 = time.monotonic_ns()
-        classified = work.classified
-        bbox = work.refined.bbox if work.refined.lesion_found else None
-        track = self.tracker.update(bool(work.refined.lesion_found), bbox, classified.probabilities)
+        classified, refined = work.classified, work.refined
+        lesion = refined is not None and bool(refined.lesion_found)
+        bbox = refined.bbox if lesion else None
+        probabilities = classified.probabilities if classified is not None else None
+        track = self.tracker.update(lesion, bbox, probabilities)
         header = self._header(work, state, track)
         self._add_assessment(header, work)
         frame_part = None
@@ -547,6 +613,9 @@ class Pipeline:
         (``measure``) and the descriptor models' share of classify (``classify_descriptors``)."""
         refined, classified = work.refined, work.classified
         t0 = time.monotonic_ns()
+        if work.not_gradeable:  # refused before grading: nothing to assess, and why
+            header["assessment"] = absent_assessment(f"not gradeable: {work.not_gradeable}")
+            return
         header["assessment"] = frame_assessment(refined, classified, work.frame.pixel_size_mm,
                                                 self._pixel_size_source(work.frame))
         timings = header["timings_ms"]
@@ -582,12 +651,14 @@ class Pipeline:
         with self._lock:
             latency = list(self._latency_ms)[-300:]  # the status line shows the last ~10 s
             snapshot = dict(frames_taken=self._frames_taken, graded=self._graded, published=self._published,
-                            stale_graded=self._stale, errors=self._errors, category=self._last_category,
-                            smoothed_category=self._last_smoothed)
+                            stale_graded=self._stale, errors=sum(self._errors.values()),
+                            not_gradeable=self._not_gradeable, pipeline_error=self._last_error,
+                            category=self._last_category, smoothed_category=self._last_smoothed)
         return PipelineStats(
             source_frames=int(getattr(self._grabber, "received", 0) or 0),
             publish_dropped=self.publisher.dropped if self.publisher is not None else 0,
-            dropped=self.dropped(), source_state=state, reconnects=reconnects, last_error=last_error,
+            dropped=self.dropped(), error_counts=self.error_counts(), source_state=state,
+            reconnects=reconnects, last_error=last_error,
             fps=self._fps(), latency_ms=percentiles(latency),
             elapsed_s=(time.monotonic_ns() - self._started_ns) / 1e9 if self._started else 0.0, **snapshot,
         )

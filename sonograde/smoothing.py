@@ -87,6 +87,7 @@ class LesionTracker:
         self.categories = tuple(categories)
         self.config = config or SmoothingConfig()
         self._next_id = 0
+        self.rejected = 0  # frames whose probabilities were not finite (treated as ungraded)
         self._state: TrackState | None = None
         self._bbox: list[float] | None = None
 
@@ -115,7 +116,14 @@ class LesionTracker:
         """Feed one graded frame; return the track state, or None when there is no live track.
 
         probabilities : the frame's raw probabilities in ``categories`` order (None when not graded).
+            Probabilities with NaN or infinity, or outside [0, 1], are never averaged in (one would poison
+            the average for the rest of the track): the frame counts as ungraded and in ``rejected``.
         """
+        if probabilities is not None:
+            values = np.asarray(probabilities, dtype=np.float64)
+            if not (np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()):
+                self.rejected += 1
+                probabilities = None
         if not lesion_found or bbox is None or probabilities is None:
             if self._state is None:
                 return None

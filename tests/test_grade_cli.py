@@ -18,7 +18,8 @@ from sonograde import RESEARCH_USE_ONLY
 from sonograde.commands import grade as grade_command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-JSON_KEYS = ["image", "lesion_found", "category", "probabilities", "bbox", "area_px", "timings_ms"]
+JSON_KEYS = ["image", "lesion_found", "category", "probabilities", "bbox", "area_px", "timings_ms",
+             "not_gradeable"]
 
 
 @pytest.fixture
@@ -67,12 +68,12 @@ def test_json_schema(models_dir, images, capsys):
     for line in lines:
         assert list(line) == JSON_KEYS
         h, w = made[Path(line["image"]).name]
-        if Path(line["image"]).name == "flat.png":
+        if Path(line["image"]).name == "flat.png":  # uniform grey: no tissue, not graded
             assert line["lesion_found"] is False
             assert line["category"] is None and line["probabilities"] is None and line["bbox"] is None
-            assert line["area_px"] == 0
+            assert line["area_px"] == 0 and "no tissue" in line["not_gradeable"]
             continue
-        assert line["lesion_found"] is True
+        assert line["lesion_found"] is True and line["not_gradeable"] is None
         assert list(line["probabilities"]) == ["3", "4A", "4B", "4C", "5"]
         assert line["category"] == max(line["probabilities"], key=line["probabilities"].get)
         assert abs(sum(line["probabilities"].values()) - 1) < 1e-4
@@ -89,7 +90,7 @@ def test_folder_argument_and_table(models_dir, images, capsys):
     assert RESEARCH_USE_ONLY in out
     for name in made:
         assert name in out
-    assert "no lesion" in out
+    assert "NOT GRADEABLE: no tissue" in out
 
 
 def test_out_files(models_dir, images, tmp_path, capsys):

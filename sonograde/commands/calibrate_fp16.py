@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from calibration.fp16 import Fp16ConversionError, convert_fp16
-    from calibration.modelinfo import ModelInfoError
+    from calibration.modelinfo import ModelInfoError, read_model_info
     from engine.backends import InputSpecError, ModelLoadError
     from engine.data.manifest import ManifestError
 
@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"model file not found: {args.model}")
     if args.out.resolve() == args.model.resolve():
         return fail("--out must differ from --model (the FP32 model stays the reference)")
+    try:  # a truncated or foreign file: one line here, not a protobuf traceback from the converter
+        read_model_info(args.model)
+    except ModelInfoError as exc:
+        return fail(str(exc))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(prefix="sonograde-fp16-", dir=args.out.parent) as tmp:

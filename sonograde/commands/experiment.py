@@ -71,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
     from sonograde import RESEARCH_USE_ONLY
     from sonograde.experiments import ExperimentError, Table3Config, run_table3
 
+    try:  # before any work: every part of table3 trains or loads torch networks
+        import torch  # noqa: F401
+    except ImportError as error:
+        print(f"sonograde experiment: {args.name} needs the train extra (pip install 'sonograde[train]'): "
+              f"{error}", file=sys.stderr)
+        return 2
     data = [str(d) for d in args.data or []]
     folds, epochs, width = args.folds, args.epochs, args.width
     crop, whole, archs = args.crop_size, args.whole_size, args.archs

@@ -7,6 +7,11 @@ margin, echo pattern, posterior features, calcifications), the lesion's size (wi
 diameter) and a calibrated malignancy probability (models/descriptors.json, models/descriptors.md).
 Nothing is written to disk unless --out is given. Runs on ONNX Runtime; torch is not needed.
 
+16-bit images are scaled by the bits they use (12-bit data in a 16-bit PNG by 4095, or by the PNG's
+sBIT chunk), not by 65535. An image over --max-pixels is refused from its header, before decoding.
+An image the models cannot judge is reported "not gradeable" with the reason instead of a category:
+too small (under 100 px a side), no tissue (blank or black), or a colour Doppler / elastography overlay.
+
 Examples:
   sonograde grade scan.png                          # readable table
   sonograde grade scans/ --json                     # one JSON line per image
@@ -27,7 +32,7 @@ JSON line (one per readable image):
    "size": {"unit": "mm", "width": 14.2, "height": 9.8, "longest": 15.0, "pixel_size_mm": 0.065,
             "pixel_size_source": "manifest"},
    "malignancy_probability": 0.42, "drivers": [{"descriptor": "margin", "value": .., "contribution": ..,
-   "direction": "up"}, ..], "descriptor_model": ".."}
+   "direction": "up"}, ..], "descriptor_model": "..", "not_gradeable": null}
 bbox and area_px are in the input image's pixels. With no lesion: lesion_found false, category,
 probabilities and bbox null, area_px 0, descriptors, size and malignancy_probability null with
 assessment_absent_reason. The size is in mm only when the pixel size is known (--pixel-size-mm, a
@@ -35,6 +40,8 @@ manifest's pixel_size_mm, DICOM Sequence of Ultrasound Regions or Pixel Spacing;
 says which); otherwise in px, never a guessed mm. drivers: the descriptors that pushed the assessment up
 or down (signed log-odds contributions to a suspicion model). A descriptor the model cannot learn is
 given with value null and its reason.
+Not gradeable: the same, "timings_ms" empty and "not_gradeable" says why (e.g. "too small (10 x 10 px;
+at least 100 px a side)").
 
 --out also writes <stem>_mask.png (the refined lesion mask at the input's own size, 0/255; all zero
 when no lesion) and <stem>_overlay.png (the image with the ROI-CNN contour in blue, the refined
@@ -75,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-size-mm", type=float, default=None, metavar="MM",
                         help="size of one image pixel in mm, for every image (the lesion size is then in "
                              "mm; default: the DICOM's or the manifest's own, else sizes in px)")
+    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                        help="refuse images with more pixels than this (default 50,000,000, about 7000 x "
+                             "7000), checked from the file's header before decoding")
 
 
 def expand_images(items: list[str]) -> list[Path]:
@@ -131,66 +141,47 @@ def dicom_pixel_size(path: Path) -> tuple[float | None, str | None]:
     return size, "dicom_ultrasound_regions" if from_regions else "dicom_pixel_spacing"
 
 
-def read_image(path: Path):
-    """Read an image as uint8 (H x W gray or H x W x 3 BGR). Raises ValueError saying why it cannot."""
-    import cv2
-    import numpy as np
+def read_image(path: Path, max_pixels: int | None = None):
+    """Read an image as uint8 (H x W gray or H x W x 3 BGR; ``capture.sources.read_image_file``: 16-bit
+    data by its significant bits, the pixel cap checked from the header). Raises ValueError saying why
+    it cannot."""
+    from capture.sources import MAX_PIXELS, is_dicom_file, read_image_file
 
-    if not path.exists():
-        raise ValueError("no such file")
-    if not path.is_file():
-        raise ValueError("not a file")
-    from capture.sources import is_dicom_file
-
-    if is_dicom_file(path):
-        return _read_dicom(path)
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        raise ValueError("the file is empty")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise ValueError("not a readable image (JPEG, PNG, BMP or TIFF expected), or the file is damaged")
-    return _to_u8(image)
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if path.is_file() and is_dicom_file(path):
+        return _read_dicom(path, limit)
+    return read_image_file(path, limit)  # SourceError is a ValueError
 
 
-def _to_u8(image):
-    import cv2
-    import numpy as np
-
-    if image.dtype == np.uint16:  # 16-bit PNG/TIFF: keep the displayed range
-        image = (image / 257.0).round().astype(np.uint8)
-    elif image.dtype != np.uint8:
-        lo, hi = float(image.min()), float(image.max())
-        image = ((image - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)).astype(np.uint8)
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    return image
-
-
-def _read_dicom(path: Path):
+def _read_dicom(path: Path, max_pixels: int):
     """First frame of a DICOM file as uint8 gray, through the capture package's DICOM reader."""
     import pydicom
 
     from capture.sources import dicom_frames_gray
 
     try:
-        frames = dicom_frames_gray(pydicom.dcmread(str(path)))
+        dataset = pydicom.dcmread(str(path))
+        rows, columns = int(getattr(dataset, "Rows", 0) or 0), int(getattr(dataset, "Columns", 0) or 0)
+        if rows * columns > max_pixels:
+            raise ValueError(f"{columns} x {rows} pixels is more than the limit of {max_pixels:,}")
+        frames = dicom_frames_gray(dataset)
+    except ValueError:
+        raise
     except Exception as exc:  # pydicom and the pixel decoders raise many types
-        raise ValueError(f"not a readable DICOM image ({exc})") from exc
+        raise ValueError(f"not a readable DICOM image ({type(exc).__name__}: {str(exc)[:120]})") from exc
     return frames[0]
 
 
 MIN_OVERLAY_SIDE = 360  # smaller images are enlarged (by a whole factor) so the text stays legible
 
 
-def render_overlay(image, result, research_text: str = RESEARCH_USE_ONLY):
+def render_overlay(image, result, research_text: str = RESEARCH_USE_ONLY, note: str | None = None):
     """The image (as BGR) with the ROI-CNN contour in blue, the refined contour in red, the category and
     its probability next to the lesion, and a research-use banner along the top.
 
     Images whose shorter side is under ``MIN_OVERLAY_SIDE`` pixels are enlarged by the smallest whole
     factor that reaches it (nearest neighbour), so the overlay is the input's size times that factor.
+    ``result`` None: no contours, and ``note`` (why the image is not gradeable) as the label.
     """
     import cv2
     import numpy as np
@@ -204,7 +195,7 @@ def render_overlay(image, result, research_text: str = RESEARCH_USE_ONLY):
     thickness = max(1, round(2 * scale))
     font = cv2.FONT_HERSHEY_SIMPLEX
     banner_h = int(22 * scale) + 6
-    if result.lesion_found:
+    if result is not None and result.lesion_found:
         for contour, colour in ((result.raw_contour, (255, 0, 0)), (result.refined_contour, (0, 0, 255))):
             if len(contour) >= 2:
                 points = contour.astype(np.int32) * factor + (factor - 1) // 2  # pixel centres
@@ -222,7 +213,7 @@ def render_overlay(image, result, research_text: str = RESEARCH_USE_ONLY):
             text_y = max(y, banner_h) + text_h + gap
         anchor = (int(np.clip(x, 2, max(2, width - text_w - 2))), int(text_y))
     else:
-        label = "no lesion found"
+        label = note or "no lesion found"
         anchor = (int(8 * scale), int(height - 12 * scale))
     cv2.putText(canvas, label, anchor, font, 0.8 * scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
     cv2.putText(canvas, label, anchor, font, 0.8 * scale, (0, 255, 255), thickness, cv2.LINE_AA)
@@ -251,8 +242,10 @@ def _unique_stem(stem: str, used: set[str]) -> str:
     return candidate
 
 
-def _table_row(name: str, shape: tuple[int, ...], result) -> str:
+def _table_row(name: str, shape: tuple[int, ...], result, not_gradeable: str | None = None) -> str:
     size = f"{shape[1]}x{shape[0]}"
+    if not_gradeable:
+        return f"{name:<32.32} {size:>10} NOT GRADEABLE: {not_gradeable}"
     if not result.lesion_found:
         return f"{name:<32.32} {size:>10} {'no lesion':<9} {'-':>6} {'-':>6} {'-':<22} {0:>8} " \
                f"{result.timings_ms['total']:>8.1f}"
@@ -274,11 +267,31 @@ def _assessment_text(assessment: dict | None) -> str:
     return "\n    " + "; ".join(parts)
 
 
+def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespace, used: set[str]) -> None:
+    """Output for an image that was not graded: the reason where the category would be."""
+    import numpy as np
+    from tqdm import tqdm
+
+    if args.json:
+        line = {"image": str(path), "lesion_found": False, "category": None, "probabilities": None,
+                "bbox": None, "area_px": 0, "timings_ms": {}, "not_gradeable": reason}
+        tqdm.write(json.dumps(line), file=sys.stdout)
+    else:
+        tqdm.write(_table_row(path.name, image.shape, None, reason), file=sys.stdout)
+    if args.out is not None:
+        stem = _unique_stem(path.stem, used)
+        _write_png(args.out / f"{stem}_mask.png", np.zeros(image.shape[:2], np.uint8))
+        overlay = render_overlay(image, None, note=f"not gradeable: {reason}")
+        _write_png(args.out / f"{stem}_overlay.png", overlay)
+    sys.stdout.flush()
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
     from engine.backends import ModelLoadError
+    from engine.gradeability import check_gradeable
     from engine.grader import TwoStageGrader
 
     if args.threads is not None and args.threads < 1:
@@ -287,6 +300,9 @@ def run(args: argparse.Namespace) -> int:
     if args.pixel_size_mm is not None and not (0 < args.pixel_size_mm < 100):
         print(f"sonograde grade: --pixel-size-mm must be a positive size of one pixel in mm (e.g. 0.07), "
               f"got {args.pixel_size_mm}", file=sys.stderr)
+        return 2
+    if args.max_pixels is not None and args.max_pixels < 1:
+        print(f"sonograde grade: --max-pixels must be >= 1, got {args.max_pixels}", file=sys.stderr)
         return 2
     try:
         grader = TwoStageGrader.from_models_dir(args.models, precision=args.precision, backend=args.backend,
@@ -309,7 +325,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     paths = [path for path, _ in inputs]
     if not paths:
-        print("sonograde grade: no images found in " + ", ".join(args.images), file=sys.stderr)
+        print("sonograde grade: no images found in " + ", ".join(args.images)
+              + f" (looked for {', '.join(IMAGE_SUFFIXES)})", file=sys.stderr)
         return 1
     if not args.json:
         print(RESEARCH_USE_ONLY)
@@ -322,10 +339,14 @@ def run(args: argparse.Namespace) -> int:
     for path, manifest_size in tqdm(inputs, desc="grading", unit="image", file=sys.stderr, disable=None,
                                     leave=False):
         try:
-            image = read_image(path)
+            image = read_image(path, args.max_pixels)
         except (ValueError, OSError) as exc:
             tqdm.write(f"sonograde grade: cannot read image {path}: {exc}", file=sys.stderr)
             failures += 1
+            continue
+        verdict = check_gradeable(image)
+        if not verdict.gradeable:  # an answer, not a failure: say why instead of a category
+            _report_not_gradeable(path, image, verdict.reason, args, used_stems)
             continue
         # pixel size: the user's --pixel-size-mm, else the DICOM's own, else the manifest's, else none (px)
         if args.pixel_size_mm is not None:
@@ -341,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             continue
         if args.json:
-            line = {"image": str(path), **result.as_dict()}
+            line = {"image": str(path), **result.as_dict(), "not_gradeable": None}
             tqdm.write(json.dumps(line), file=sys.stdout)
         else:
             tqdm.write(_table_row(path.name, image.shape, result), file=sys.stdout)

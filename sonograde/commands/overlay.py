@@ -7,7 +7,9 @@ message saying to upgrade.
 
 Subscribes to a `sonograde run` publisher. Opens a window where there is a display (q or Esc closes
 it); without one it records (--record) or writes a snapshot (--snapshot) and says so. Frames are
-written to disk only when you ask for it.
+written to disk only when you ask for it. Messages it cannot draw (malformed, NaN, a newer schema) are
+skipped and counted, a picture that fails to render is skipped and counted, and when the publisher goes
+quiet for 3 s (no heartbeat) the picture dims and says NO SIGNAL; the counts are printed at the end.
 
 Examples:
   sonograde overlay                                  # window, tcp://127.0.0.1:5555
@@ -21,9 +23,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from sonograde.publisher import DEFAULT_ENDPOINT
+
+NO_SIGNAL_AFTER_S = 3.0  # the publisher sends a heartbeat about once a second: three missed ones
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,19 +62,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"sonograde overlay: --frames must be positive, got {args.frames}", file=sys.stderr)
         return 2
 
+    from sonograde.publisher import EndpointError, check_endpoint
+
+    try:  # a malformed endpoint is a one-line error, not a ZMQError traceback from connect
+        check_endpoint(args.connect, allow_remote=True)
+    except EndpointError as error:
+        print(f"sonograde overlay: {error}", file=sys.stderr)
+        return 2
     renderer = OverlayRenderer()
     meter = RateMeter()
     result: Message | None = None
     status: Message | None = None
     results = 0
+    render_failures = 0
+    last_render_error = ""
+    invalid: Mapping[str, int] = {}
     started = time.monotonic()
+    last_message = None
     print(f"sonograde overlay: listening on {args.connect}", file=sys.stderr)
     try:
         with Subscriber(args.connect) as subscriber:
+            invalid = subscriber.invalid  # counted by kind as messages are skipped
             while not sink.quit_requested:
                 if args.seconds is not None and time.monotonic() - started >= args.seconds:
                     break
                 messages = subscriber.recv_latest(timeout_ms=250)
+                now = time.monotonic()
+                if messages:
+                    last_message = now
+                silent_s = None if last_message is None else now - last_message
+                no_signal_s = silent_s if silent_s is not None and silent_s >= NO_SIGNAL_AFTER_S else None
                 fresh = False
                 for message in messages:
                     if message.kind == "result":
@@ -80,14 +102,28 @@ def run(args: argparse.Namespace) -> int:
                         status = message
                 if not messages and result is None and status is None and not sink.window:
                     continue  # nothing to record yet
-                if fresh or messages or sink.window:
-                    sink.show(renderer.render(result, status, meter.fps))
+                if fresh or messages or sink.window or no_signal_s is not None:
+                    try:
+                        picture = renderer.render(result, status, meter.fps, no_signal_s)
+                    except Exception as error:  # one picture that cannot be drawn must not end the display
+                        render_failures += 1
+                        last_render_error = f"{type(error).__name__}: {str(error)[:120]}"
+                        result = status = None  # draw the next messages afresh, not fail on these again
+                    else:
+                        sink.show(picture)
                 if args.frames is not None and results >= args.frames:
                     break
     except KeyboardInterrupt:
         pass
     finally:
         written = sink.close()
+    if invalid:
+        kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(invalid.items()))
+        print(f"skipped {sum(invalid.values())} message(s) that could not be drawn ({kinds})",
+              file=sys.stderr)
+    if render_failures:
+        print(f"skipped {render_failures} picture(s) that failed to render (last: {last_render_error})",
+              file=sys.stderr)
     if args.record is not None:
         print(f"recorded {sink.frames_written} pictures to {args.record}", file=sys.stderr)
     if written is not None:

@@ -15,6 +15,14 @@ Examples:
   sonograde overlay                                 # in another terminal: the display
 
 A display in any language can subscribe: see docs/messages.md for the message schema.
+
+Unreadable files in an image folder or DICOM series are skipped and counted; a frame a stage fails on
+(e.g. a model that gives NaN) is skipped and counted; both show in the status line, the status messages
+and the final summary. Frames that cannot be graded (too small, blank, colour Doppler/elastography) are
+published as "not gradeable" with the reason.
+
+Exit status: 0 stopped as asked or the source ended; 1 the source failed for good (the reason on
+stderr) or the overlay could not start; 2 bad options, models or source.
 """
 
 from __future__ import annotations
@@ -74,11 +82,30 @@ def _error(message: str) -> int:
     return 2
 
 
-def _start_overlay(endpoint: str, record: Path | None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "sonograde.cli", "overlay", "--connect", endpoint]
+def overlay_command(endpoint: str, record: Path | None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that start `sonograde overlay` in a child Python.
+
+    The child must import this very sonograde, whatever the working folder holds: ``-P`` keeps the
+    working folder off its ``sys.path`` (a folder there named like a package, such as a checkout's parent
+    folder holding ``sonograde/``, would otherwise shadow the install), and PYTHONPATH starts with the
+    folder this package was imported from.
+    """
+    import os
+
+    import sonograde
+
+    root = str(Path(sonograde.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    command = [sys.executable, "-P", "-m", "sonograde.cli", "overlay", "--connect", endpoint]
     if record is not None:
-        command += ["--record", str(record)]
-    return subprocess.Popen(command)
+        command += ["--record", str(record.resolve())]
+    return command, env
+
+
+def _start_overlay(endpoint: str, record: Path | None) -> subprocess.Popen:
+    command, env = overlay_command(endpoint, record)
+    return subprocess.Popen(command, env=env)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
         pipeline.start(warm_up=True)
     except EndpointError as error:
         return _error(str(error))
+    except ValueError as error:  # engine.grader.ModelOutputError: a model's output has the wrong shape
+        pipeline.stop()
+        return _error(f"the models do not fit: {error}")
     endpoint = pipeline.publisher.endpoint if pipeline.publisher is not None else None
     if endpoint:
         print(f"publishing on {endpoint} (Ctrl-C stops)", file=sys.stderr)
@@ -144,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     last_line = 0.0
     interrupted = False
+    source_failure: str | None = None
+    overlay_failure: str | None = None
     try:
         while not stop_requested:
             time.sleep(0.1)
@@ -161,9 +193,13 @@ def run(args: argparse.Namespace) -> int:
             if args.seconds is not None and now - started >= args.seconds:
                 break
             if stats.source_state == "ended":
+                source_failure = stats.last_error  # None when a file source simply ended
                 break
             if overlay is not None and overlay.poll() is not None:
-                print("\noverlay closed", file=sys.stderr)
+                if overlay.returncode != 0:
+                    overlay_failure = f"the overlay stopped with exit status {overlay.returncode}"
+                detail = f" ({overlay_failure})" if overlay_failure else ""
+                print(f"\noverlay closed{detail}", file=sys.stderr)
                 overlay = None
     except KeyboardInterrupt:
         interrupted = True
@@ -178,11 +214,24 @@ def run(args: argparse.Namespace) -> int:
                 overlay.wait(5)
             except subprocess.TimeoutExpired:
                 overlay.kill()
+            if overlay.returncode not in (0, None) and overlay_failure is None:
+                overlay_failure = f"the overlay stopped with exit status {overlay.returncode}"
     stats = pipeline.stats()
     p50, p99 = stats.latency_ms.get("p50", float("nan")), stats.latency_ms.get("p99", float("nan"))
     print(f"stopped{' (Ctrl-C)' if interrupted else ''}: {stats.published} results in "
           f"{stats.elapsed_s:.1f} s, {stats.fps:.1f} fps at the end, latency capture->publish p50/p99 "
           f"{p50:.1f}/{p99:.1f} ms, "
-          f"dropped {stats.dropped['total']}, stale graded {stats.stale_graded}, errors {stats.errors}",
+          f"dropped {stats.dropped['total']}, stale graded {stats.stale_graded}, errors {stats.errors}, "
+          f"not gradeable {stats.not_gradeable}, skipped files {stats.error_counts['source_skipped']}",
           file=sys.stderr)
+    if stats.errors:
+        by_stage = ", ".join(f"{stage} {n}" for stage, n in stats.error_counts.items()
+                             if stage not in ("total", "source_skipped") and n)
+        print(f"errors by stage: {by_stage}; last: {stats.pipeline_error}", file=sys.stderr)
+    if source_failure:
+        print(f"sonograde run: the source failed: {source_failure}", file=sys.stderr)
+        return 1
+    if overlay_failure:
+        print(f"sonograde run: {overlay_failure}; nothing more was shown or recorded", file=sys.stderr)
+        return 1
     return 0  # Ctrl-C is the normal way to stop a live run
