@@ -267,14 +267,21 @@ def _assessment_text(assessment: dict | None) -> str:
     return "\n    " + "; ".join(parts)
 
 
-def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespace, used: set[str]) -> None:
-    """Output for an image that was not graded: the reason where the category would be."""
+def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespace, used: set[str],
+                          with_assessment: bool = False) -> None:
+    """Output for an image that was not graded: the reason where the category would be (and, for a grader
+    with a descriptor model, the assessment's keys absent with that reason, as graded lines carry them)."""
     import numpy as np
     from tqdm import tqdm
 
     if args.json:
+        from engine.descriptors import absent
+
         line = {"image": str(path), "lesion_found": False, "category": None, "probabilities": None,
-                "bbox": None, "area_px": 0, "timings_ms": {}, "not_gradeable": reason}
+                "bbox": None, "area_px": 0, "timings_ms": {}}
+        if with_assessment:
+            line.update(absent(f"not gradeable: {reason}"))
+        line["not_gradeable"] = reason
         tqdm.write(json.dumps(line), file=sys.stdout)
     else:
         tqdm.write(_table_row(path.name, image.shape, None, reason), file=sys.stdout)
@@ -346,7 +353,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         verdict = check_gradeable(image)
         if not verdict.gradeable:  # an answer, not a failure: say why instead of a category
-            _report_not_gradeable(path, image, verdict.reason, args, used_stems)
+            _report_not_gradeable(path, image, verdict.reason, args, used_stems,
+                                  with_assessment=grader.descriptors is not None)
             continue
         # pixel size: the user's --pixel-size-mm, else the DICOM's own, else the manifest's, else none (px)
         if args.pixel_size_mm is not None:
