@@ -4,10 +4,17 @@ For strongly typed TensorRT builds (TensorRT 11 takes precision from the ONNX ty
 flags). Weights and activations become float16; Cast nodes at the graph's input and outputs keep the
 interface float32, so the same preprocessing and postprocessing work unchanged. The conversion is ONNX
 Runtime's own converter (``onnxruntime.transformers.float16``, shipped inside the onnxruntime wheel, so
-no new dependency); the final Sigmoid/Softmax stays in float32 (as in the INT8 models) so small
-probabilities keep their precision. The result is checked with the ONNX checker and by running it in ONNX
-Runtime against the FP32 model on one input; on the CPU ONNX Runtime runs it (inserting casts where it
-lacks float16 kernels) but not faster: FP16 is for GPUs.
+no new dependency); the weight-free tail (the final Sigmoid/Softmax and the arithmetic back to the last
+weighted layer, as in the INT8 models) stays in float32 so small probabilities keep their precision.
+
+The converter wraps every node it leaves in float32 in a Cast to float16 after it and a Cast back to
+float32 before the next one, so a tail of several nodes would be rounded to float16 between each of them
+and at the output: ``remove_cast_round_trips`` removes those Cast pairs, which keeps the tail float32 from
+the first tail node to the graph's outputs. The converter's value_info (types from before the conversion)
+is dropped and the model must pass ``onnx.checker.check_model(full_check=True)`` (shape and type
+inference over the whole graph); it is also run in ONNX Runtime against the FP32 model on one input. On
+the CPU ONNX Runtime runs it (inserting casts where it lacks float16 kernels) but not faster: FP16 is for
+GPUs.
 """
 
 from __future__ import annotations
@@ -64,6 +71,48 @@ def topological_sort(graph) -> None:  # graph: onnx.GraphProto, sorted in place
     graph.node.extend(ordered)
 
 
+def _cast_to(node) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+
+def remove_cast_round_trips(model) -> int:  # model: onnx.ModelProto, changed in place
+    """Remove Cast(float32 -> float16) -> Cast(float16 -> float32) pairs; returns how many Casts went.
+
+    The second Cast's consumers read the first Cast's float32 input directly; a second Cast that names a
+    graph output becomes an Identity (the output keeps its name). The first Cast goes when nothing else
+    reads it."""
+    import onnx
+    from onnx import TensorProto
+
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    graph_outputs = {o.name for o in graph.output}
+    removed = 0
+    for first in list(graph.node):
+        if _cast_to(first) != TensorProto.FLOAT16 or types.get(first.input[0]) != TensorProto.FLOAT:
+            continue
+        source, half = first.input[0], first.output[0]
+        for second in [n for n in graph.node if half in n.input and _cast_to(n) == TensorProto.FLOAT]:
+            if second.output[0] in graph_outputs:
+                identity = onnx.helper.make_node("Identity", [source], [second.output[0]],
+                                                 name=f"{second.name or second.output[0]}_float")
+                graph.node.insert(list(graph.node).index(second), identity)
+            else:
+                for node in graph.node:
+                    for index, name in enumerate(node.input):
+                        if name == second.output[0]:
+                            node.input[index] = source
+            graph.node.remove(second)
+            removed += 1
+        if half not in graph_outputs and not any(half in n.input for n in graph.node):
+            graph.node.remove(first)
+            removed += 1
+    return removed
+
+
 def _smoke_input(model, rng: np.random.Generator) -> tuple[str, np.ndarray]:
     weights = {t.name for t in model.graph.initializer}
     graph_input = next(i for i in model.graph.input if i.name not in weights)
@@ -90,11 +139,13 @@ def convert_fp16(model_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     tail = float_nodes(model, ("Sigmoid", "Softmax")) if keep_tail_float else []
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=tail or None)
     topological_sort(converted.graph)  # the converter appends its Casts at the end; TensorRT wants order
+    del converted.graph.value_info[:]  # the types of before the conversion: inference redoes them
+    remove_cast_round_trips(converted)
     metadata.update({"sonograde.precision": "fp16", "sonograde.source_sha256": sha256_file(model_path)})
     onnx.helper.set_model_props(converted, metadata)
     try:
-        onnx.checker.check_model(converted)
-    except onnx.checker.ValidationError as exc:
+        onnx.checker.check_model(converted, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise Fp16ConversionError(f"FP16 model of {model_path} fails the ONNX checker: {exc}") from exc
     for value in list(converted.graph.input) + list(converted.graph.output):
         if value.type.tensor_type.elem_type != TensorProto.FLOAT:

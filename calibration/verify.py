@@ -12,6 +12,11 @@ other order next time) so that both see the same machine load, ``repeats`` times
 the fastest of its repeats (a run preempted by another process says nothing about the model), and the
 median over inputs is reported, with the thread count (the same for both) and the 1-minute load average.
 
+The FP32 reference always runs on ONNX Runtime's CPU provider (``load_reference``), also where an
+onnxruntime-gpu build offers CUDA or TensorRT providers: the reference is the CPU model the product ships,
+and the report's "reference_ms" is ONNX Runtime FP32 on the CPU. ``verify`` refuses a reference that
+says it ran elsewhere.
+
 Pass rule (``GateThresholds``): mean DSC agreement >= 0.98 (ROI), top-1 agreement >= 0.97 (grader);
 optional minimum-DSC and maximum-probability-difference limits. Speed does not decide the gate.
 """
@@ -28,6 +33,22 @@ from calibration.inputs import ModelInputs
 
 DEFAULT_DSC_MEAN = 0.98
 DEFAULT_TOP1 = 0.97
+REFERENCE_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def load_reference(path: str | os.PathLike, *, threads: int | None = None):
+    """The FP32 reference model on ONNX Runtime's CPU provider only (never CUDA or TensorRT)."""
+    from engine.backends import load_backend
+
+    return load_backend(path, backend="onnxruntime", threads=threads, providers=list(REFERENCE_PROVIDERS))
+
+
+def check_reference_on_cpu(reference) -> None:
+    """ValueError when ``reference`` reports ONNX Runtime providers other than the CPU one."""
+    used = tuple(getattr(reference, "providers_used", REFERENCE_PROVIDERS))
+    if used != REFERENCE_PROVIDERS:
+        raise ValueError(f"the FP32 reference must run on ONNX Runtime's CPU provider only, it runs on "
+                         f"{', '.join(used)}: load it with calibration.verify.load_reference")
 
 
 @dataclass(frozen=True)
@@ -155,6 +176,7 @@ def verify(kind: str, reference, candidate, inputs: ModelInputs, *, thresholds: 
     thresholds = thresholds or GateThresholds()
     if kind not in ("roi", "grader"):
         raise ValueError(f"model kind must be 'roi' or 'grader', got {kind!r}")
+    check_reference_on_cpu(reference)
     ref, cand, ref_ms, cand_ms = run_interleaved(reference, candidate, inputs.batch, warmup=warmup,
                                                  repeats=repeats)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

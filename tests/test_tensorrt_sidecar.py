@@ -1,9 +1,10 @@
 """TensorRT engine sidecar: round trip and refusal of mismatched engines (pure Python, no GPU), and, where
-TensorRT and pycuda are installed, a real engine build compared with ONNX Runtime."""
+TensorRT and cuda-python are installed, a real engine build compared with ONNX Runtime."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from calibration.quantize import sha256_file
-from calibration.sidecar import (
+from engine.backends import ModelLoadError
+from engine.backends.tensorrt_sidecar import (
     EngineMismatchError,
     EngineSidecar,
     Environment,
@@ -22,9 +24,8 @@ from calibration.sidecar import (
     sidecar_path,
     write_sidecar,
 )
-from engine.backends import ModelLoadError
 
-HERE = Environment("10.8.0.43", "NVIDIA H200", "9.0")
+HERE = Environment("10.8.0.43", "NVIDIA H200", "9.0", "13")
 
 
 def _engine(tmp_path: Path, rng) -> tuple[Path, EngineSidecar]:
@@ -34,11 +35,11 @@ def _engine(tmp_path: Path, rng) -> tuple[Path, EngineSidecar]:
     engine.write_bytes(b"not really an engine")
     sidecar = EngineSidecar(
         tensorrt_version=HERE.tensorrt_version, gpu_name=HERE.gpu_name,
-        compute_capability=HERE.compute_capability,
+        compute_capability=HERE.compute_capability, cuda_major=HERE.cuda_major,
         inputs={"image": TensorProfile((1, 1, 288, 288), (1, 1, 288, 288), (4, 1, 288, 288))},
         outputs=("prob",),
         source_onnx="roi_cnn.int8.onnx", source_sha256=sha256_file(source), max_batch=4, workspace_mb=512,
-        precision="int8", metadata={"sonograde.model": "roi"},
+        precision="int8", metadata={"sonograde.model": "roi"}, plan_sha256=sha256_file(engine),
     )
     write_sidecar(engine, sidecar)
     return engine, sidecar
@@ -54,6 +55,7 @@ def test_sidecar_round_trip(tmp_path, rng):
 @pytest.mark.parametrize("here, phrase", [
     (replace(HERE, tensorrt_version="10.9.0.34"), "TensorRT 10.8.0.43 built it"),
     (replace(HERE, gpu_name="NVIDIA A100-SXM4-80GB", compute_capability="8.0"), "built for NVIDIA H200"),
+    (replace(HERE, cuda_major="12"), "a CUDA 13 build of TensorRT built it"),
 ])
 def test_mismatch_refused_with_rebuild_command(tmp_path, rng, here, phrase):
     engine, sidecar = _engine(tmp_path, rng)
@@ -72,6 +74,30 @@ def test_changed_source_onnx_refused(tmp_path, rng):
     (tmp_path / "roi_cnn.int8.onnx").write_bytes(rng.bytes(256))
     with pytest.raises(EngineMismatchError, match="has changed since the engine was built"):
         check_engine(engine, read_sidecar(engine), HERE)
+
+
+def test_unknown_cuda_major_is_not_compared(tmp_path, rng):
+    engine, _ = _engine(tmp_path, rng)
+    check_engine(engine, read_sidecar(engine), replace(HERE, cuda_major=""))  # a tar install: unknown
+
+
+def test_replaced_engine_file_refused(tmp_path, rng):
+    engine, _ = _engine(tmp_path, rng)
+    engine.write_bytes(b"another engine")
+    with pytest.raises(EngineMismatchError, match="not the one its sidecar describes"):
+        check_engine(engine, read_sidecar(engine), HERE)
+
+
+def test_format_1_sidecar_still_read(tmp_path, rng):
+    engine, sidecar = _engine(tmp_path, rng)
+    old = sidecar.to_dict()
+    for key in ("cuda_major", "plan_sha256"):
+        old.pop(key)
+    old["format"] = 1
+    sidecar_path(engine).write_text(json.dumps(old), encoding="utf-8")
+    read = read_sidecar(engine)
+    assert read.cuda_major == "" and read.plan_sha256 == ""
+    check_engine(engine, read, HERE)
 
 
 def test_missing_or_corrupt_sidecar_refused(tmp_path, rng):
@@ -104,9 +130,16 @@ def test_build_engine_cli_without_tensorrt(tmp_path, capsys):
     assert "TensorRT is not available" in capsys.readouterr().err
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package is missing
+        return False
+
+
 def _gpu_stack_missing() -> str | None:
-    for module in ("tensorrt", "pycuda"):
-        if importlib.util.find_spec(module) is None:
+    for module in ("tensorrt", "cuda.bindings"):
+        if not _installed(module):
             return f"{module} is not installed (needs an NVIDIA GPU and `pip install 'sonograde[tensorrt]'`)"
     return None
 
@@ -126,3 +159,22 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path, rng):  # pragma: no cover
     assert trt_backend.name == "tensorrt" and trt_backend.metadata.get("sonograde.model") == "roi"
     batch = rng.standard_normal((2, *ort_backend.input_shape[1:])).astype(np.float32)
     assert np.abs(trt_backend.run(batch) - ort_backend.run(batch)).max() < 1e-2
+
+
+def test_cuda_major_of_the_tensorrt_wheel(monkeypatch):
+    from engine.backends import tensorrt_sidecar
+
+    installed = {"tensorrt-cu13"}
+
+    def distribution(name):
+        if name not in installed:
+            raise tensorrt_sidecar.importlib_metadata.PackageNotFoundError(name)
+        return object()
+
+    monkeypatch.setattr(tensorrt_sidecar.importlib_metadata, "distribution", distribution)
+    assert tensorrt_sidecar.tensorrt_cuda_major() == "13"
+    installed.clear()
+    installed.add("tensorrt-cu12-libs")
+    assert tensorrt_sidecar.tensorrt_cuda_major() == "12"
+    installed.clear()  # a tar or Debian install: unknown, and then not compared
+    assert tensorrt_sidecar.tensorrt_cuda_major() == ""

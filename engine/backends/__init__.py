@@ -6,7 +6,7 @@
 
 ``.onnx`` files run on ONNX Runtime. ``.plan`` / ``.engine`` files are serialized TensorRT engines, run by
 ``engine.backends.tensorrt.TensorRTBackend`` (imported only when such a file is loaded, and only where
-TensorRT and pycuda are installed). No backend imports torch.
+TensorRT and cuda-python are installed). No backend imports torch.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def load_backend(path: str | os.PathLike, *, backend: str = "auto", threads: int
 
 
 def _load_tensorrt(path: Path) -> InferenceBackend:
-    """Import the TensorRT backend only now: it needs tensorrt and pycuda, which most machines lack."""
+    """Import the TensorRT backend only now: it needs tensorrt and cuda-python, which most machines lack."""
     if path.suffix.lower() == ".onnx":
         raise ModelLoadError(
             f"{path} is an ONNX model; the TensorRT backend runs serialized engines. Build one with "

@@ -6,7 +6,9 @@ model). One optimization profile over the batch (min 1, opt --opt-batch, max --m
 cache beside the engine (tensorrt.timing.cache) makes rebuilds quick. The sidecar M.plan.json records
 the TensorRT version, GPU, compute capability, input shapes and the source ONNX SHA-256; the TensorRT
 backend refuses an engine whose sidecar does not match the machine, with this command to rebuild it.
-Needs an NVIDIA GPU and `pip install 'sonograde[tensorrt]'` (tensorrt, pycuda).
+The engine is built on --device (its CUDA context is made current), the GPU it is then tied to.
+TensorRT's log goes to stderr; stdout is one JSON object. Needs an NVIDIA GPU and
+`pip install 'sonograde[tensorrt]'` (tensorrt, cuda-python).
 
 Examples:
   sonograde build-engine --onnx models/roi_cnn.fp16.onnx --out models/roi_cnn.fp16.plan
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="builder workspace limit in MiB (default 1024)")
     parser.add_argument("--timing-cache", type=Path, default=None,
                         help="timing cache file (default tensorrt.timing.cache beside the engine)")
-    parser.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    parser.add_argument("--device", type=int, default=0, help="CUDA device to build on and for (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:

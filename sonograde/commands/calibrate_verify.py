@@ -82,11 +82,11 @@ def gate(reference: Path, candidate: Path, frames, data_text: str, args: argpars
     ``display_name``: how the candidate is named in the report (default its path)."""
     from calibration.inputs import default_roi_model, model_inputs
     from calibration.modelinfo import model_kind, read_model_info
-    from calibration.verify import verify
+    from calibration.verify import load_reference, verify
     from engine.backends import load_backend
 
     info = read_model_info(reference)
-    ref_backend = load_backend(reference, backend="onnxruntime", threads=args.threads)
+    ref_backend = load_reference(reference, threads=args.threads)  # ONNX Runtime FP32 on the CPU only
     cand_backend = load_backend(candidate, threads=args.threads)
     cand_kind = model_kind(cand_backend.metadata, len(cand_backend.input_shape), where=str(candidate))
     if cand_kind != info.kind:

@@ -25,6 +25,7 @@ JSON line (one per readable image):
   {"image": "scan.png", "lesion_found": true, "category": "4B",
    "probabilities": {"3": .., "4A": .., "4B": .., "4C": .., "5": ..}, "bbox": [x, y, w, h],
    "area_px": .., "timings_ms": {"roi_cnn": .., "refine": .., "g_cnn": .., "total": ..},
+   "not_gradeable": null,
    "descriptors": {"shape": {"value": "irregular", "probabilities": {..}},
                    "orientation": {"value": "parallel", "angle_deg": 12.5, "height_width_ratio": ..},
                    "margin": {"value": "not circumscribed", "probabilities": {..}, "subtypes": {..}},
@@ -32,16 +33,15 @@ JSON line (one per readable image):
    "size": {"unit": "mm", "width": 14.2, "height": 9.8, "longest": 15.0, "pixel_size_mm": 0.065,
             "pixel_size_source": "manifest"},
    "malignancy_probability": 0.42, "drivers": [{"descriptor": "margin", "value": .., "contribution": ..,
-   "direction": "up"}, ..], "descriptor_model": "..", "not_gradeable": null}
+   "direction": "up"}, ..], "descriptor_model": ".."}
 bbox and area_px are in the input image's pixels. With no lesion: lesion_found false, category,
 probabilities and bbox null, area_px 0, descriptors, size and malignancy_probability null with
-assessment_absent_reason. The size is in mm only when the pixel size is known (--pixel-size-mm, a
-manifest's pixel_size_mm, DICOM Sequence of Ultrasound Regions or Pixel Spacing; pixel_size_source
-says which); otherwise in px, never a guessed mm. drivers: the descriptors that pushed the assessment up
-or down (signed log-odds contributions to a suspicion model). A descriptor the model cannot learn is
-given with value null and its reason.
-Not gradeable: the same, "timings_ms" empty and "not_gradeable" says why (e.g. "too small (10 x 10 px;
-at least 100 px a side)").
+assessment_absent_reason. Not gradeable: the same, "timings_ms" empty and "not_gradeable" says why
+(e.g. "too small (10 x 10 px; at least 100 px a side)"). The size is in mm only when the pixel size is
+known (--pixel-size-mm, a manifest's pixel_size_mm, DICOM Sequence of Ultrasound Regions or Pixel
+Spacing; pixel_size_source says which); otherwise in px, never a guessed mm. drivers: the descriptors
+that pushed the assessment up or down (signed log-odds contributions to a suspicion model). A descriptor
+the model cannot learn is given with value null and its reason.
 
 --out also writes <stem>_mask.png (the refined lesion mask at the input's own size, 0/255; all zero
 when no lesion) and <stem>_overlay.png (the image with the ROI-CNN contour in blue, the refined
@@ -79,12 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="write <stem>_mask.png and <stem>_overlay.png for each image into DIR")
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
-    parser.add_argument("--pixel-size-mm", type=float, default=None, metavar="MM",
-                        help="size of one image pixel in mm, for every image (the lesion size is then in "
-                             "mm; default: the DICOM's or the manifest's own, else sizes in px)")
     parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
                         help="refuse images with more pixels than this (default 50,000,000, about 7000 x "
                              "7000), checked from the file's header before decoding")
+    parser.add_argument("--pixel-size-mm", type=float, default=None, metavar="MM",
+                        help="size of one image pixel in mm, for every image (the lesion size is then in "
+                             "mm; default: the DICOM's or the manifest's own, else sizes in px)")
 
 
 def expand_images(items: list[str]) -> list[Path]:
@@ -268,20 +268,15 @@ def _assessment_text(assessment: dict | None) -> str:
 
 
 def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespace, used: set[str],
-                          with_assessment: bool = False) -> None:
-    """Output for an image that was not graded: the reason where the category would be (and, for a grader
-    with a descriptor model, the assessment's keys absent with that reason, as graded lines carry them)."""
+                          assessment: dict | None = None) -> None:
+    """Output for an image that was not graded: the reason where the category would be (and, with a
+    descriptor model, ``assessment``: its keys absent with the reason)."""
     import numpy as np
     from tqdm import tqdm
 
     if args.json:
-        from engine.descriptors import absent
-
         line = {"image": str(path), "lesion_found": False, "category": None, "probabilities": None,
-                "bbox": None, "area_px": 0, "timings_ms": {}}
-        if with_assessment:
-            line.update(absent(f"not gradeable: {reason}"))
-        line["not_gradeable"] = reason
+                "bbox": None, "area_px": 0, "timings_ms": {}, "not_gradeable": reason, **(assessment or {})}
         tqdm.write(json.dumps(line), file=sys.stdout)
     else:
         tqdm.write(_table_row(path.name, image.shape, None, reason), file=sys.stdout)
@@ -298,18 +293,19 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from engine.backends import ModelLoadError
+    from engine.descriptors import absent
     from engine.gradeability import check_gradeable
     from engine.grader import TwoStageGrader
 
     if args.threads is not None and args.threads < 1:
         print(f"sonograde grade: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
+    if args.max_pixels is not None and args.max_pixels < 1:
+        print(f"sonograde grade: --max-pixels must be >= 1, got {args.max_pixels}", file=sys.stderr)
+        return 2
     if args.pixel_size_mm is not None and not (0 < args.pixel_size_mm < 100):
         print(f"sonograde grade: --pixel-size-mm must be a positive size of one pixel in mm (e.g. 0.07), "
               f"got {args.pixel_size_mm}", file=sys.stderr)
-        return 2
-    if args.max_pixels is not None and args.max_pixels < 1:
-        print(f"sonograde grade: --max-pixels must be >= 1, got {args.max_pixels}", file=sys.stderr)
         return 2
     try:
         grader = TwoStageGrader.from_models_dir(args.models, precision=args.precision, backend=args.backend,
@@ -353,8 +349,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         verdict = check_gradeable(image)
         if not verdict.gradeable:  # an answer, not a failure: say why instead of a category
-            _report_not_gradeable(path, image, verdict.reason, args, used_stems,
-                                  with_assessment=grader.descriptors is not None)
+            absent_assessment = absent(f"not gradeable: {verdict.reason}") if grader.descriptors else None
+            _report_not_gradeable(path, image, verdict.reason, args, used_stems, absent_assessment)
             continue
         # pixel size: the user's --pixel-size-mm, else the DICOM's own, else the manifest's, else none (px)
         if args.pixel_size_mm is not None:
