@@ -117,6 +117,7 @@ def test_no_lesion_and_bad_pixel_size(models_dir, tmp_path, capsys):
     assert main([str(tmp_path / "flat.png"), "--models", str(models_dir), "--json"]) == 0
     (line,) = lines(capsys.readouterr().out)
     assert line["lesion_found"] is False and line["descriptors"] is None and line["size"] is None
+    # a flat image is not gradeable (engine.gradeability): the assessment is absent with that reason
     assert line["malignancy_probability"] is None
     assert line["assessment_absent_reason"] == f"not gradeable: {line['not_gradeable']}"
     assert main([str(tmp_path / "flat.png"), "--models", str(models_dir), "--pixel-size-mm", "-1"]) == 2

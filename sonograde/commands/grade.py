@@ -20,6 +20,7 @@ Examples:
   sonograde grade scan.png --models my_models/      # roi_cnn.onnx and g_cnn.onnx from another folder
   sonograde grade scan.png --pixel-size-mm 0.07     # size in mm (else px, or DICOM's own pixel size)
   sonograde grade DIR --json                        # DIR/manifest.csv: its images, its pixel_size_mm
+  sonograde grade scan.dcm --dicom-out DIR          # + DIR/scan_sr.dcm (TID 1500 SR), DIR/scan_seg.dcm
 
 JSON line (one per readable image):
   {"image": "scan.png", "lesion_found": true, "category": "4B",
@@ -47,6 +48,14 @@ the model cannot learn is given with value null and its reason.
 when no lesion) and <stem>_overlay.png (the image with the ROI-CNN contour in blue, the refined
 contour in red, the category and its probability; images under 360 px are enlarged
 by a whole factor so the text stays legible).
+
+--dicom-out DIR (DICOM inputs; needs the dicom extra) writes for each DICOM image what
+`sonograde dicom serve` sends back: <stem>_sr.dcm, a Comprehensive 3D SR measurement report (lesion size
+in mm from Pixel Spacing or the Sequence of Ultrasound Regions, BI-RADS category, descriptors,
+malignancy probability, model ids, research statement), <stem>_seg.dcm, a Segmentation of the refined
+lesion (when one is found), <stem>.json, and with --dicom-overlay <stem>_sc.dcm, a Secondary Capture of
+the overlay. A multi-frame image is graded on up to 8 frames spread over it, reported on the one with
+the largest lesion (docs/dicom.md).
 
 Exit status: 0 all graded; 1 some image could not be read or graded (named on stderr, the others are
 still graded); 2 bad models or options.
@@ -79,6 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="write <stem>_mask.png and <stem>_overlay.png for each image into DIR")
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    parser.add_argument("--dicom-out", type=Path, default=None, metavar="DIR",
+                        help="for DICOM images: write a TID 1500 SR, a SEG and a JSON summary into DIR "
+                             "(sizes from the DICOM's own pixel size)")
+    parser.add_argument("--dicom-overlay", action="store_true",
+                        help="with --dicom-out: also a Secondary Capture with the overlay drawn in")
     parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
                         help="refuse images with more pixels than this (default 50,000,000, about 7000 x "
                              "7000), checked from the file's header before decoding")
@@ -288,6 +302,31 @@ def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespa
     sys.stdout.flush()
 
 
+def _is_dicom(path: Path) -> bool:
+    from capture.sources import is_dicom_file
+
+    return is_dicom_file(path)
+
+
+def _grade_dicom(path: Path, grader, out_dir: Path, stem: str, overlay: bool):
+    """Grade a DICOM file as the DICOM node does and write its SR, SEG (SC) and JSON summary.
+
+    Returns the reported frame and its result; ValueError (one line) when it cannot be read or graded.
+    """
+    import pydicom
+
+    from sonograde.dicom import grading
+
+    try:
+        ds = pydicom.dcmread(str(path))
+    except Exception as exc:  # pydicom raises several types for damaged files
+        raise ValueError(f"not a readable DICOM file ({type(exc).__name__})") from exc
+    graded = grading.grade_dataset(ds, grader, overlay=overlay)  # RefusedError is a ValueError
+    grading.write_objects(graded, out_dir, stem)
+    grading.write_summary(out_dir, stem, graded.summary)
+    return graded.frame, graded.result
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -314,11 +353,20 @@ def run(args: argparse.Namespace) -> int:
     except (ModelLoadError, ValueError) as exc:
         print(f"sonograde grade: {exc}", file=sys.stderr)
         return 2
-    if args.out is not None:
+    for folder in (args.out, args.dicom_out):
+        if folder is None:
+            continue
         try:
-            args.out.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            print(f"sonograde grade: cannot create output folder {args.out}: {exc}", file=sys.stderr)
+            print(f"sonograde grade: cannot create output folder {folder}: {exc}", file=sys.stderr)
+            return 2
+    if args.dicom_out is not None:
+        try:
+            import sonograde.dicom.objects  # noqa: F401 - needs highdicom
+        except ImportError as exc:
+            print(f"sonograde grade: --dicom-out needs the dicom extra ({exc.name} is missing); "
+                  "pip install 'sonograde[dicom]'", file=sys.stderr)
             return 2
 
     try:
@@ -339,32 +387,47 @@ def run(args: argparse.Namespace) -> int:
               f"{'area_px':>8} {'ms':>8}")
     failures = 0
     used_stems: set[str] = set()
+    dicom_stems: set[str] = set()  # --dicom-out names, apart from --out's
     for path, manifest_size in tqdm(inputs, desc="grading", unit="image", file=sys.stderr, disable=None,
                                     leave=False):
-        try:
-            image = read_image(path, args.max_pixels)
-        except (ValueError, OSError) as exc:
-            tqdm.write(f"sonograde grade: cannot read image {path}: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        verdict = check_gradeable(image)
-        if not verdict.gradeable:  # an answer, not a failure: say why instead of a category
-            absent_assessment = absent(f"not gradeable: {verdict.reason}") if grader.descriptors else None
-            _report_not_gradeable(path, image, verdict.reason, args, used_stems, absent_assessment)
-            continue
-        # pixel size: the user's --pixel-size-mm, else the DICOM's own, else the manifest's, else none (px)
-        if args.pixel_size_mm is not None:
-            pixel_size, source = args.pixel_size_mm, "cli"
+        if args.dicom_out is not None and path.is_file() and _is_dicom(path):
+            # graded as the DICOM node grades it: frame choice and pixel size from the DICOM itself
+            try:
+                image, result = _grade_dicom(path, grader, args.dicom_out,
+                                             _unique_stem(path.stem, dicom_stems), args.dicom_overlay)
+            except ValueError as exc:
+                tqdm.write(f"sonograde grade: cannot grade DICOM image {path}: {exc}", file=sys.stderr)
+                failures += 1
+                continue
         else:
-            pixel_size, source = dicom_pixel_size(path)
-            if pixel_size is None and manifest_size:
-                pixel_size, source = manifest_size, "manifest"
-        try:
-            result = grader.grade(image, pixel_size_mm=pixel_size, pixel_size_source=source)
-        except ValueError as exc:  # e.g. an image too odd for the preprocessing; the others still run
-            tqdm.write(f"sonograde grade: cannot grade image {path}: {exc}", file=sys.stderr)
-            failures += 1
-            continue
+            if args.dicom_out is not None:
+                tqdm.write(f"sonograde grade: {path} is not a DICOM file: no DICOM objects written for it",
+                           file=sys.stderr)
+            try:
+                image = read_image(path, args.max_pixels)
+            except (ValueError, OSError) as exc:
+                tqdm.write(f"sonograde grade: cannot read image {path}: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            verdict = check_gradeable(image)
+            if not verdict.gradeable:  # an answer, not a failure: say why instead of a category
+                absent_assessment = (absent(f"not gradeable: {verdict.reason}") if grader.descriptors
+                                     else None)
+                _report_not_gradeable(path, image, verdict.reason, args, used_stems, absent_assessment)
+                continue
+            # pixel size: the user's --pixel-size-mm, else the DICOM's own, else the manifest's, else none
+            if args.pixel_size_mm is not None:
+                pixel_size, source = args.pixel_size_mm, "cli"
+            else:
+                pixel_size, source = dicom_pixel_size(path)
+                if pixel_size is None and manifest_size:
+                    pixel_size, source = manifest_size, "manifest"
+            try:
+                result = grader.grade(image, pixel_size_mm=pixel_size, pixel_size_source=source)
+            except ValueError as exc:  # e.g. an image too odd for the preprocessing; the others still run
+                tqdm.write(f"sonograde grade: cannot grade image {path}: {exc}", file=sys.stderr)
+                failures += 1
+                continue
         if args.json:
             line = {"image": str(path), **result.as_dict(), "not_gradeable": None}
             tqdm.write(json.dumps(line), file=sys.stdout)
