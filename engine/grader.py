@@ -317,11 +317,15 @@ class TwoStageGrader:
             raise ModelOutputError(f"{self.grader.path.name}: G-CNN output has NaN or infinite values")
         category = self.categories[int(np.argmax(probs))]
         assessment = None
+        descriptor_ms = None
         if self.descriptors is not None:
+            t_descriptors = time.perf_counter()
             assessment = self.descriptors.assess(gray, mask, probs, pixel_size_mm=pixel_size_mm,
                                                  pixel_size_source=pixel_size_source)
+            descriptor_ms = (time.perf_counter() - t_descriptors) * 1e3
         return ClassifyStageResult(probabilities=probs, category=category, categories=self.categories,
-                                   ms=(time.perf_counter() - t0) * 1e3, assessment=assessment)
+                                   ms=(time.perf_counter() - t0) * 1e3, assessment=assessment,
+                                   descriptor_ms=descriptor_ms)
 
     def _absent_assessment(self, reason: str) -> dict | None:
         """The assessment keys set to None with the reason; None without a descriptor model."""

@@ -74,6 +74,8 @@ class ClassifyStageResult:
     ms : time of this stage (grader input + G-CNN + descriptors); 0 when skipped.
     assessment : the explained assessment (``engine.descriptors``: descriptors, size,
         malignancy_probability, drivers), or None when the grader has no descriptor model or no lesion.
+    descriptor_ms : the descriptor model's share of ``ms`` (None without one), so the live pipeline and
+        its benchmark can show what the explanation costs.
     """
 
     probabilities: np.ndarray | None
@@ -81,6 +83,7 @@ class ClassifyStageResult:
     categories: tuple[str, ...] = CATEGORIES
     ms: float = 0.0
     assessment: dict | None = None
+    descriptor_ms: float | None = None
 
     @property
     def probability(self) -> float | None:

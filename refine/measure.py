@@ -32,6 +32,14 @@ Public API (stable)
     value is ``"not parallel"`` ("taller than wide") when ``height_width_ratio > 1`` and ``"parallel"``
     otherwise (ACR BI-RADS ultrasound lexicon, 5th edition).
 
+``caliper_endpoints(mask) -> dict``
+    Where the two calipers of ``lesion_size`` lie on the frame, for drawing them:
+    ``{"width": [[x0, y], [x1, y]], "height": [[x, y0], [x, y1]]}`` in frame pixel coordinates (x right,
+    y down, pixel centres at integers, so the ends sit on pixel edges at .5). The width caliper is
+    horizontal and spans exactly the lesion's columns (its length is ``width`` in px), at the row where
+    the lesion is widest; the height caliper is vertical, spans exactly its rows, at the column where it
+    is tallest.
+
 ``mask_from_contour(contour, shape) -> ndarray``
     A filled bool mask from an (N, 2) (x, y) contour, for callers that hold an outline, not a mask.
 
@@ -223,6 +231,45 @@ def lesion_orientation(mask: np.ndarray, pixel_size_mm: float | tuple[float, flo
         "height_width_ratio": round(float(ratio), 3),
         "axis_ratio": round(axis_ratio, 3),
         "method": "measured",
+    }
+
+
+def _widest_line(mask: np.ndarray) -> int:
+    """Index of the row of ``mask`` whose lesion pixels span the most columns (first one on ties)."""
+    present = mask.any(axis=1)
+    width = mask.shape[1]
+    first = np.where(present, mask.argmax(axis=1), 0)
+    last = np.where(present, width - 1 - mask[:, ::-1].argmax(axis=1), -1)
+    return int(np.argmax(last - first))
+
+
+def caliper_endpoints(mask: np.ndarray) -> dict[str, list[list[float]]]:
+    """End points of the width and height calipers of the lesion in ``mask``, in frame pixels.
+
+    Parameters
+    ----------
+    mask : ndarray (H, W), bool or integer
+        The refined lesion mask at the frame's own pixels.
+
+    Returns
+    -------
+    dict
+        ``{"width": [[x0, y], [x1, y]], "height": [[x, y0], [x, y1]]}``: the width caliper from the left
+        edge of the lesion's leftmost column to the right edge of its rightmost one, at the (centre of
+        the) row where the lesion is widest; the height caliper from the top edge of its top row to the
+        bottom edge of its bottom row, at the column where it is tallest. ``x1 - x0`` and ``y1 - y0`` are
+        the ``width`` and ``height`` of :func:`lesion_size` in px.
+    """
+    m = as_mask(mask, "mask")
+    x, y, w, h = cv2.boundingRect(m.view(np.uint8))  # frame coordinates of the lesion's box
+    if w == 0:
+        raise ValueError("mask is empty: no lesion to measure")
+    box = np.ascontiguousarray(m[y:y + h, x:x + w])  # the scans below only need the box
+    y_width = y + _widest_line(box)
+    x_height = x + _widest_line(np.ascontiguousarray(box.T))
+    return {
+        "width": [[x - 0.5, float(y_width)], [x + w - 0.5, float(y_width)]],
+        "height": [[float(x_height), y - 0.5], [float(x_height), y + h - 0.5]],
     }
 
 

@@ -1,5 +1,6 @@
-"""The wire format of published results: schema version 1 (documented for other languages in
-``docs/messages.md``).
+"""The wire format of published results: schema version 2 (documented for other languages in
+``docs/messages.md``). Version 2 adds the explained assessment (``assessment``: lexicon descriptors, size,
+calipers, malignancy probability, category drivers) to every result; this reader still reads version 1.
 
 Every message is one ZeroMQ multipart message:
 
@@ -10,8 +11,9 @@ Every message is one ZeroMQ multipart message:
   pipeline is alive while the scanner is disconnected). Subscribers filter on the ``b"sonograde."``
   prefix.
 - ``header``: one UTF-8 JSON object (see ``RESULT_FIELDS`` / ``STATUS_FIELDS``); always carries
-  ``schema_version``. Readers ignore keys they do not know: new keys may be added within version 1,
-  anything else bumps the version.
+  ``schema_version``. Readers ignore keys they do not know: new keys may be added within a version,
+  anything else bumps the version. A reader refuses a newer version with "schema_version N is newer
+  than this reader (M); upgrade" (kind ``future schema N``).
 - ``frame`` (results only, optional): the graded frame, described by ``header["frame"]``:
   ``{"encoding": "raw", "dtype": "uint8", "shape": [H, W]}`` (row-major bytes, H*W of them) or
   ``{"encoding": "jpeg", "quality": Q, "shape": [H, W]}`` (a baseline grayscale JPEG).
@@ -33,7 +35,8 @@ import numpy as np
 
 from engine.birads import CATEGORIES as CATEGORIES  # re-exported: the categories a result may carry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+OLDEST_READABLE_VERSION = 1
 TOPIC_PREFIX = b"sonograde."
 RESULT_TOPIC = b"sonograde.result"
 STATUS_TOPIC = b"sonograde.status"
@@ -88,6 +91,12 @@ STATUS_FIELDS: dict[str, tuple[type, ...]] = {
 }
 SOURCE_STATES = ("connecting", "connected", "reconnecting", "ended")
 
+ASSESSMENT_PARTS = ("descriptors", "size", "calipers", "malignancy_probability", "drivers")
+"""The parts of a version-2 result's ``assessment``: each is present or named in ``assessment.absent``
+with the reason (never both, never neither)."""
+NOT_PROVIDED = "not provided by the publisher"
+SIZE_UNITS = ("mm", "px")
+
 
 class MessageError(ValueError):
     """A message that is not a valid Sonograde message of a version this reader understands.
@@ -115,6 +124,14 @@ class Message:
     header: dict[str, Any]
     frame: np.ndarray | None = None
     t_receive_ns: int = 0
+
+    @property
+    def assessment(self) -> dict[str, Any] | None:
+        """The explained assessment of a result (schema 2), None for status messages and version 1."""
+        if self.kind != "result" or self.header.get("schema_version", 1) < 2:
+            return None
+        value = self.header.get("assessment")
+        return value if isinstance(value, dict) else None
 
     @property
     def latency_ms(self) -> float | None:
@@ -173,10 +190,25 @@ def encode(kind: str, header: dict[str, Any], frame_part: bytes | None = None) -
         raise ValueError(f"unknown message kind {kind!r}")
     body = dict(header)
     body["schema_version"] = SCHEMA_VERSION
+    if kind == "result" and "assessment" not in body:
+        body["assessment"] = absent_assessment(NOT_PROVIDED)
     parts = [topic, json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")]
     if frame_part is not None:
         parts.append(frame_part)
     return parts
+
+
+def absent_assessment(reason: str, present: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An ``assessment`` object with the parts in ``present`` and every other part absent for ``reason``.
+
+    >>> absent_assessment("no lesion found")["absent"]["size"]
+    'no lesion found'
+    """
+    given = present or {}
+    out: dict[str, Any] = {k: v for k, v in given.items() if k in ASSESSMENT_PARTS and v is not None}
+    missing = {part: reason for part in ASSESSMENT_PARTS if part not in out}
+    out["absent"] = missing
+    return out
 
 
 # ------------------------------------------------------------------------------------------- decoding
@@ -416,6 +448,8 @@ def _decode(parts: list[bytes], t_receive_ns: int, with_frame: bool) -> Message:
         raise MessageError(f"future schema {version}" if version < 1000 else "future schema",
                            f"schema_version {version} is newer than this reader ({SCHEMA_VERSION}); upgrade")
     _check_fields(header, RESULT_FIELDS if kind == "result" else STATUS_FIELDS)
+    if kind == "result" and version >= 2:
+        check_assessment(header.get("assessment", _MISSING))
     frame = None
     if kind == "result":
         _check_result(header, parts)
@@ -427,3 +461,96 @@ def _decode(parts: list[bytes], t_receive_ns: int, with_frame: bool) -> Message:
             raise MessageError("not multipart", "a status message has exactly 2 parts")
         _check_status(header)
     return Message(kind=kind, header=header, frame=frame, t_receive_ns=t_receive_ns)
+
+
+# ------------------------------------------------------------------------- the assessment (version 2)
+
+_MISSING = object()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _bad(detail: str) -> MessageError:
+    return MessageError("bad assessment", detail)
+
+
+def _check_probability_map(where: str, value: Any) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and _is_number(p) and 0.0 <= p <= 1.0
+                                              for k, p in value.items()):
+        raise _bad(f"{where} must be an object of names to probabilities in [0, 1]")
+
+
+def _check_descriptors(descriptors: Any) -> None:
+    if not isinstance(descriptors, dict):
+        raise _bad("'descriptors' must be an object of descriptor -> {value, probabilities}")
+    for name, entry in descriptors.items():
+        if not isinstance(entry, dict) or not (
+                isinstance(entry.get("value"), str)
+                or (entry.get("value") is None and isinstance(entry.get("reason"), str))):
+            raise _bad(f"descriptor {name!r} must be an object with a string 'value' (or a null value "
+                       "and its 'reason')")
+        if "probabilities" in entry:
+            _check_probability_map(f"descriptor {name!r} probabilities", entry["probabilities"])
+        if "subtypes" in entry:
+            _check_probability_map(f"descriptor {name!r} subtypes", entry["subtypes"])
+        if "angle_deg" in entry and not _is_number(entry["angle_deg"]):
+            raise _bad(f"descriptor {name!r} angle_deg must be a number of degrees")
+
+
+def _check_size(size: Any) -> None:
+    if not isinstance(size, dict) or size.get("unit") not in SIZE_UNITS:
+        raise _bad(f"'size' must be an object whose 'unit' is one of {SIZE_UNITS}")
+    for key in ("width", "height", "longest"):
+        if not _is_number(size.get(key)) or size[key] < 0:
+            raise _bad(f"size {key!r} must be a non-negative number")
+    pixel = size.get("pixel_size_mm")
+    if size["unit"] == "mm" and pixel is None:
+        raise _bad("a size in mm must give its pixel_size_mm")
+    if pixel is not None and not (_is_number(pixel) or (isinstance(pixel, list) and len(pixel) == 2
+                                                         and all(_is_number(p) for p in pixel))):
+        raise _bad("size pixel_size_mm must be a number, a [row_mm, col_mm] pair or null")
+    if not isinstance(size.get("pixel_size_source"), str | type(None)):
+        raise _bad("size pixel_size_source must be a string or null")
+
+
+def _check_calipers(calipers: Any) -> None:
+    ok = isinstance(calipers, dict) and all(
+        isinstance(calipers.get(key), list) and len(calipers[key]) == 2
+        and all(isinstance(p, list) and len(p) == 2 and all(_is_number(c) for c in p) for p in calipers[key])
+        for key in ("width", "height"))
+    if not ok:
+        raise _bad("'calipers' must be {\"width\": [[x, y], [x, y]], \"height\": [[x, y], [x, y]]}")
+
+
+def check_assessment(assessment: Any) -> None:
+    """Validate a version-2 result's ``assessment`` object; raises MessageError("bad assessment").
+
+    Every part of ``ASSESSMENT_PARTS`` is either present (and well formed) or named in ``absent`` with a
+    reason string. Unknown keys are allowed (new parts may be added within version 2).
+    """
+    if assessment is _MISSING:
+        raise MessageError("missing field", "a schema 2 result has no 'assessment'")
+    if not isinstance(assessment, dict):
+        raise _bad(f"'assessment' must be an object, got {type(assessment).__name__}")
+    absent = assessment.get("absent", {})
+    if not isinstance(absent, dict) or not all(isinstance(v, str) for v in absent.values()):
+        raise _bad("'absent' must be an object of part -> reason")
+    for part in ASSESSMENT_PARTS:
+        if (part in assessment) == (part in absent):
+            raise _bad(f"{part!r} must be either present or absent with a reason")
+    checks = {"descriptors": _check_descriptors, "size": _check_size, "calipers": _check_calipers}
+    for part, check in checks.items():
+        if part in assessment:
+            check(assessment[part])
+    if "malignancy_probability" in assessment:
+        value = assessment["malignancy_probability"]
+        if not _is_number(value) or not 0.0 <= value <= 1.0:
+            raise _bad("'malignancy_probability' must be a number in [0, 1]")
+    if "drivers" in assessment:
+        drivers = assessment["drivers"]
+        named = isinstance(drivers, list) and all(isinstance(d, dict) and isinstance(d.get("descriptor"), str)
+                                                  and _is_number(d.get("contribution", 0.0)) for d in drivers)
+        if not named:
+            raise _bad("'drivers' must be a list of objects, each naming its 'descriptor'")

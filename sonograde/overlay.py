@@ -1,7 +1,11 @@
 """Draw a published result over its frame, and show, record or snapshot it.
 
 The picture follows the paper's Fig. 5: the ROI-CNN contour in blue, the refined contour (area
-filtering + Chan–Vese) in red. Beside the image a panel shows the smoothed BI-RADS category in large
+filtering + Chan–Vese) in red, and the two calipers of the measured size in green (width and height lines
+with end ticks and their lengths). A third column shows the explained assessment of schema-2 messages:
+the malignancy probability beside the category, each lexicon descriptor's value and probability, the
+size with its unit, the drivers that pushed the category up or down, and "research use only, not for
+diagnosis". Beside the image a panel shows the smoothed BI-RADS category in large
 type, a bar chart of the five smoothed probabilities with the raw per-frame value as a tick, the lesion
 size in mm where the pixel size is known, latency and frame rate, and the source state. A banner on top
 says research use only, not for diagnosis; it is drawn on every frame, recorded ones included.
@@ -27,6 +31,7 @@ from sonograde.messages import CATEGORIES, Message
 # BGR colours. Blue and red as in the paper's Fig. 5; fully saturated so they stand out on grey speckle.
 ROI_BLUE = (255, 80, 0)
 REFINED_RED = (0, 0, 255)
+CALIPER_GREEN = (60, 255, 60)
 _PANEL_BG = (38, 34, 32)
 _TEXT = (235, 235, 235)
 _DIM = (150, 150, 150)
@@ -43,12 +48,13 @@ _FONT_PLAIN = cv2.FONT_HERSHEY_SIMPLEX
 @dataclass(frozen=True)
 class OverlayStyle:
     """Layout in output pixels: image area height (the frame is scaled to fit), side panel width,
-    banner height. Defaults make a 1040 x 680 picture for a 4:3 frame."""
+    banner height, assessment column width. Defaults make a 1523 x 680 picture for a 4:3 frame."""
 
     image_height: int = 640
     panel_width: int = 340
     banner_height: int = 40
     contour_thickness: int = 2
+    assessment_width: int = 330  # the explained-assessment column right of the panel
 
 
 class RateMeter:
@@ -111,7 +117,7 @@ class OverlayRenderer:
     def __init__(self, style: OverlayStyle | None = None, frame_aspect: float = 4.0 / 3.0) -> None:
         self.style = style or OverlayStyle()
         self.image_width = round(self.style.image_height * frame_aspect)
-        self.width = self.image_width + self.style.panel_width
+        self.width = self.image_width + self.style.panel_width + self.style.assessment_width
         self.height = self.style.banner_height + self.style.image_height
 
     # --------------------------------------------------------------------------------- image area
@@ -141,6 +147,7 @@ class OverlayRenderer:
             polygon = _polygon(header.get(key), scale, dx, dy)
             if polygon is not None:
                 cv2.polylines(area, [polygon], True, colour, st.contour_thickness, cv2.LINE_AA)
+        _draw_calipers(area, result.assessment, scale, dx, dy)
         # Legend, bottom left of the image.
         y = st.image_height - 16
         for label, colour in (("ROI-CNN", ROI_BLUE), ("refined", REFINED_RED)):
@@ -252,6 +259,18 @@ class OverlayRenderer:
             for i, line in enumerate(reversed(lines)):
                 _text(panel, line, (x, st.image_height - 14 - 16 * i), 0.36, _DIM)
 
+    # ----------------------------------------------------------------------------- assessment column
+    def _draw_assessment(self, canvas: np.ndarray, result: Message | None, stale: bool) -> None:
+        """The explained assessment (schema 2) in the column right of the panel: malignancy probability
+        level with the category, descriptors with probabilities, size with its unit, drivers, and the
+        research-use line. Parts a result lacks are listed with the reason."""
+        st = self.style
+        left = self.image_width + st.panel_width
+        column = canvas[st.banner_height:, left:]
+        column[:] = _PANEL_BG
+        cv2.line(column, (0, 0), (0, column.shape[0] - 1), _BAR_BG, 1)
+        _draw_assessment_column(column, result, stale)
+
     def _draw_banner(self, canvas: np.ndarray) -> None:
         st = self.style
         canvas[:st.banner_height] = _BANNER_BG
@@ -276,6 +295,7 @@ class OverlayRenderer:
         self._draw_banner(canvas)
         self._draw_image(canvas, result, stale)
         self._draw_panel(canvas, result, status if stale else None, fps, stale, health=status)
+        self._draw_assessment(canvas, result, stale)
         if stale:
             top = self.style.banner_height
             label = f"SOURCE {state.upper()}"
@@ -298,6 +318,153 @@ class OverlayRenderer:
         detail = f"no message from the publisher for {seconds:.0f} s"
         (tw, _), _ = cv2.getTextSize(detail, _FONT_PLAIN, 0.6, 1)
         _text(canvas, detail, ((self.width - tw) // 2, middle + th + 16), 0.6, _TEXT)
+
+
+# ------------------------------------------------------------------------------ assessment drawing
+
+_DESCRIPTOR_LABELS = {"shape": "shape", "orientation": "orientation", "margin": "margin",
+                      "echo_pattern": "echo pattern", "posterior_features": "posterior",
+                      "calcifications": "calcif."}
+_TICK_PX = 6  # half-length of a caliper's end tick
+_PIXEL_SIZE_ORIGINS = {"caller": "from the source", "geometry": "geometry profile", "manifest": "manifest",
+                       "cli": "--pixel-size-mm", "dicom_pixel_spacing": "DICOM Pixel Spacing",
+                       "dicom_ultrasound_regions": "DICOM US regions"}
+
+
+def _to_canvas(point: list[float], scale: float, dx: int, dy: int) -> tuple[float, float]:
+    """Frame pixel coordinates (centres at integers) -> image-area coordinates, like the contours."""
+    return point[0] * scale + 0.5 * scale - 0.5 + dx, point[1] * scale + 0.5 * scale - 0.5 + dy
+
+
+def _format_length(value: float, unit: str) -> str:
+    return f"{value:.1f} {unit}" if unit == "mm" else f"{value:.0f} px"
+
+
+def _draw_calipers(area: np.ndarray, assessment: dict | None, scale: float, dx: int, dy: int) -> None:
+    """The width (horizontal) and height (vertical) calipers with end ticks and their lengths."""
+    if not assessment or "calipers" not in assessment:
+        return
+    size = assessment.get("size") or {}
+    unit = size.get("unit", "px")
+    for key in ("width", "height"):
+        (x0, y0), (x1, y1) = (_to_canvas(p, scale, dx, dy) for p in assessment["calipers"][key])
+        start, end = (round(x0), round(y0)), (round(x1), round(y1))
+        cv2.line(area, start, end, CALIPER_GREEN, 2, cv2.LINE_AA)
+        horizontal = key == "width"
+        for x, y in (start, end):  # ticks across the line at both ends
+            if horizontal:
+                cv2.line(area, (x, y - _TICK_PX), (x, y + _TICK_PX), CALIPER_GREEN, 2, cv2.LINE_AA)
+            else:
+                cv2.line(area, (x - _TICK_PX, y), (x + _TICK_PX, y), CALIPER_GREEN, 2, cv2.LINE_AA)
+        length = size.get(key)
+        if length is None:
+            continue
+        label = _format_length(float(length), unit)
+        if horizontal:  # label above the right end, vertical one's label right of its lower end
+            org = (min(end[0] + 4, area.shape[1] - 70), max(end[1] - 8, 14))
+        else:
+            org = (min(end[0] + 8, area.shape[1] - 70), min(end[1], area.shape[0] - 6))
+        cv2.putText(area, label, org, _FONT_PLAIN, 0.45, (0, 0, 0), 3, cv2.LINE_AA)  # dark outline
+        _text(area, label, org, 0.45, CALIPER_GREEN)
+
+
+def _percent(probability: float) -> str:
+    """A probability as a whole percentage, never a bare 0 % or 100 % for what is only close to them."""
+    if probability < 0.005:
+        return "<1%"
+    if probability > 0.995:
+        return ">99%"
+    return f"{100 * probability:.0f}%"
+
+
+def _descriptor_line(name: str, entry: dict) -> str:
+    if entry.get("value") is None:  # a descriptor the model does not give (its reason is in the message)
+        return "- (not given by the model)"
+    value = str(entry["value"])
+    probability = (entry.get("probabilities") or {}).get(value)
+    text = value + (f" {_percent(float(probability))}" if probability is not None else "")
+    if name == "orientation" and entry.get("angle_deg") is not None:
+        text += f"  {float(entry['angle_deg']):+.0f} deg"
+    return text
+
+
+def _draw_assessment_column(column: np.ndarray, result: Message | None, stale: bool) -> None:
+    x = 14
+    text_colour = _DIM if stale else _TEXT
+    _text(column, "Explained assessment", (x, 32), 0.55, _DIM)
+    bottom = column.shape[0] - 14
+    _text(column, "Research use only,", (x, bottom - 18), 0.5, _BANNER_BG)
+    _text(column, "not for diagnosis.", (x, bottom), 0.5, _BANNER_BG)
+    if result is None:
+        return
+    assessment = result.assessment
+    if assessment is None:
+        version = result.header.get("schema_version")
+        _text(column, f"publisher sends schema {version}:", (x, 92), 0.45, _DIM)
+        _text(column, "no assessment (upgrade it)", (x, 112), 0.45, _DIM)
+        return
+    absent = assessment.get("absent") or {}
+    probability = assessment.get("malignancy_probability")
+    if probability is not None:  # level with the category in the panel to its left
+        _text(column, _percent(float(probability)), (x, 100), 1.5, text_colour, 2, _FONT)
+        _text(column, "malignancy probability", (x, 128), 0.45, _DIM)
+    else:
+        _text(column, "malignancy: -", (x, 92), 0.6, _DIM)
+        _text(column, str(absent.get("malignancy_probability", ""))[:40], (x, 114), 0.4, _DIM)
+    y = 162
+    descriptors = assessment.get("descriptors")
+    if descriptors:
+        _text(column, "descriptors (probability)", (x, y), 0.45, _DIM)
+        y += 22
+        for name, label in _DESCRIPTOR_LABELS.items():
+            entry = descriptors.get(name)
+            if not isinstance(entry, dict):
+                continue
+            _text(column, label, (x, y), 0.42, _DIM)
+            _text(column, _descriptor_line(name, entry)[:30], (x + 96, y), 0.42, text_colour)
+            y += 20
+            subtypes = entry.get("subtypes") if name == "margin" else None
+            if subtypes:
+                top = sorted(subtypes.items(), key=lambda kv: -float(kv[1]))[:2]
+                line = ", ".join(f"{k} {_percent(float(v))}" for k, v in top)
+                _text(column, line[:34], (x + 96, y), 0.38, _DIM)
+                y += 18
+    else:
+        _text(column, "descriptors: -", (x, y), 0.45, _DIM)
+        _text(column, str(absent.get("descriptors", ""))[:40], (x, y + 20), 0.4, _DIM)
+        y += 40
+    y += 14
+    size = assessment.get("size")
+    if size:
+        unit = size.get("unit", "px")
+        _text(column, f"size ({unit})", (x, y), 0.45, _DIM)
+        _text(column, f"W {_format_length(size['width'], unit)}  x  H {_format_length(size['height'], unit)}",
+              (x, y + 22), 0.5, text_colour)
+        _text(column, f"longest {_format_length(size['longest'], unit)}", (x, y + 44), 0.45, text_colour)
+        origin = _PIXEL_SIZE_ORIGINS.get(str(size.get("pixel_size_source")), size.get("pixel_size_source"))
+        source = (f"pixel {size['pixel_size_mm']} mm ({origin})"
+                  if size.get("pixel_size_mm") is not None else "no pixel size: px, not mm")
+        _text(column, source[:44], (x, y + 64), 0.38, _DIM)
+        y += 90
+    else:
+        _text(column, "size: -", (x, y), 0.45, _DIM)
+        _text(column, str(absent.get("size", ""))[:44], (x, y + 20), 0.4, _DIM)
+        y += 44
+    drivers = assessment.get("drivers")
+    if drivers:
+        _text(column, "drivers (up / down the suspicion)", (x, y), 0.45, _DIM)
+        y += 22
+        for driver in drivers[:3]:
+            direction = str(driver.get("direction", ""))
+            arrow = "up" if direction == "up" else "down" if direction == "down" else ""
+            name = _DESCRIPTOR_LABELS.get(str(driver.get("descriptor")), str(driver.get("descriptor", "?")))
+            line = f"{arrow:>4s}  {name}: {driver.get('value') or ''}"
+            colour = _DIM if stale else ((80, 160, 255) if arrow == "up" else (180, 220, 140))
+            _text(column, line[:38], (x, y), 0.42, colour)
+            y += 20
+    elif "drivers" in absent:
+        _text(column, "drivers: -", (x, y), 0.45, _DIM)
+        _text(column, str(absent["drivers"])[:44], (x, y + 20), 0.4, _DIM)
 
 
 def display_available() -> tuple[bool, str]:

@@ -37,7 +37,8 @@ import numpy as np
 
 from engine.gradeability import check_gradeable
 from sonograde import RESEARCH_USE_ONLY
-from sonograde.messages import encode, encode_frame, polygon_to_json
+from sonograde.assessment import descriptor_ms, frame_assessment, grader_accepts_pixel_size
+from sonograde.messages import absent_assessment, encode, encode_frame, polygon_to_json
 from sonograde.publisher import DEFAULT_ENDPOINT, Publisher, PublisherConfig
 from sonograde.smoothing import LesionTracker, SmoothingConfig
 
@@ -429,7 +430,8 @@ class Pipeline:
                 continue
             t0 = time.monotonic_ns()
             try:
-                work.classified = self.grader.classify(work.frame.image, work.refined)
+                work.classified = self.grader.classify(work.frame.image, work.refined,
+                                                       **self._pixel_size(work))
             except Exception as error:
                 self._record_error("classify", error)
                 continue
@@ -584,6 +586,7 @@ class Pipeline:
         probabilities = classified.probabilities if classified is not None else None
         track = self.tracker.update(lesion, bbox, probabilities)
         header = self._header(work, state, track)
+        self._add_assessment(header, work)
         frame_part = None
         if cfg.send_frames:
             descriptor, frame_part = encode_frame(work.frame.image, cfg.frame_encoding, cfg.jpeg_quality)
@@ -604,6 +607,40 @@ class Pipeline:
             self._last_smoothed = header["smoothed_category"]
         if self.on_result is not None:
             self.on_result(header, work.frame.image)
+
+    def _add_assessment(self, header: dict[str, Any], work: _Work) -> None:
+        """Put the frame's explained assessment (schema 2) into ``header``, with its measuring time
+        (``measure``) and the descriptor models' share of classify (``classify_descriptors``)."""
+        refined, classified = work.refined, work.classified
+        t0 = time.monotonic_ns()
+        if work.not_gradeable:  # refused before grading: nothing to assess, and why
+            header["assessment"] = absent_assessment(f"not gradeable: {work.not_gradeable}")
+            return
+        header["assessment"] = frame_assessment(refined, classified, work.frame.pixel_size_mm,
+                                                self._pixel_size_source(work.frame))
+        timings = header["timings_ms"]
+        if refined is not None and refined.lesion_found:  # size and calipers are measured only on a lesion
+            timings["measure"] = round((time.monotonic_ns() - t0) / 1e6, 3)
+        share = descriptor_ms(classified)
+        if share is not None:
+            timings["classify_descriptors"] = round(share, 3)
+
+    def _pixel_size(self, work: _Work) -> dict[str, Any]:
+        """The frame's pixel size for a grader that measures the lesion in classify (mm sizes there)."""
+        if not grader_accepts_pixel_size(self.grader) or not work.frame.pixel_size_mm:
+            return {}
+        return {"pixel_size_mm": work.frame.pixel_size_mm,
+                "pixel_size_source": self._pixel_size_source(work.frame)}
+
+    def _pixel_size_source(self, frame: Any) -> str | None:
+        """Where the frame's pixel size came from: the frame's own word for it where it gives one, else
+        the geometry profile when one is applied, else the frame source ("caller")."""
+        if not frame.pixel_size_mm:
+            return None
+        stated = (frame.meta or {}).get("pixel_size_source") if isinstance(frame.meta, dict) else None
+        if isinstance(stated, str):
+            return stated
+        return "geometry" if self.config.geometry else "caller"
 
     # ---------------------------------------------------------------------------------------- reporting
 

@@ -81,7 +81,7 @@ def test_polygon_to_json_rounds_to_pixels(rng):
         ([RESULT_TOPIC, b"\xff\xfe not utf8"], "bad json"),
         ([RESULT_TOPIC, b"[1, 2]"], "bad json"),
         ([RESULT_TOPIC, b'{"schema_version": "1"}'], "bad schema version"),
-        ([RESULT_TOPIC, b'{"schema_version": 2}'], "future schema 2"),
+        ([RESULT_TOPIC, b'{"schema_version": 3}'], "future schema 3"),
         ([STATUS_TOPIC, b'{"schema_version": 1}'], "missing field"),
     ],
 )

@@ -238,7 +238,7 @@ def test_not_gradeable_shows_the_reason_instead_of_a_category():
     graded = renderer.render(decode(raw(valid_header())))
     refused = renderer.render(decode(raw(header)))
     panel = (slice(renderer.style.banner_height + 40, renderer.style.banner_height + 135),
-             slice(renderer.image_width, None))
+             slice(renderer.image_width, renderer.image_width + renderer.style.panel_width))
     amber = np.abs(refused[panel].astype(int) - (0, 190, 255)).max(axis=2) <= 40
     assert amber.sum() > 100
     assert (np.abs(graded[panel].astype(int) - (0, 190, 255)).max(axis=2) <= 40).sum() == 0
@@ -351,7 +351,9 @@ def test_counted_errors_show_in_the_panel_while_connected():
     quiet = dict(valid_status(), t_publish_ns=0, errors={"total": 0, "source_skipped": 0})
     faulty = dict(quiet, errors={"total": 7, "classify": 7, "source_skipped": 2},
                   last_error="classify: ModelOutputError: <file>: G-CNN output has NaN or infinite values")
-    panel = (slice(renderer.style.banner_height, None), slice(renderer.image_width, None))
+    # the side panel only (the assessment column to its right ends with an amber research-use line)
+    panel = (slice(renderer.style.banner_height, None),
+             slice(renderer.image_width, renderer.image_width + renderer.style.panel_width))
     amber = [(np.abs(renderer.render(result, decode(raw(header, topic=b"sonograde.status")))[panel]
                      .astype(int) - (0, 190, 255)).max(axis=2) <= 40).sum() for header in (quiet, faulty)]
     assert amber[0] == 0 and amber[1] > 100

@@ -131,3 +131,23 @@ def test_empty_mask_and_bad_pixel_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="dtype"):
         lesion_size(np.ones((5, 5), dtype=np.float32))
     assert "manifest" in PIXEL_SIZE_SOURCES and "cli" in PIXEL_SIZE_SOURCES
+
+
+def test_caliper_endpoints_span_the_measured_width_and_height():
+    import cv2
+
+    from refine.measure import caliper_endpoints, lesion_size
+
+    mask = np.zeros((120, 160), bool)
+    cv2.ellipse(mask.view(np.uint8), (70, 60), (40, 18), 0, 0, 360, 1, -1)
+    mask[75:95, 100:104] = True  # a tail below: the tallest column is not the widest row's
+    ends = caliper_endpoints(mask)
+    size = lesion_size(mask)
+    (x0, yw), (x1, yw1) = ends["width"]
+    (xh, y0), (xh1, y1) = ends["height"]
+    assert yw == yw1 and xh == xh1  # horizontal and vertical
+    assert x1 - x0 == size["width"] and y1 - y0 == size["height"]
+    assert abs(yw - 60) <= 3 and mask[int(yw), int(x0 + 0.5)] and mask[int(yw), int(x1 - 0.5)]
+    assert 100 <= xh <= 103 and y1 == 94.5
+    with pytest.raises(ValueError, match="empty"):
+        caliper_endpoints(np.zeros((4, 4), bool))

@@ -14,7 +14,16 @@ reports:
     against P(4A)+P(4B)+P(4C); 2 counts as 3 unless --birads2 exclude; 1/normal, 0, 6 are not graded):
     accuracy, per-category accuracy (recall), confusion matrix, one-vs-rest AUC and macro AUC, and
     malignancy AUC against `pathology` (score: expected BI-RADS likelihood of malignancy). An image
-    where the pipeline finds no lesion counts as wrong.
+    where the pipeline finds no lesion counts as wrong;
+  the explained assessment ("assessment" in --json):
+    per lexicon descriptor (shape, margin, echo_pattern, posterior_features, calcifications, from the
+    manifest's shape/margin/echogenicity/posterior_features/calcifications columns) the confusion matrix,
+    Cohen's kappa with a seeded 95% bootstrap interval and agreement, beside published inter-radiologist
+    kappas; margin subtypes; orientation against the one measured on the annotated mask; size against
+    the annotated masks (median relative error of width and height, and in mm where pixel_size_mm is
+    known); malignancy AUC, expected calibration error and reliability bins against `pathology`;
+    five-way accuracy, quadratic-weighted kappa and macro AUC. Labels a dataset lacks are skipped,
+    never taken as negatives.
 
 Honest numbers need held-out images: evaluate the shipped models only on the parts they were not
 trained on (models/roi_cnn.md and models/g_cnn.md say which; $DATA: the folder with the public
@@ -37,7 +46,8 @@ datasets, docs/data.md), e.g.
 keys that do not apply (no masks, no labels) are left out. docs/evaluation.md defines every number.
 
 --out writes report.md, roc.png, cases.csv and cases_grid.png (worst and best cases, drawn on the
-images: it shows patient images, so keep it out of any repository). Nothing else is written.
+images: it shows patient images, so keep it out of any repository), assessment.md (descriptor
+confusion matrices and kappas) and reliability.png (malignancy calibration). Nothing else is written.
 Exit status: 0 done; 2 bad data, models or options.
 """
 
@@ -120,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.backends import ModelLoadError
     from engine.data.manifest import ManifestError, read_manifest
     from engine.grader import TwoStageGrader
+    from sonograde.evaluation.assessment import summarize_assessment
     from sonograde.evaluation.runner import EvaluationOptions, evaluate_records
     from sonograde.evaluation.selection import Selection, SelectionError, select
     from sonograde.evaluation.summary import summarize_cases
@@ -170,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(error))
     elapsed = time.perf_counter() - t0
     summary = summarize_cases(cases)
+    assessment = summarize_assessment(cases)
+    if assessment:
+        summary["assessment"] = assessment
     if args.out is not None:
         from sonograde.report import ReportContext, write_report
 
@@ -184,6 +198,14 @@ def run(args: argparse.Namespace) -> int:
         except OSError as error:
             return _fail(f"cannot write the report to {args.out}: {error}")
         print(f"report written to {written}", file=sys.stderr)
+        if assessment:
+            from sonograde.evaluation.assessment import write_assessment_report
+
+            try:
+                files = write_assessment_report(args.out, assessment)
+            except OSError as error:
+                return _fail(f"cannot write the assessment report to {args.out}: {error}")
+            print("assessment report written to " + ", ".join(str(f) for f in files), file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -192,7 +214,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_summary(summary: dict, elapsed_s: float) -> str:
-    """A readable table of the evaluation JSON."""
+    """A readable table of the evaluation JSON (the explained assessment after it)."""
+    from sonograde.evaluation.assessment import format_assessment
+
+    lines = [_format_paper_summary(summary, elapsed_s)]
+    if summary.get("assessment"):
+        lines += format_assessment(summary["assessment"])
+    return "\n".join(lines)
+
+
+def _format_paper_summary(summary: dict, elapsed_s: float) -> str:
+    """The segmentation and grading tables of the evaluation JSON."""
     from sonograde.evaluation.summary import VARIANT_NAMES
 
     lines = [RESEARCH_USE_ONLY, f"images: {summary['n']} ({elapsed_s:.0f} s)"]

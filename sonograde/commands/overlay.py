@@ -1,5 +1,9 @@
 """Show the published results over the live image: ROI-CNN contour (blue), refined contour (red), the
-smoothed BI-RADS category with the five probabilities, lesion size, latency and frame rate.
+width and height calipers (green, with their lengths), the smoothed BI-RADS category with the five
+probabilities, the explained assessment (malignancy probability, lexicon descriptors with their
+probabilities, size in mm or px, the drivers of the category), latency and frame rate. Results of an
+older publisher (message schema 1) are shown without the assessment; a newer one is skipped with a
+message saying to upgrade.
 
 Subscribes to a `sonograde run` publisher. Opens a window where there is a display (q or Esc closes
 it); without one it records (--record) or writes a snapshot (--snapshot) and says so. Frames are

@@ -176,7 +176,7 @@ def grade_dataset(ds: Dataset, grader, *, frames: np.ndarray | None = None,
     if assessment.lesion_found:
         graded.objects["seg"] = objects.build_segmentation(ds, assessment)
     if overlay:
-        from sonograde.commands.grade import render_overlay
+        from sonograde.still_overlay import render_overlay
 
         drawn = render_overlay(frames[index], result)
         graded.objects["sc"] = objects.build_overlay_capture(ds, assessment, drawn)

@@ -4,6 +4,9 @@
 - :mod:`.selection`: fold / ids-file / training-split filters for honest held-out evaluation.
 - :mod:`.runner`: runs the pipeline and the paper's three identification variants per image.
 - :mod:`.summary`: per-case results -> the evaluation JSON (Table 2 and Fig. 4 analogues).
+- :mod:`.agreement`: Cohen's kappa (plain, quadratic-weighted) with seeded bootstrap intervals, calibration.
+- :mod:`.assessment`: the explained assessment: descriptor agreement, size error, malignancy calibration,
+  five-way accuracy and kappa.
 
 ROC, AUC (Mann–Whitney), confusion matrices and accuracies are :mod:`engine.grading_metrics`; the BI-RADS
 vocabulary is :mod:`engine.birads`. The Markdown report with figures is :mod:`sonograde.report`; the Table 3

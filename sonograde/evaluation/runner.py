@@ -137,8 +137,9 @@ def evaluate_case(grader: TwoStageGrader, record: ManifestRecord, options: Evalu
     t0 = time.perf_counter()
     roi = grader.locate(gray)
     refined = grader.refine(gray, roi)
-    classified = grader.classify(gray, refined)
+    classified = grader.classify(gray, refined, **_pixel_size(grader, record))
     case.timings_ms["pipeline"] = (time.perf_counter() - t0) * 1e3
+    assess_case(case, record, refined, classified, truth)
     masks: dict[str, np.ndarray] = {"roi_cnn": refined.raw_mask, "refined": refined.refined_mask}
     probs: dict[str, np.ndarray | None] = {"refined": classified.probabilities}
     if options.no_roi_cnn:
@@ -166,6 +167,31 @@ def evaluate_case(grader: TwoStageGrader, record: ManifestRecord, options: Evalu
     if options.keep_contours and has_lesion:
         case.contours["truth"] = mask_contours(truth)
     return case
+
+
+def _pixel_size(grader: TwoStageGrader, record: ManifestRecord) -> dict[str, object]:
+    """The manifest's pixel size for a grader that measures the lesion in classify (mm sizes there)."""
+    from sonograde.assessment import grader_accepts_pixel_size
+
+    if not grader_accepts_pixel_size(grader) or not record.pixel_size_mm:
+        return {}
+    return {"pixel_size_mm": record.pixel_size_mm, "pixel_size_source": "manifest"}
+
+
+def assess_case(case: CaseResult, record: ManifestRecord, refined: object, classified: object,
+                truth: np.ndarray | None) -> None:
+    """Fill the case's explained assessment (the pipeline's, with the manifest's pixel size) and its
+    references: the reader's descriptor labels and the size and orientation of the annotated mask."""
+    from engine.lexicon import manifest_descriptor_labels
+    from refine.measure import lesion_orientation, lesion_size
+    from sonograde.assessment import frame_assessment
+
+    pixel = record.pixel_size_mm
+    case.assessment = frame_assessment(refined, classified, pixel, "manifest" if pixel else None)
+    case.descriptor_truth = manifest_descriptor_labels(record.extra)
+    if truth is not None and truth.any():
+        case.truth_size = lesion_size(truth, pixel, "manifest" if pixel else None)
+        case.truth_orientation = lesion_orientation(truth, pixel)["value"]
 
 
 def _ordered(probabilities: np.ndarray, grader: TwoStageGrader) -> tuple[float, float, float, float, float]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from engine.grading_metrics import (
     one_vs_rest_accuracy,
     roc_curve,
 )
+
+if TYPE_CHECKING:
+    from engine.lexicon import DescriptorLabels
 
 VARIANTS: tuple[str, ...] = ("no_roi_cnn", "roi_cnn", "refined")
 """The paper's three identification variants (Table 2, Fig. 4), in its order."""
@@ -266,6 +270,10 @@ class CaseResult:
     lesion_found : variant -> whether its mask is non-empty.
     contours : "truth" / variant -> list of (N, 2) int32 polygons in image pixels (for the case grid).
     timings_ms : "pipeline" (locate + refine + classify) and "no_roi_cnn" wall times.
+    assessment : the pipeline's explained assessment of the image (``sonograde.assessment``).
+    descriptor_truth : the reader's lexicon labels from the manifest (``engine.lexicon``).
+    truth_size, truth_orientation : size and orientation measured on the annotated mask (``None``
+        without one), the reference for the pipeline's.
     """
 
     dataset: str
@@ -282,6 +290,10 @@ class CaseResult:
     lesion_found: dict[str, bool] = field(default_factory=dict)
     contours: dict[str, list[np.ndarray]] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    assessment: dict | None = None
+    descriptor_truth: DescriptorLabels | None = None
+    truth_size: dict | None = None
+    truth_orientation: str | None = None
 
     def graded(self, variant: str = "refined") -> GradedCase:
         """This case as a :class:`GradedCase` for ``variant`` (label None if it is not graded)."""
