@@ -4,11 +4,20 @@ language can do the same, see ``docs/messages.md``).
 It subscribes to the ``sonograde.`` topic prefix, decodes and validates each message, and skips what
 it does not understand (garbage, unknown topics, a newer schema version), logging each kind of problem
 once and counting it in ``invalid``, so a newer publisher or a stray sender never stops a display.
+
+Size limits: ``ZMQ_MAXMSGSIZE`` (``max_message_bytes``, default 17 MB: a 4096 x 4096 raw frame plus room
+for the header) makes libzmq drop a connection that sends a larger message part before it is stored;
+a frame whose header declares more than ``max_frame_pixels`` pixels (a small JPEG can claim a huge
+size) is refused before it is decoded. Both are counted in ``invalid`` as "frame too large".
+
+With ``curve=DIR`` the socket speaks CURVE with the display keys in DIR (``client.key_secret``,
+``server.key``; see ``sonograde.curve``): a publisher started with ``--curve`` talks to nothing else.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 
@@ -18,6 +27,10 @@ from sonograde.messages import TOPIC_PREFIX, Message, MessageError, decode
 from sonograde.publisher import DEFAULT_ENDPOINT
 
 LOG = logging.getLogger("sonograde.subscriber")
+# The largest legitimate frame: 4096 x 4096 8-bit pixels (a 4K capture card, a large DICOM).
+DEFAULT_MAX_FRAME_PIXELS = 4096 * 4096
+# Per message part: that frame raw, plus 1 MB for a header or a CURVE envelope.
+DEFAULT_MAX_MESSAGE_BYTES = DEFAULT_MAX_FRAME_PIXELS + 1_000_000
 
 
 class Subscriber:
@@ -27,20 +40,43 @@ class Subscriber:
     rcvhwm : receive high-water mark in messages. A display wants few (default 4: it shows the newest);
         a benchmark that must see every message sets more (e.g. 10000).
     with_frames : decode the frame part (False: header only, for latency measurement).
+    curve : keys folder for CURVE (``client.key_secret`` and ``server.key``), or None for plain TCP.
+    max_message_bytes : ZMQ_MAXMSGSIZE per message part (default ``DEFAULT_MAX_MESSAGE_BYTES``).
+    max_frame_pixels : refuse frames whose header declares more pixels, before decoding them.
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, rcvhwm: int = 4, with_frames: bool = True,
+                 curve: str | os.PathLike | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
                  context: zmq.Context | None = None, logger: logging.Logger | None = None) -> None:
+        if max_message_bytes < 4096 or max_frame_pixels < 1:
+            raise ValueError(f"max_message_bytes must be >= 4096 and max_frame_pixels >= 1, got "
+                             f"{max_message_bytes} and {max_frame_pixels}")
         self.endpoint = endpoint
         self.with_frames = with_frames
+        self.max_message_bytes = int(max_message_bytes)
+        self.max_frame_pixels = int(max_frame_pixels)
         self._log = logger or LOG
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._socket = self._context.socket(zmq.SUB)
-        self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.SUBSCRIBE, TOPIC_PREFIX)
-        self._socket.connect(endpoint)
+        try:
+            if curve:
+                from sonograde.curve import apply_client_curve
+
+                apply_client_curve(self._socket, curve)
+            self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+            self._socket.setsockopt(zmq.SUBSCRIBE, TOPIC_PREFIX)
+            self._socket.connect(endpoint)
+        except Exception:
+            self._socket.close(0)
+            if self._own_context:
+                self._context.term()
+            raise
+        self.encrypted = bool(curve)
         self.received = 0
         self.invalid: Counter[str] = Counter()
         self._closed = False
@@ -50,6 +86,14 @@ class Subscriber:
             self._log.warning("ignoring a message this reader does not understand (%s); "
                               "further messages of this kind are counted silently", error)
         self.invalid[error.kind] += 1
+
+    def _check_frame_size(self, parts: list[bytes]) -> None:
+        """Refuse a frame part over the byte limit before anything is decoded (``decode`` refuses a
+        declared shape over ``max_frame_pixels`` before decoding the frame)."""
+        if len(parts) != 3:
+            return
+        if len(parts[2]) > self.max_message_bytes:
+            raise MessageError("frame too large", f"{len(parts[2])} bytes > {self.max_message_bytes}")
 
     def recv(self, timeout_ms: int | None = 1000) -> Message | None:
         """Next valid message, or None when nothing valid arrived within ``timeout_ms``
@@ -62,7 +106,9 @@ class Subscriber:
             parts = self._socket.recv_multipart(copy=True)
             t_receive_ns = time.monotonic_ns()
             try:
-                message = decode(parts, t_receive_ns=t_receive_ns, with_frame=self.with_frames)
+                self._check_frame_size(parts)
+                message = decode(parts, t_receive_ns=t_receive_ns, with_frame=self.with_frames,
+                                 max_frame_pixels=self.max_frame_pixels)
             except MessageError as error:
                 self._handle_invalid(error)
                 if deadline is not None and time.monotonic() >= deadline:
