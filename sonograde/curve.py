@@ -58,9 +58,9 @@ def make_keys(directory: str | os.PathLike, *, force: bool = False) -> list[Path
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     targets = [out / name for name in KEY_FILES] + [out / AUTHORIZED / f"{CLIENT}.key"]
-    existing = [str(p) for p in targets if p.exists()]
+    existing = [str(p.relative_to(out)) for p in targets if p.exists()]
     if existing and not force:
-        raise CurveKeyError(f"{out} already holds keys ({', '.join(Path(p).name for p in existing)}); "
+        raise CurveKeyError(f"{out} already holds keys ({', '.join(existing)}); "
                             "pass --force to replace them (every display then needs the new keys)")
     from zmq.auth import create_certificates
 
@@ -119,14 +119,25 @@ def authorized_keys(directory: str | os.PathLike) -> list[bytes]:
     return [load_key_file(path, secret=False).public for path in files]
 
 
+def load_server_keys(directory: str | os.PathLike) -> tuple[KeyPair, list[bytes]]:
+    """The publisher's key pair and the authorized display keys in ``directory`` (CurveKeyError if any
+    is missing or malformed, or the secret file is readable by others)."""
+    return load_key_file(Path(directory) / f"{SERVER}.key_secret", secret=True), authorized_keys(directory)
+
+
+def load_client_keys(directory: str | os.PathLike) -> tuple[KeyPair, bytes]:
+    """A display's key pair and the publisher's public key in ``directory`` (CurveKeyError as above)."""
+    base = Path(directory)
+    return (load_key_file(base / f"{CLIENT}.key_secret", secret=True),
+            load_key_file(base / f"{SERVER}.key", secret=False).public)
+
+
 class ServerCurve:
     """Publisher side: CURVE server keys on a socket and a ZAP authenticator that admits only the
     authorized client keys. ``stop()`` before the context is terminated."""
 
     def __init__(self, directory: str | os.PathLike, context: zmq.Context) -> None:
-        base = Path(directory)
-        self.keys = load_key_file(base / f"{SERVER}.key_secret", secret=True)
-        self.authorized = authorized_keys(base)
+        self.keys, self.authorized = load_server_keys(directory)
         self._allowed = frozenset(self.authorized)
         from zmq.auth.thread import ThreadAuthenticator
 
@@ -153,13 +164,11 @@ class ServerCurve:
 
 def apply_client_curve(socket: zmq.Socket, directory: str | os.PathLike) -> None:
     """Display side: this client's key pair (``client.key_secret``) and the server's public key."""
-    base = Path(directory)
-    mine = load_key_file(base / f"{CLIENT}.key_secret", secret=True)
-    server = load_key_file(base / f"{SERVER}.key", secret=False)
+    mine, server_public = load_client_keys(directory)
     socket.setsockopt(zmq.CURVE_PUBLICKEY, mine.public)
     assert mine.secret is not None
     socket.setsockopt(zmq.CURVE_SECRETKEY, mine.secret)
-    socket.setsockopt(zmq.CURVE_SERVERKEY, server.public)
+    socket.setsockopt(zmq.CURVE_SERVERKEY, server_public)
 
 
 def _quiet_logger():

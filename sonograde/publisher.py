@@ -95,6 +95,13 @@ def check_endpoint(endpoint: str, allow_remote: bool = False, curve: str | os.Pa
         )
 
 
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """True for ``ipc://``/``inproc://`` endpoints and TCP on a loopback host (127.0.0.1, localhost, ::1)."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    return (urlsplit(endpoint).hostname or "") in _LOOPBACK
+
+
 class Publisher:
     """A bound XPUB socket. Use from one thread at a time (ZeroMQ sockets are not thread-safe); it may be
     created in one thread and handed to another before use."""

@@ -8,7 +8,10 @@ once and counting it in ``invalid``, so a newer publisher or a stray sender neve
 Size limits: ``ZMQ_MAXMSGSIZE`` (``max_message_bytes``, default 17 MB: a 4096 x 4096 raw frame plus room
 for the header) makes libzmq drop a connection that sends a larger message part before it is stored;
 a frame whose header declares more than ``max_frame_pixels`` pixels (a small JPEG can claim a huge
-size) is refused before it is decoded. Both are counted in ``invalid`` as "frame too large".
+size) is refused before it is decoded. Both are counted in ``invalid`` as "frame too large". libzmq
+does not reconnect a connection it dropped for a message over the limit, so a subscriber that hears
+nothing for ``reconnect_after_s`` (the publisher's heartbeat comes every second) connects again
+(``reconnects`` counts it): a display never stays deaf after one bad message.
 
 With ``curve=DIR`` the socket speaks CURVE with the display keys in DIR (``client.key_secret``,
 ``server.key``; see ``sonograde.curve``): a publisher started with ``--curve`` talks to nothing else.
@@ -16,6 +19,7 @@ With ``curve=DIR`` the socket speaks CURVE with the display keys in DIR (``clien
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -43,12 +47,14 @@ class Subscriber:
     curve : keys folder for CURVE (``client.key_secret`` and ``server.key``), or None for plain TCP.
     max_message_bytes : ZMQ_MAXMSGSIZE per message part (default ``DEFAULT_MAX_MESSAGE_BYTES``).
     max_frame_pixels : refuse frames whose header declares more pixels, before decoding them.
+    reconnect_after_s : connect again after this long without any message (default 3 s; None = never).
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, rcvhwm: int = 4, with_frames: bool = True,
                  curve: str | os.PathLike | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
+                 reconnect_after_s: float | None = 3.0,
                  context: zmq.Context | None = None, logger: logging.Logger | None = None) -> None:
         if max_message_bytes < 4096 or max_frame_pixels < 1:
             raise ValueError(f"max_message_bytes must be >= 4096 and max_frame_pixels >= 1, got "
@@ -79,7 +85,19 @@ class Subscriber:
         self.encrypted = bool(curve)
         self.received = 0
         self.invalid: Counter[str] = Counter()
+        self.reconnects = 0
+        self._reconnect_after_s = reconnect_after_s
+        self._last_arrival = time.monotonic()
         self._closed = False
+
+    def _reconnect_if_silent(self) -> None:
+        if self._reconnect_after_s is None or time.monotonic() - self._last_arrival < self._reconnect_after_s:
+            return
+        with contextlib.suppress(zmq.ZMQError):  # the session may be gone already (why it is silent)
+            self._socket.disconnect(self.endpoint)
+        self._socket.connect(self.endpoint)
+        self.reconnects += 1
+        self._last_arrival = time.monotonic()
 
     def _handle_invalid(self, error: MessageError) -> None:
         if self.invalid[error.kind] == 0:
@@ -101,10 +119,17 @@ class Subscriber:
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
         while True:
             wait = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if self._reconnect_after_s is not None:  # wake up in time to notice silence
+                step = int(self._reconnect_after_s * 1000) + 1
+                wait = step if wait < 0 else min(wait, step)
             if not self._socket.poll(wait, zmq.POLLIN):
-                return None
+                self._reconnect_if_silent()  # only with nothing queued: a reconnect drops the queue
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
             parts = self._socket.recv_multipart(copy=True)
             t_receive_ns = time.monotonic_ns()
+            self._last_arrival = time.monotonic()
             try:
                 self._check_frame_size(parts)
                 message = decode(parts, t_receive_ns=t_receive_ns, with_frame=self.with_frames,
