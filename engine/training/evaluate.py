@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from engine.backends.ort import cpu_session
 from engine.data.datasets import GRADER_CATEGORIES, grader_allowed, load_records, resize_mask, resize_to
 from engine.data.manifest import ManifestRecord, load_gray, load_mask
 from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input
@@ -56,7 +57,7 @@ LOCATED_DICE = 0.3  # "located": the pipeline's refined mask overlaps the annota
 def _session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return cpu_session(path, options)
 
 
 def _metadata(session: ort.InferenceSession) -> dict[str, str]:
