@@ -414,3 +414,15 @@ def test_redact_paths_keeps_the_reason_and_drops_names() -> None:
     plain = "capture device 0 stopped delivering frames"
     assert redact_paths(plain) == plain
     assert redact_paths(None) is None
+
+
+@pytest.mark.parametrize(("spec", "kind"), [
+    ("phantom", "phantom"), ("phantom:seed=3,screen=1", "phantom"), ("0", "capture device 0"),
+    ("/dev/video2", "capture device 2"), (f"dicom:/data/{PATIENT}/cine.dcm", "dicom"),
+    (f"/data/{PATIENT}.dcm", "dicom"), (f"/data/{PATIENT}.mp4", "video file"),
+    (f"/data/{PATIENT}/*.png", "image folder"), (f"/data/{PATIENT}.bin", "file source"),
+])
+def test_stream_name_of_a_source_string_is_its_kind(spec: str, kind: str) -> None:
+    from capture.sources import stream_name_of
+
+    assert stream_name_of(spec) == kind
