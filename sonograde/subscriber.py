@@ -9,9 +9,9 @@ Size limits: ``ZMQ_MAXMSGSIZE`` (``max_message_bytes``, default 17 MB: a 4096 x 
 for the header) makes libzmq drop a connection that sends a larger message part before it is stored;
 a frame whose header declares more than ``max_frame_pixels`` pixels (a small JPEG can claim a huge
 size) is refused before it is decoded. Both are counted in ``invalid`` as "frame too large". libzmq
-does not reconnect a connection it dropped for a message over the limit, so a subscriber that hears
-nothing for ``reconnect_after_s`` (the publisher's heartbeat comes every second) connects again
-(``reconnects`` counts it): a display never stays deaf after one bad message.
+does not reconnect a connection it dropped for a message over the limit, so the subscriber watches its
+socket's disconnections (a ZeroMQ socket monitor) and connects again itself, at most once per
+``RECONNECT_INTERVAL_S`` (``reconnects`` counts it): a display never stays deaf after one bad message.
 
 With ``curve=DIR`` the socket speaks CURVE with the display keys in DIR (``client.key_secret``,
 ``server.key``; see ``sonograde.curve``): a publisher started with ``--curve`` talks to nothing else.
@@ -35,6 +35,9 @@ LOG = logging.getLogger("sonograde.subscriber")
 DEFAULT_MAX_FRAME_PIXELS = 4096 * 4096
 # Per message part: that frame raw, plus 1 MB for a header or a CURVE envelope.
 DEFAULT_MAX_MESSAGE_BYTES = DEFAULT_MAX_FRAME_PIXELS + 1_000_000
+# Reconnect after a dropped connection no more often than this: a peer that fails every handshake (a
+# wrong key) or sends only oversized messages must not be hammered.
+RECONNECT_INTERVAL_S = 1.0
 
 
 class Subscriber:
@@ -47,14 +50,12 @@ class Subscriber:
     curve : keys folder for CURVE (``client.key_secret`` and ``server.key``), or None for plain TCP.
     max_message_bytes : ZMQ_MAXMSGSIZE per message part (default ``DEFAULT_MAX_MESSAGE_BYTES``).
     max_frame_pixels : refuse frames whose header declares more pixels, before decoding them.
-    reconnect_after_s : connect again after this long without any message (default 3 s; None = never).
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, rcvhwm: int = 4, with_frames: bool = True,
                  curve: str | os.PathLike | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
-                 reconnect_after_s: float | None = 3.0,
                  context: zmq.Context | None = None, logger: logging.Logger | None = None) -> None:
         if max_message_bytes < 4096 or max_frame_pixels < 1:
             raise ValueError(f"max_message_bytes must be >= 4096 and max_frame_pixels >= 1, got "
@@ -86,18 +87,32 @@ class Subscriber:
         self.received = 0
         self.invalid: Counter[str] = Counter()
         self.reconnects = 0
-        self._reconnect_after_s = reconnect_after_s
-        self._last_arrival = time.monotonic()
+        self._reconnect_due: float | None = None  # when a dropped connection is to be made again
+        self._last_reconnect = 0.0
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         self._closed = False
 
-    def _reconnect_if_silent(self) -> None:
-        if self._reconnect_after_s is None or time.monotonic() - self._last_arrival < self._reconnect_after_s:
+    def _watch_connection(self) -> None:
+        """Note disconnections (from the monitor) and reconnect when one is due."""
+        while self._monitor.poll(0):
+            self._monitor.recv_multipart()  # only EVENT_DISCONNECTED is monitored
+            if self._reconnect_due is None:
+                self._reconnect_due = max(time.monotonic(), self._last_reconnect + RECONNECT_INTERVAL_S)
+        if self._reconnect_due is None or time.monotonic() < self._reconnect_due:
             return
-        with contextlib.suppress(zmq.ZMQError):  # the session may be gone already (why it is silent)
+        if self._socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return  # read what arrived before the drop first: disconnecting could discard it
+        # libzmq reconnects after a network failure by itself, but not after a protocol error (a message
+        # over MAXMSGSIZE): disconnect and connect again, which is harmless in the first case.
+        with contextlib.suppress(zmq.ZMQError):
             self._socket.disconnect(self.endpoint)
         self._socket.connect(self.endpoint)
         self.reconnects += 1
-        self._last_arrival = time.monotonic()
+        self._last_reconnect = time.monotonic()
+        self._reconnect_due = None
 
     def _handle_invalid(self, error: MessageError) -> None:
         if self.invalid[error.kind] == 0:
@@ -118,18 +133,18 @@ class Subscriber:
         (None = wait forever). Invalid messages are skipped (logged once per kind)."""
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
         while True:
-            wait = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if self._reconnect_after_s is not None:  # wake up in time to notice silence
-                step = int(self._reconnect_after_s * 1000) + 1
-                wait = step if wait < 0 else min(wait, step)
-            if not self._socket.poll(wait, zmq.POLLIN):
-                self._reconnect_if_silent()  # only with nothing queued: a reconnect drops the queue
+            self._watch_connection()
+            wait = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if self._reconnect_due is not None:  # wake up when the reconnect is due
+                due = max(0, int((self._reconnect_due - time.monotonic()) * 1000) + 1)
+                wait = due if wait is None else min(wait, due)
+            ready = dict(self._poller.poll(wait))
+            if self._socket not in ready:
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
                 continue
             parts = self._socket.recv_multipart(copy=True)
             t_receive_ns = time.monotonic_ns()
-            self._last_arrival = time.monotonic()
             try:
                 self._check_frame_size(parts)
                 message = decode(parts, t_receive_ns=t_receive_ns, with_frame=self.with_frames,
@@ -160,6 +175,9 @@ class Subscriber:
         if self._closed:
             return
         self._closed = True
+        with contextlib.suppress(zmq.ZMQError):
+            self._socket.disable_monitor()
+        self._monitor.close(linger=0)
         self._socket.close(linger=0)
         if self._own_context:
             self._context.term()
