@@ -5,7 +5,7 @@ It subscribes to the ``sonograde.`` topic prefix, decodes and validates each mes
 it does not understand (garbage, unknown topics, a newer schema version), logging each kind of problem
 once and counting it in ``invalid``, so a newer publisher or a stray sender never stops a display.
 
-Size limits: ``ZMQ_MAXMSGSIZE`` (``max_message_bytes``, default 17 MB: a 4096 x 4096 raw frame plus room
+Size limits: ``ZMQ_MAXMSGSIZE`` (``max_message_bytes``, default 18 MB: a 4096 x 4096 raw frame plus room
 for the header) makes libzmq drop a connection that sends a larger message part before it is stored;
 a frame whose header declares more than ``max_frame_pixels`` pixels (a small JPEG can claim a huge
 size) is refused before it is decoded. Both are counted in ``invalid`` as "frame too large". libzmq
@@ -33,8 +33,8 @@ from sonograde.publisher import DEFAULT_ENDPOINT
 LOG = logging.getLogger("sonograde.subscriber")
 # The largest legitimate frame: 4096 x 4096 8-bit pixels (a 4K capture card, a large DICOM).
 DEFAULT_MAX_FRAME_PIXELS = 4096 * 4096
-# Per message part: that frame raw, plus 1 MB for a header or a CURVE envelope.
-DEFAULT_MAX_MESSAGE_BYTES = DEFAULT_MAX_FRAME_PIXELS + 1_000_000
+# Per message part: that frame raw (16.8 MB), plus room for a header or a CURVE envelope.
+DEFAULT_MAX_MESSAGE_BYTES = 18_000_000
 # Reconnect after a dropped connection no more often than this: a peer that fails every handshake (a
 # wrong key) or sends only oversized messages must not be hammered.
 RECONNECT_INTERVAL_S = 1.0
