@@ -39,7 +39,6 @@ class CurveKeyError(ValueError):
     """A keys folder or key file that is missing, unreadable or not a CURVE certificate."""
 
 
-
 @dataclass(frozen=True)
 class KeyPair:
     """A CURVE key pair as Z85 bytes (40 characters each); ``secret`` is None for a public key file."""
