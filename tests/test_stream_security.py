@@ -301,6 +301,7 @@ def test_subscriber_refuses_oversized_frames_before_decoding(context) -> None:
                 if declared is not None:
                     descriptor["shape"] = declared
                 body["frame"] = descriptor
+                body["image_size"] = list(descriptor["shape"])
             publisher.send(encode("result", body, frame_part))
 
         # A small JPEG that claims 8000 x 8000 (64 Mpixel): refused by its declared size, never decoded.
@@ -407,13 +408,15 @@ def test_stream_errors_name_no_file(models_dir, tmp_path, rng, context) -> None:
     subscriber = raw_subscriber(context, endpoint)  # connected before `run` binds: sees everything
     run = RunProcess("--models", str(models_dir), "--source", str(folder), "--fps", "30", "--quiet",
                      endpoint=endpoint)
-    def errors() -> list[str]:
-        return [e for m in messages if m[0] == b"sonograde.status" and (e := json.loads(m[1])["last_error"])]
+    def errors() -> list:
+        """Reports of the unreadable file: a last error, or a count of skipped files."""
+        statuses = [json.loads(m[1]) for m in messages if m[0] == b"sonograde.status"]
+        return [s for s in statuses if s["last_error"] or (s.get("errors") or {}).get("source_skipped")]
 
     messages: list[list[bytes]] = []
     try:
         deadline = time.monotonic() + DEADLINE_S
-        # Until the unreadable file is reported (whether `run` then skips it or ends).
+        # Until the unreadable file is reported (`run` skips and counts it, or ends on it).
         while not errors() and run.process.poll() is None and time.monotonic() < deadline:
             messages += drain(subscriber, 0.5)
         messages += drain(subscriber, 0.5)
