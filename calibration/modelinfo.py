@@ -8,17 +8,20 @@ map is a ROI-CNN, an ``(N, K)`` vector a grader.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MODEL_KINDS = ("roi", "grader")
+from engine import contract
+from engine.birads import CATEGORIES
+from engine.contract import parse_categories as parse_categories  # re-exported for calibration's callers
+
+MODEL_KINDS = contract.MODEL_KINDS
 DEFAULT_ROI_SIZE = 288
 DEFAULT_GRADER_SIZE = 128
 DEFAULT_ROI_MARGIN = 0.1
-DEFAULT_CATEGORIES = ("3", "4A", "4B", "4C", "5")
+DEFAULT_CATEGORIES = CATEGORIES
 
 
 class ModelInfoError(ValueError):
@@ -51,20 +54,9 @@ def _flag(text: str | None) -> bool:
     return (text or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def parse_categories(text: str | None) -> tuple[str, ...]:
-    """Category labels from metadata written as JSON (``["3", "4A", ...]``) or comma-separated text."""
-    text = (text or "").strip()
-    if text.startswith("["):
-        try:
-            return tuple(str(c) for c in json.loads(text))
-        except ValueError:
-            pass
-    return tuple(c.strip(" '\"[]") for c in text.split(",") if c.strip(" '\"[]"))
-
-
 def model_kind(metadata: Mapping[str, str], output_rank: int | None = None, *, where: str = "model") -> str:
     """``"roi"`` or ``"grader"`` from metadata ``sonograde.model``, else from the output rank (4 or 2)."""
-    kind = (metadata.get("sonograde.model") or "").strip().lower()
+    kind = (metadata.get(contract.MODEL) or "").strip().lower()
     if kind in MODEL_KINDS:
         return kind
     if kind:
@@ -90,7 +82,7 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends
         raise ModelInfoError(f"{path} is not a readable ONNX model ({exc})") from exc
-    metadata = {p.key: p.value for p in model.metadata_props}
+    metadata = contract.read_metadata(model)
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1 or len(model.graph.output) < 1:
@@ -102,9 +94,9 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     dims = [d.dim_value if d.dim_value > 0 else None for d in inputs[0].type.tensor_type.shape.dim]
     default_size = DEFAULT_ROI_SIZE if kind == "roi" else DEFAULT_GRADER_SIZE
     static = len(dims) == 4
-    size = int(metadata.get("sonograde.input_size") or (dims[-1] if static and dims[-1] else default_size))
-    channels = int(metadata.get("sonograde.input_channels") or (dims[1] if static and dims[1] else 1))
-    categories = parse_categories(metadata.get("sonograde.categories"))
+    size = int(metadata.get(contract.INPUT_SIZE) or (dims[-1] if static and dims[-1] else default_size))
+    channels = int(metadata.get(contract.INPUT_CHANNELS) or (dims[1] if static and dims[1] else 1))
+    categories = parse_categories(metadata.get(contract.CATEGORY_ORDER))
     return ModelInfo(
         path=path,
         kind=kind,
@@ -112,9 +104,9 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
         output_name=output.name,
         input_size=size,
         input_channels=channels,
-        roi_margin=float(metadata.get("sonograde.roi_margin") or DEFAULT_ROI_MARGIN),
-        mask_channel=_flag(metadata.get("sonograde.mask_channel")) or channels == 2,
+        roi_margin=float(metadata.get(contract.ROI_MARGIN) or DEFAULT_ROI_MARGIN),
+        mask_channel=_flag(metadata.get(contract.MASK_CHANNEL)) or channels == 2,
         categories=categories or DEFAULT_CATEGORIES,
-        model_id=metadata.get("sonograde.model_id", "?"),
+        model_id=metadata.get(contract.MODEL_ID, "?"),
         metadata=metadata,
     )

@@ -23,7 +23,6 @@ is measured, not assumed: see docs/calibration.md.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -31,6 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from engine import contract
+from engine.checksums import sha256_file as sha256_file  # re-exported: the sidecar and builds use it
 
 METHODS = ("entropy", "percentile", "minmax")
 TARGETS = ("cpu", "tensorrt")
@@ -90,15 +92,6 @@ class QuantizeResult:
         out = asdict(self)
         out["path"] = str(self.path)
         return out
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # Where the walk back from a float tail stops: layers with weights (what int8 is for), and Resize, which
@@ -193,7 +186,7 @@ def quantize_int8(model_path: str | os.PathLike, out_path: str | os.PathLike, in
     config = config or QuantizeConfig()
     model_path, out_path = Path(model_path), Path(out_path)
     source = onnx.load(str(model_path))
-    metadata = {p.key: p.value for p in source.metadata_props}
+    metadata = contract.read_metadata(source)
     input_name = input_name or next(i.name for i in source.graph.input
                                     if i.name not in {t.name for t in source.graph.initializer})
     notes: list[str] = []
@@ -248,17 +241,17 @@ def quantize_int8(model_path: str | os.PathLike, out_path: str | os.PathLike, in
         )
         model = onnx.load(str(quantized))
         metadata.update({
-            "sonograde.precision": "int8",
-            "sonograde.quantization": (
+            contract.PRECISION: "int8",
+            contract.QUANTIZATION: (
                 f"static QDQ, {config.method} calibration on {len(inputs)} frame(s), target {config.target}, "
                 f"activations {'s8 symmetric' if signed else 'u8'}, weights s8 per-"
                 f"{'channel' if config.per_channel else 'tensor'}, "
                 f"float: {', '.join(config.float_ops) or 'none'}"
                 + (f" + first {config.float_first_convs} conv(s)" if config.float_first_convs else "")
             ),
-            "sonograde.source_sha256": sha256_file(model_path),
+            contract.SOURCE_SHA256: sha256_file(model_path),
         })
-        onnx.helper.set_model_props(model, metadata)
+        contract.write_metadata(model, metadata)
         q, dq = count_qdq(model)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tmp) / "final.onnx"

@@ -19,7 +19,7 @@ _LAZY = {
     "GeometryProfile": "capture.geometry",
     "LatestFrameGrabber": "capture.grabber",
     "PhantomScanner": "capture.phantom",
-    "PhantomSequence": "capture.phantom",
+    "PhantomSequence": "capture.phantom_sequence",
 }
 
 __all__ = ["Frame", *_LAZY]

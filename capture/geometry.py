@@ -1,7 +1,7 @@
 """Scanner-screen geometry: where the ultrasound image sits on the captured screen and its mm per pixel.
 
 A capture card delivers the whole scanner screen (image, text, rulers). A ``GeometryProfile`` (measured
-by ``calibration.geometry`` or written by hand) says which rectangle is the B-mode image and how many
+by ``capture.screen_measure`` or written by hand) says which rectangle is the B-mode image and how many
 millimetres one screen pixel spans; sources apply it to every frame (crop + ``pixel_size_mm``).
 
 File format (JSON, ``version`` 1)::

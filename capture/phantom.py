@@ -22,28 +22,22 @@ No patient data is needed. The model (details and the category table in ``docs/p
   features, plus calcifications); ``CATEGORY_TABLE`` gives, for each category 3/4A/4B/4C/5, the
   probability of every descriptor value, and ``SIZE_MM`` the range of the longest diameter.
 
-``PhantomScanner(seed).sample()`` gives still images with mask, category and descriptors;
-``PhantomSequence`` is a frame source of a probe sweeping in elevation over a 3-D phantom holding three
-lesions; ``write_dataset`` writes a manifest dataset (the format of ``../shared/data``).
+``PhantomScanner(seed).sample()`` gives still images with mask, category and descriptors. Beside the
+simulator: ``capture.phantom_sequence.PhantomSequence``, a frame source of a probe sweeping in elevation
+over a 3-D phantom holding three lesions, and ``capture.phantom_dataset`` (``write_dataset``, a manifest
+dataset in the format of ``docs/data.md``; ``contact_sheet``, one sample per category).
 Everything is reproducible from the seed (NumPy ``default_rng`` with ``[seed, index]`` seed sequences).
 """
 
 from __future__ import annotations
 
-import csv
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from capture.geometry import GeometryProfile
-from capture.sources import FrameSource
-
-CATEGORIES = ("3", "4A", "4B", "4C", "5")
 DEFAULT_SIZE = (384, 320)  # (width, height) in pixels
 
 DESCRIPTOR_CHOICES: dict[str, tuple[str, ...]] = {
@@ -101,6 +95,10 @@ CATEGORY_TABLE: dict[str, dict[str, tuple[float, ...]]] = {
         "calcifications": (0.50, 0.50),
     },
 }
+
+# The categories the phantom draws: the keys of its own table. capture sits below engine and cannot import
+# engine.birads, the vocabulary's home; tests/test_phantom.py checks the two agree.
+CATEGORIES: tuple[str, ...] = tuple(CATEGORY_TABLE)
 
 # Longest lesion diameter in mm, uniform in this range.
 SIZE_MM: dict[str, tuple[float, float]] = {
@@ -733,307 +731,6 @@ class PhantomScanner:
         return PhantomSample(image, mask, category, dict(lesion.descriptors), px, round(lesion.size_mm, 2))
 
 
-# --------------------------------------------------------------------------------------------- sequence
-
-
-@dataclass(frozen=True)
-class SequenceState:
-    """Where the probe is at one frame: elevation z (mm) along the phantom and lateral offset (mm)."""
-
-    z_mm: float
-    x_offset_mm: float
-
-
-class PhantomSequence(FrameSource):
-    """A probe sweeping in elevation over a 3-D phantom holding three lesions, as a frame source.
-
-    The phantom is ``length_mm`` (default 130 mm) long; lesions sit at 25, 65 and 105 mm with three
-    different categories drawn from the seed. The probe moves back and forth at ``speed_mm_s`` (default
-    5 mm/s) with a small lateral hand wobble (about 1.5 mm), so consecutive frames are coherent and each
-    lesion enters, grows, shrinks and leaves the view. Frame ``i`` depends only on ``(seed, i)`` and the
-    frame rate (time is ``i / fps``), not on the wall clock.
-
-    Each frame's ``meta`` holds ``mask`` (bool ground truth in frame pixels, or None when no lesion is in
-    view), ``category`` and ``descriptors`` (None when none), ``z_mm``, ``depth_mm`` and, in screen mode,
-    ``screen_truth`` (image rectangle and mm per pixel on the screen). ``start_frame`` starts the sweep
-    later (at time ``start_frame / fps``); emitted frames are still numbered from 0.
-
-    ``screen=True`` renders the scanner's screen as a capture card sees it (``capture.screen``, layout
-    ``layout``); then ``pixel_size_mm`` is None (a capture card does not know it) unless a geometry
-    profile is applied. ``realtime`` paces frames at ``fps``; otherwise they come as fast as computed.
-    ``max_frames`` ends the stream after that many frames (None: endless). Elevational speckle
-    decorrelation is modelled by blending (with constant power) 16 precomputed IQ speckle fields spaced
-    1.5 mm apart; each frame costs a few vectorized operations.
-    """
-
-    N_SPECKLE = 16
-    SPECKLE_STEP_MM = 1.5
-    MARGIN_PX = 32
-
-    def __init__(
-        self,
-        seed: int = 0,
-        size: tuple[int, int] = DEFAULT_SIZE,
-        fps: float = 30.0,
-        screen: bool = False,
-        realtime: bool = True,
-        *,
-        layout: int | str = 0,
-        depth_mm: float = 40.0,
-        speed_mm_s: float = 5.0,
-        length_mm: float = 130.0,
-        max_frames: int | None = None,
-        start_frame: int = 0,
-        geometry: GeometryProfile | None = None,
-    ):
-        if fps <= 0:
-            raise PhantomError(f"fps must be positive; got {fps}")
-        width, height = _check_size(size)
-        self.seed = int(seed)
-        self.screen = bool(screen)
-        self.layout = layout
-        self.speed_mm_s = float(speed_mm_s)
-        self.length_mm = float(length_mm)
-        self.max_frames = max_frames
-        rng = np.random.default_rng([self.seed, 2**31])
-        px = depth_mm / height
-        width_mm = width * px
-        wobble = self.MARGIN_PX // 2 * px
-        x_range = (-width_mm / 2 - wobble - 2, width_mm / 2 + wobble + 2)
-        tissue = _Tissue.random(rng, depth_mm, x_range, (-2.0, self.length_mm + 2))
-        categories = rng.choice(CATEGORIES, 3, replace=False)
-        lesions = []
-        for z, category in zip((25.0, 65.0, 105.0), categories, strict=True):
-            lesion = _Lesion.random(rng, str(category), (0.0, 0.0, z), 0.7 * min(width_mm - 8, depth_mm - 12))
-            half_x = abs(lesion.a * math.cos(lesion.tilt)) + abs(lesion.b * math.sin(lesion.tilt))
-            half_y = abs(lesion.a * math.sin(lesion.tilt)) + abs(lesion.b * math.cos(lesion.tilt))
-            limit = max(width_mm / 2 - half_x - 6, 0)
-            cx = rng.uniform(-limit, limit)
-            fat_depth = float(tissue.fat.depth(np.array([cx], np.float32), z)[0])
-            gland_depth = float(tissue.gland.depth(np.array([cx], np.float32), z)[0])
-            lo = max(fat_depth + 0.5 * half_y, half_y + 4)
-            hi = min(gland_depth, depth_mm - half_y - 5)
-            cy = rng.uniform(lo, hi) if hi > lo else min(max(lo, half_y + 2), depth_mm - half_y - 2)
-            lesion.center = (cx, cy, z)
-            lesions.append(lesion)
-        gain, dr, ripple = _scanner_settings(rng, height, px)
-        self._scene = _Scene(tissue, lesions, depth_mm, width, height, gain, dr, ripple)
-        self._speckle = np.empty(
-            (self.N_SPECKLE, COMPOUND_LOOKS, 2, height, width + 2 * self.MARGIN_PX), np.float32
-        )
-        for field in self._speckle.reshape(-1, *self._speckle.shape[2:]):
-            _speckle_planes(rng, height, width + 2 * self.MARGIN_PX, px, out=field)
-        self._offsets = rng.integers(-self.MARGIN_PX // 2, self.MARGIN_PX // 2 + 1, 4096)
-        self._wobble = (rng.uniform(0, 2 * np.pi, 2), rng.uniform(5.0, 9.0), rng.uniform(1.8, 3.0))
-        self._index = int(start_frame)  # frame number in the sweep (time = index / fps)
-        description = f"phantom sequence seed={self.seed} {width}x{height} @ {fps:g} fps" + (
-            f" (scanner screen, layout {layout})" if screen else ""
-        )
-        super().__init__(
-            description=description, is_live=False, fps=fps, realtime=realtime, geometry=geometry,
-            stream_name="phantom",
-        )
-
-    @property
-    def px_mm(self) -> float:
-        return self._scene.px_mm
-
-    @property
-    def lesions(self) -> list[dict]:
-        """Where the lesions are: category, descriptors and centre (x, depth, z in mm) of each."""
-        return [
-            {
-                "category": le.category,
-                "descriptors": dict(le.descriptors),
-                "center_mm": le.center,
-                "size_mm": le.size_mm,
-            }
-            for le in self._scene.lesions
-        ]
-
-    def state_at(self, index: int) -> SequenceState:
-        """Probe position at frame ``index``: a triangle wave over the phantom length plus hand wobble."""
-        t = index / self.fps
-        travel = (t * self.speed_mm_s) % (2 * self.length_mm)
-        z = travel if travel <= self.length_mm else 2 * self.length_mm - travel
-        phases, p1, p2 = self._wobble
-        x = 1.0 * math.sin(2 * np.pi * t / p1 + phases[0]) + 0.4 * math.sin(2 * np.pi * t / p2 + phases[1])
-        return SequenceState(z, x)
-
-    def render(self, index: int) -> tuple[np.ndarray, np.ndarray | None, _Lesion | None, SequenceState]:
-        """B-mode image, lesion mask (None when no lesion in view) and the visible lesion at frame index."""
-        scene, px = self._scene, self._scene.px_mm
-        state = self.state_at(index)
-        x_left = -scene.width * px / 2 + state.x_offset_mm
-        echo, atten, mask, lesion = scene.echo_and_atten(state.z_mm, x_left)
-        # Speckle: constant-power blend of the two fields bracketing z; the window moves with the probe.
-        pos = state.z_mm / self.SPECKLE_STEP_MM
-        k = math.floor(pos)
-        f = pos - k
-        shift = round(state.x_offset_mm / px)
-        fields = []
-        for j in (k, k + 1):
-            start = self.MARGIN_PX + shift + int(self._offsets[(j // self.N_SPECKLE) % len(self._offsets)])
-            start = min(max(start, 0), 2 * self.MARGIN_PX)
-            fields.append(self._speckle[j % self.N_SPECKLE][..., start : start + scene.width])
-        w0, w1 = math.cos(0.5 * np.pi * f), math.sin(0.5 * np.pi * f)
-        # The IQ field is linear in the scatterers, so blending fields (before envelope detection) is a
-        # valid field of blended scatterers; cos/sin weights keep its power constant.
-        envelope = None
-        for look in range(COMPOUND_LOOKS):
-            a, b = fields[0][look], fields[1][look]
-            i_plane = cv2.addWeighted(a[0], w0, b[0], w1, 0.0)
-            q_plane = cv2.addWeighted(a[1], w0, b[1], w1, 0.0)
-            magnitude = cv2.magnitude(i_plane, q_plane)
-            envelope = magnitude if envelope is None else cv2.add(envelope, magnitude)
-        assert envelope is not None
-        if COMPOUND_LOOKS > 1:
-            envelope *= np.float32(1.0 / COMPOUND_LOOKS)
-        image = scene.to_bmode(echo, atten, envelope)
-        return image, (mask if lesion is not None else None), lesion, state
-
-    def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:
-        if self.max_frames is not None and self._emitted >= self.max_frames:
-            return None
-        image, mask, lesion, state = self.render(self._index)
-        self._index += 1
-        meta = {
-            "mask": mask,
-            "category": lesion.category if lesion else None,
-            "descriptors": dict(lesion.descriptors) if lesion else None,
-            "z_mm": round(state.z_mm, 3),
-            "depth_mm": self._scene.depth_mm,
-        }
-        if not self.screen:
-            return image, self.px_mm, meta
-        from capture.screen import render_scanner_screen
-
-        screen, truth = render_scanner_screen(image, self._scene.depth_mm, layout=self.layout, seed=self.seed)
-        meta["screen_truth"] = truth
-        if mask is not None:
-            x, y, w, h = truth.image_rect
-            full = np.zeros(screen.shape, bool)
-            full[y : y + h, x : x + w] = (
-                cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
-            )
-            meta["mask"] = full
-        return screen, None, meta
-
-
-# --------------------------------------------------------------------------------------------- outputs
-
-MANIFEST_COLUMNS = ("id", "image", "mask", "birads", *DESCRIPTOR_CHOICES, "size_mm", "pixel_size_mm")
-
-
-def write_dataset(
-    out_dir: str | Path,
-    count: int,
-    seed: int = 0,
-    size: tuple[int, int] = DEFAULT_SIZE,
-    *,
-    progress: bool = False,
-) -> Path:
-    """Write ``count`` phantom samples as a manifest dataset; returns the folder.
-
-    Layout: ``images/phantom_NNNNN.png`` (8-bit gray), ``masks/phantom_NNNNN.png`` (0/255) and
-    ``manifest.csv`` with ``id,image,mask,birads``, the descriptor columns, ``size_mm`` and
-    ``pixel_size_mm``. Categories cycle 3, 4A, 4B, 4C, 5 so every prefix is balanced. The output is
-    byte-identical for the same arguments (PNG without timestamps, fixed number formatting).
-    """
-    if count < 1:
-        raise PhantomError(f"count must be at least 1; got {count}")
-    root = Path(out_dir)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
-    scanner = PhantomScanner(seed, size)
-    rows = []
-    indices: Iterator[int] = iter(range(count))
-    if progress:
-        from tqdm import tqdm
-
-        indices = iter(tqdm(range(count), desc="phantom images", unit="img"))
-    for i in indices:
-        sample = scanner.sample_at(i, CATEGORIES[i % len(CATEGORIES)])
-        name = f"phantom_{i:05d}"
-        image_rel, mask_rel = f"images/{name}.png", f"masks/{name}.png"
-        _write_png(root / image_rel, sample.image)
-        _write_png(root / mask_rel, sample.mask.astype(np.uint8) * 255)
-        rows.append(
-            {
-                "id": name,
-                "image": image_rel,
-                "mask": mask_rel,
-                "birads": sample.category,
-                **sample.descriptors,
-                "size_mm": f"{sample.size_mm:.2f}",
-                "pixel_size_mm": f"{sample.pixel_size_mm:.6f}",
-            }
-        )
-    with (root / "manifest.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image, [cv2.IMWRITE_PNG_COMPRESSION, 6]):
-        raise OSError(f"could not write {path}")
-
-
-def contact_sheet(seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE) -> np.ndarray:
-    """One sample per category side by side (top row), the same with the mask outline (bottom row).
-
-    Returns a BGR uint8 image with each tile labelled by category and descriptors.
-    """
-    scanner = PhantomScanner(seed, size)
-    width, _height = scanner.size
-    label_h = 58
-    tiles = []
-    for i, category in enumerate(CATEGORIES):
-        sample = scanner.sample_at(i, category)
-        plain = cv2.cvtColor(sample.image, cv2.COLOR_GRAY2BGR)
-        outlined = plain.copy()
-        contours, _ = cv2.findContours(sample.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(outlined, contours, -1, (0, 220, 255), 1, cv2.LINE_AA)
-        label = np.full((label_h, width, 3), 24, np.uint8)
-        d = sample.descriptors
-        lines = [
-            f"BI-RADS {category}  {d['shape']}, {d['orientation']}",
-            f"{d['margin']}, {d['echo_pattern']}",
-            f"posterior {d['posterior_features']}, calc {d['calcifications']}",
-        ]
-        for row, text in enumerate(lines):
-            cv2.putText(
-                label,
-                text,
-                (6, 17 + 18 * row),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                0.45,
-                (235, 235, 235),
-                1,
-                cv2.LINE_AA,
-            )
-        tiles.append(np.vstack([label, plain, outlined]))
-    gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
-    sheet = tiles[0]
-    for tile in tiles[1:]:
-        sheet = np.hstack([sheet, gap, tile])
-    footer = np.full((26, sheet.shape[1], 3), 24, np.uint8)
-    cv2.putText(
-        footer,
-        "Synthetic phantom (no patient data). Bottom row: ground-truth mask outline. "
-        "RESEARCH USE ONLY - NOT FOR DIAGNOSIS",
-        (6, 18),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        0.45,
-        (235, 235, 235),
-        1,
-        cv2.LINE_AA,
-    )
-    return np.vstack([sheet, footer])
-
-
 __all__ = [
     "CATEGORIES",
     "CATEGORY_TABLE",
@@ -1043,7 +740,4 @@ __all__ = [
     "PhantomError",
     "PhantomSample",
     "PhantomScanner",
-    "PhantomSequence",
-    "contact_sheet",
-    "write_dataset",
 ]

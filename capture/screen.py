@@ -2,7 +2,7 @@
 
 ``render_scanner_screen(image, depth_mm, layout=..., seed=...)`` returns a gray screen (uint8) and the
 ``ScreenTruth``: where the image is and how many mm one screen pixel spans, so that screen-geometry
-measurement (``calibration.geometry``) can be tested against known answers.
+measurement (``capture.screen_measure``) can be tested against known answers.
 
 How a screen is drawn (all layouts)
 -----------------------------------

@@ -3,7 +3,7 @@
 Source strings (``open_source(spec)``):
 
 ==========================  ===================================================================
-``phantom``                 the synthetic scanner sweep (``capture.phantom.PhantomSequence``);
+``phantom``                 the synthetic scanner sweep (``capture.phantom_sequence.PhantomSequence``);
                             options after a colon: ``phantom:seed=3,screen=1,layout=2,size=384x320,
                             frames=300,speed=5,depth=40,start=150,fps=30`` (``frames``: stop after N;
                             ``speed``: mm/s; ``depth``: mm; ``start``: first frame of the sweep);
@@ -418,17 +418,49 @@ def is_dicom_file(path: Path) -> bool:
 def dicom_pixel_size_mm(ds: object) -> float | None:
     """Pixel size in mm: from the Sequence of Ultrasound Regions (PhysicalDeltaX in cm when the unit code
     is 3), else PixelSpacing (mm; the column spacing), else None."""
-    regions = getattr(ds, "SequenceOfUltrasoundRegions", None)
-    if regions:
-        for region in regions:
-            if int(getattr(region, "PhysicalUnitsXDirection", 0)) == 3 and getattr(
-                region, "PhysicalDeltaX", None
-            ):
-                return abs(float(region.PhysicalDeltaX)) * 10.0
+    spacing = dicom_pixel_spacing_mm(ds)
+    return None if spacing is None else spacing[0][1]
+
+
+ULTRASOUND_UNITS_CM = 3  # Physical Units X/Y Direction code for centimetres (PS3.3 C.8.5.5.1.15)
+
+
+def dicom_pixel_spacing_mm(ds: object, point: tuple[float, float] | None = None
+                           ) -> tuple[tuple[float, float], str] | None:
+    """(row_mm, col_mm) and where it came from, or None when the dataset carries no physical pixel size.
+
+    First the Sequence of Ultrasound Regions: a region calibrated in cm on both axes (units code 3),
+    the one containing ``point`` (x, y in pixels, e.g. the lesion's centre) when given and one does, else
+    the first calibrated region; Physical Delta Y / X are cm per pixel (source
+    ``"dicom_ultrasound_regions"``). Else Pixel Spacing or Imager Pixel Spacing, which DICOM gives in mm
+    as (row spacing, column spacing) (source ``"dicom_pixel_spacing"``).
+    """
+    regions = getattr(ds, "SequenceOfUltrasoundRegions", None) or []
+    calibrated = []
+    for region in regions:
+        units_x = int(getattr(region, "PhysicalUnitsXDirection", 0) or 0)
+        units_y = int(getattr(region, "PhysicalUnitsYDirection", units_x) or 0)
+        delta_x = getattr(region, "PhysicalDeltaX", None)
+        delta_y = getattr(region, "PhysicalDeltaY", None) or delta_x
+        if units_x == ULTRASOUND_UNITS_CM and units_y == ULTRASOUND_UNITS_CM and delta_x:
+            calibrated.append((region, (abs(float(delta_y)) * 10.0, abs(float(delta_x)) * 10.0)))
+    if calibrated:
+        if point is not None:
+            x, y = point
+            for region, spacing in calibrated:
+                x0 = getattr(region, "RegionLocationMinX0", None)
+                y0 = getattr(region, "RegionLocationMinY0", None)
+                x1 = getattr(region, "RegionLocationMaxX1", None)
+                y1 = getattr(region, "RegionLocationMaxY1", None)
+                if None not in (x0, y0, x1, y1) and x0 <= x <= x1 and y0 <= y <= y1:
+                    return spacing, "dicom_ultrasound_regions"
+        return calibrated[0][1], "dicom_ultrasound_regions"
     for tag in ("PixelSpacing", "ImagerPixelSpacing"):
         spacing = getattr(ds, tag, None)
         if spacing:
-            return float(spacing[1]) if len(spacing) > 1 else float(spacing[0])
+            row = float(spacing[0])
+            col = float(spacing[1]) if len(spacing) > 1 else row
+            return (row, col), "dicom_pixel_spacing"
     return None
 
 
@@ -718,7 +750,8 @@ def _open_phantom(
     width: int | None,
     height: int | None,
 ) -> FrameSource:
-    from capture.phantom import DEFAULT_SIZE, PhantomSequence
+    from capture.phantom import DEFAULT_SIZE
+    from capture.phantom_sequence import PhantomSequence
 
     options = _parse_phantom_options(options_text)
     known = {"seed", "screen", "layout", "size", "frames", "speed", "fps", "depth", "start"}
@@ -859,6 +892,7 @@ __all__ = [
     "VideoFileSource",
     "dicom_frames_gray",
     "dicom_pixel_size_mm",
+    "dicom_pixel_spacing_mm",
     "list_capture_devices",
     "open_source",
     "stream_name_of",

@@ -1,23 +1,12 @@
 """Export a trained ROI-CNN or G-CNN checkpoint to ONNX and check it against torch.
 
-The ONNX contract (relied on by the inference backends, calibration and the pipeline):
-- ROI-CNN: input "image" float32 (N, 1, 288, 288) from ``engine.preprocess.roi_input``, output "prob"
-  float32 (N, 1, 288, 288), the sigmoid lesion probability.
-- G-CNN: input "image" float32 (N, C, S, S) from ``engine.preprocess.grader_input``, output "probs"
-  float32 (N, 5), softmax over ("3", "4A", "4B", "4C", "5").
-- Dynamic batch axis N, opset 17 or newer, and metadata_props: ``sonograde.model`` ("roi" | "grader"),
-  ``sonograde.input_size``, ``sonograde.input_channels``, ``sonograde.width``, ``sonograde.categories``
-  (grader), ``sonograde.roi_margin``, ``sonograde.mask_channel`` and ``sonograde.grader_view`` ("crop" or
-  "frame", grader), ``sonograde.ensemble_members`` (grader exported from several checkpoints, whose
-  output is the mean of the members' probabilities), ``sonograde.ordinal_head`` (grader read through an
-  ordinal head, ``engine.training.ordinal``: JSON slope and cuts), ``sonograde.model_id``,
-  ``sonograde.research_use``.
+The exported model keeps the contract of ``engine.contract`` (inputs, outputs, dynamic batch, the
+``sonograde.*`` metadata, written with ``engine.contract.write_metadata``), at opset 17 or newer.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -27,22 +16,21 @@ import numpy as np
 import onnx
 import torch
 
+from engine import contract
+from engine.birads import CATEGORIES as GRADER_CATEGORIES
+from engine.checksums import sha256_file
 from engine.networks import (
     GCNN,
-    GRADER_CATEGORIES,
-    GraderConfig,
     GraderEnsemble,
     GraderProbabilities,
     OrdinalReading,
     RoiCNN,
-    RoiConfig,
-    build,
 )
 from engine.networks import RoiProbability as _RoiProbability
 from engine.preprocess import ROI_INPUT_SIZE
 
 OPSET = 18
-RESEARCH_USE = "research use only, not for diagnosis"
+RESEARCH_USE = contract.RESEARCH_USE_TEXT
 
 
 @dataclass(frozen=True)
@@ -57,14 +45,6 @@ class ExportReport:
     size_bytes: int
     exporter: str
     metadata: dict[str, str]
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _wrap(kind: str, net: torch.nn.Module) -> tuple[torch.nn.Module, str, tuple[int, int, int]]:
@@ -84,30 +64,30 @@ def metadata_for(kind: str, net: torch.nn.Module, *, model_id: str | None = None
     date = _dt.date.today().isoformat()
     config = net.config
     meta = {
-        "sonograde.model": kind,
-        "sonograde.width": f"{config.width:g}",
-        "sonograde.input_channels": str(config.in_channels),
-        "sonograde.research_use": RESEARCH_USE,
+        contract.MODEL: kind,
+        contract.WIDTH: f"{config.width:g}",
+        contract.INPUT_CHANNELS: str(config.in_channels),
+        contract.RESEARCH_USE: RESEARCH_USE,
     }
     if kind == "roi":
-        meta["sonograde.input_size"] = str(ROI_INPUT_SIZE)
-        meta["sonograde.model_id"] = model_id or f"roi_cnn-w{config.width:g}-{date}"
+        meta[contract.INPUT_SIZE] = str(ROI_INPUT_SIZE)
+        meta[contract.MODEL_ID] = model_id or f"roi_cnn-w{config.width:g}-{date}"
     else:
-        meta["sonograde.input_size"] = str(config.input_size)
-        meta["sonograde.categories"] = ",".join(GRADER_CATEGORIES)
-        meta["sonograde.roi_margin"] = f"{grader_margin if grader_margin is not None else 0.25:g}"
-        meta["sonograde.mask_channel"] = "1" if config.in_channels == 2 else "0"
-        meta["sonograde.grader_view"] = grader_view
+        meta[contract.CATEGORY_ORDER] = ",".join(GRADER_CATEGORIES)
+        margin = grader_margin if grader_margin is not None else contract.DEFAULT_GRADER_MARGIN
+        meta.update(contract.GraderInput(input_size=config.input_size, roi_margin=margin,
+                                         mask_channel=config.in_channels == 2,
+                                         view=grader_view).to_metadata())
         view_tag = "-frame" if grader_view == "frame" else ""
         inner = net.net if isinstance(net, OrdinalReading) else net
         if isinstance(inner, GraderEnsemble):
-            meta["sonograde.ensemble_members"] = str(len(inner.members))
+            meta[contract.ENSEMBLE_MEMBERS] = str(len(inner.members))
             view_tag += f"-ens{len(inner.members)}"
         if isinstance(net, OrdinalReading):
-            meta["sonograde.ordinal_head"] = json.dumps({"slope": float(net.slope),
+            meta[contract.ORDINAL_HEAD] = json.dumps({"slope": float(net.slope),
                                                          "cuts": [float(c) for c in net.cuts]})
             view_tag += "-oh"
-        meta["sonograde.model_id"] = (model_id
+        meta[contract.MODEL_ID] = (model_id
                                       or f"g_cnn-w{config.width:g}-s{config.input_size}{view_tag}-{date}")
     return meta
 
@@ -157,11 +137,8 @@ def export_onnx(kind: str, net: torch.nn.Module, out: str | Path, *, model_id: s
         _torch_export(module, example, out, output, False)
     model = onnx.load(str(out))
     meta = metadata_for(kind, net, model_id=model_id, grader_margin=grader_margin, grader_view=grader_view)
-    meta["sonograde.exporter"] = exporter
-    del model.metadata_props[:]
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    meta[contract.EXPORTER] = exporter
+    contract.write_metadata(model, meta)
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     generator = np.random.default_rng(seed)
@@ -178,101 +155,3 @@ def export_onnx(kind: str, net: torch.nn.Module, out: str | Path, *, model_id: s
             raise RuntimeError(f"ONNX output shape {got.shape} != torch {want.shape} at batch {batch}")
         worst = max(worst, float(np.abs(got - want).max()))
     return ExportReport(out, kind, (1, *shape), worst, sha256_file(out), out.stat().st_size, exporter, meta)
-
-
-def with_ordinal_head(net: torch.nn.Module, head: dict) -> OrdinalReading:
-    """``net`` (a G-CNN or an ensemble) read through the ordinal head ``head`` ({"slope", "cuts"}, as in
-    the head.json of ``sonograde train head``); ValueError for a malformed head."""
-    from engine.training.ordinal import OrdinalHead
-
-    if isinstance(net, OrdinalReading):
-        raise ValueError("this network already carries an ordinal head")
-    checked = OrdinalHead.from_dict(head)
-    return OrdinalReading(net, checked.slope, checked.cuts).eval()
-
-
-def load_trained(checkpoint: str | Path) -> tuple[str, torch.nn.Module, dict]:
-    """(kind, network in eval mode, training config dict) from a training checkpoint."""
-    from engine.training.common import load_checkpoint
-
-    payload = load_checkpoint(checkpoint)
-    kind = payload["kind"]
-    if kind == "roi":
-        net: torch.nn.Module = RoiCNN(RoiConfig(**payload["net_config"]))
-    else:
-        net = GCNN(GraderConfig(**payload["net_config"]))
-    net.load_state_dict(payload["model"])
-    head = payload.get("extra", {}).get("ordinal_head")
-    if head:  # written by engine.training.ordinal.fit_head_run
-        net = with_ordinal_head(net, head)
-    return kind, net.eval(), payload["train_config"]
-
-
-# What must agree between the members of an exported G-CNN ensemble: they share one input.
-# What a G-CNN's input depends on: networks that differ in any of these cannot share an input.
-GRADER_INPUT_KEYS = ("view", "input_size", "mask_channel", "margin")
-
-
-def load_weight_average(checkpoints: list[str | Path]) -> tuple[str, torch.nn.Module, dict]:
-    """(kind, one network in eval mode, the last checkpoint's training config) whose parameters and
-    batch-norm statistics are the mean of the checkpoints': a weight-space ensemble, as fast as one network.
-    With a pretrained network and its fine-tuned descendant this is WiSE-FT (Wortsman et al., "Robust
-    fine-tuning of zero-shot models", CVPR 2022) at mixing 0.5, a trade between what fine-tuning gained
-    and what it forgot (measured for the grader in commit 4ae05d2, docs/research.md). Only meaningful for
-    networks that share an ancestry (one started from the other, or both from one checkpoint).
-    TrainingError unless all have the same kind and configuration."""
-    from engine.training.common import TrainingError, load_checkpoint
-
-    payloads = [load_checkpoint(path) for path in checkpoints]
-    with_head = [str(p) for p, payload in zip(checkpoints, payloads, strict=True)
-                 if payload.get("extra", {}).get("ordinal_head")]
-    if with_head:
-        raise TrainingError(f"{', '.join(with_head)} carry an ordinal head, which does not average: average "
-                            "the base networks, then fit one head on the result (sonograde train head)")
-    first = payloads[0]
-    for path, payload in zip(checkpoints[1:], payloads[1:], strict=True):
-        if payload["kind"] != first["kind"] or payload["net_config"] != first["net_config"]:
-            raise TrainingError(f"{path} holds another network than {checkpoints[0]} ({payload['kind']} "
-                                f"{payload['net_config']} vs {first['kind']} {first['net_config']}): weights "
-                                "average only between networks of one configuration")
-        differ = [k for k in GRADER_INPUT_KEYS
-                  if payload["train_config"].get(k) != first["train_config"].get(k)]
-        if differ:
-            raise TrainingError(f"{path} was trained on another input than {checkpoints[0]} "
-                                f"({', '.join(differ)})")
-    averaged = {}
-    for key, tensor in first["model"].items():
-        if tensor.is_floating_point():
-            averaged[key] = torch.stack([p["model"][key] for p in payloads]).mean(dim=0)
-        else:  # integer buffers (batch norm's num_batches_tracked): not used in eval mode
-            averaged[key] = tensor
-    net = build(first["kind"], first["net_config"])
-    net.load_state_dict(averaged)
-    return first["kind"], net.eval(), payloads[-1]["train_config"]
-
-
-def load_ensemble(checkpoints: list[str | Path]) -> tuple[str, torch.nn.Module, dict]:
-    """("grader", ``GraderEnsemble`` in eval mode, the first member's training config) from several G-CNN
-    checkpoints; TrainingError unless all are G-CNNs that take the same input (view, input size, mask
-    channel, crop margin)."""
-    from engine.training.common import TrainingError
-
-    members, first = [], None
-    for path in checkpoints:
-        kind, net, train_config = load_trained(path)
-        if kind != "grader":
-            raise TrainingError(f"{path} is a {kind} checkpoint: only G-CNNs can be exported as an ensemble")
-        if isinstance(net, OrdinalReading):
-            raise TrainingError(f"{path} carries an ordinal head, which reads one network's output: export "
-                                "the base networks as the ensemble and give its head with --ordinal-head")
-        if first is None:
-            first = train_config
-        else:
-            differ = [k for k in GRADER_INPUT_KEYS if train_config.get(k) != first.get(k)]
-            if differ:
-                detail = ", ".join(f"{k} {train_config.get(k)!r} vs {first.get(k)!r}" for k in differ)
-                raise TrainingError(f"{path} takes a different input than {checkpoints[0]} ({detail}); "
-                                    "ensemble members must share view, input size, mask channel and margin")
-        members.append(net)
-    assert first is not None
-    return "grader", GraderEnsemble(members).eval(), first

@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 
 from engine.backends import InferenceBackend, ModelLoadError, load_backend
+from engine.descriptors import DESCRIPTOR_MODEL_FILE, DescriptorModel, absent
+from engine.model_files import DEFAULT_MODELS_DIR as DEFAULT_MODELS_DIR  # the shipped models' folder
 from engine.preprocess import GRADER_VIEWS, ROI_INPUT_SIZE, grader_input, roi_input, to_gray_u8
 from engine.results import (
     CATEGORIES,
@@ -36,7 +38,6 @@ from engine.results import (
 from refine import area_filter as area_filtering
 from refine import chan_vese, contours
 
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 PRECISIONS = ("fp32", "int8", "fp16")
 MODEL_STEMS = {"roi": "roi_cnn", "grader": "g_cnn"}
 
@@ -122,10 +123,13 @@ class TwoStageGrader:
     """
 
     def __init__(self, roi: InferenceBackend, grader: InferenceBackend,
-                 config: GraderConfig | None = None) -> None:
+                 config: GraderConfig | None = None, descriptors: DescriptorModel | None = None) -> None:
         self.roi = roi
         self.grader = grader
         self.config = config or GraderConfig()
+        # The explained assessment (lexicon descriptors, size, malignancy probability) computed in the
+        # classify stage; None: results carry only the category (and say why the rest is absent).
+        self.descriptors = descriptors
         for backend, kind in ((roi, "roi"), (grader, "grader")):
             declared = backend.metadata.get("sonograde.model")
             if declared is not None and declared != kind:
@@ -161,18 +165,22 @@ class TwoStageGrader:
             "roi": roi.metadata.get("sonograde.model_id", roi.path.name),
             "grader": meta.get("sonograde.model_id", grader.path.name),
         }
+        if descriptors is not None:
+            self.model_ids["descriptors"] = descriptors.model_id
 
     # ------------------------------------------------------------------------------------------ loading
 
     @classmethod
     def from_models_dir(cls, models_dir: str | os.PathLike | None = None, *, precision: str = "fp32",
                         backend: str = "auto", threads: int | None = None,
-                        config: GraderConfig | None = None) -> TwoStageGrader:
+                        config: GraderConfig | None = None, descriptors: bool = True) -> TwoStageGrader:
         """Load ``roi_cnn[.PRECISION].onnx`` and ``g_cnn[.PRECISION].onnx`` from ``models_dir``.
 
         ``models_dir`` defaults to the repository's shipped ``models/``; ``precision`` is fp32, int8 or
         fp16; ``backend`` auto / onnxruntime / tensorrt (``.plan`` files); ``threads`` per ONNX Runtime
         session. A missing file raises ModelLoadError naming it and the command that makes it.
+        With ``descriptors`` (default) the folder's ``descriptors.json`` (the explained assessment's model)
+        is loaded too where it exists; a damaged one raises ModelLoadError.
         """
         directory = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
         backends: dict[str, InferenceBackend] = {}
@@ -182,7 +190,13 @@ class TwoStageGrader:
                 how = _how_to_make(path, kind, precision, backend)
                 raise ModelLoadError(f"{precision} {kind} model not found: {path}; {how}")
             backends[kind] = load_backend(path, backend=backend, threads=threads)
-        return cls(backends["roi"], backends["grader"], config)
+        descriptor_model = None
+        if descriptors and (directory / DESCRIPTOR_MODEL_FILE).is_file():
+            try:
+                descriptor_model = DescriptorModel.load(directory / DESCRIPTOR_MODEL_FILE)
+            except ValueError as error:
+                raise ModelLoadError(str(error)) from error
+        return cls(backends["roi"], backends["grader"], config, descriptor_model)
 
     def warm_up(self) -> None:
         """Run each model once on zeros and compile Chan–Vese, so the first frame is not slow.
@@ -269,13 +283,18 @@ class TwoStageGrader:
         return grader_input(gray, mask, size=self.grader_size, margin=self.grader_margin,
                             mask_channel=self.mask_channel, box=box, view=self.grader_view)
 
-    def classify(self, image: np.ndarray, refined: RefineStageResult) -> ClassifyStageResult:
-        """Stage 3: G-CNN on ``grader_input`` of the frame at its own size with the refined mask.
+    def classify(self, image: np.ndarray, refined: RefineStageResult, *,
+                 pixel_size_mm: float | tuple[float, float] | None = None,
+                 pixel_size_source: str | None = None) -> ClassifyStageResult:
+        """Stage 3: G-CNN on ``grader_input`` of the frame at its own size with the refined mask, then
+        (with a descriptor model) the explained assessment: descriptors, size (mm with ``pixel_size_mm``
+        and its ``pixel_size_source``, else px), malignancy probability, drivers.
 
         Skipped (probabilities None, category None, 0 ms) when there is no lesion.
         """
         if not refined.lesion_found:
-            return ClassifyStageResult(probabilities=None, category=None, categories=self.categories)
+            return ClassifyStageResult(probabilities=None, category=None, categories=self.categories,
+                                       assessment=self._absent_assessment("no lesion found"))
         t0 = time.perf_counter()
         gray = to_gray_u8(image)
         if gray.shape != refined.refined_mask.shape:
@@ -297,16 +316,27 @@ class TwoStageGrader:
         if not np.isfinite(probs).all():  # argmax of NaN is a category; refuse it instead
             raise ModelOutputError(f"{self.grader.path.name}: G-CNN output has NaN or infinite values")
         category = self.categories[int(np.argmax(probs))]
+        assessment = None
+        if self.descriptors is not None:
+            assessment = self.descriptors.assess(gray, mask, probs, pixel_size_mm=pixel_size_mm,
+                                                 pixel_size_source=pixel_size_source)
         return ClassifyStageResult(probabilities=probs, category=category, categories=self.categories,
-                                   ms=(time.perf_counter() - t0) * 1e3)
+                                   ms=(time.perf_counter() - t0) * 1e3, assessment=assessment)
 
-    def grade(self, image: np.ndarray) -> GradeResult:
-        """All three stages on one frame (uint8 gray or BGR, any size)."""
+    def _absent_assessment(self, reason: str) -> dict | None:
+        """The assessment keys set to None with the reason; None without a descriptor model."""
+        return absent(reason) if self.descriptors is not None else None
+
+    def grade(self, image: np.ndarray, *, pixel_size_mm: float | tuple[float, float] | None = None,
+              pixel_size_source: str | None = None) -> GradeResult:
+        """All three stages on one frame (uint8 gray or BGR, any size); the pixel size (mm, and where it
+        came from: ``refine.measure.PIXEL_SIZE_SOURCES``) only sets the size's unit."""
         t0 = time.perf_counter()
         gray = to_gray_u8(image)
         roi = self.locate(gray)
         refined = self.refine(gray, roi)
-        classified = self.classify(gray, refined)
+        classified = self.classify(gray, refined, pixel_size_mm=pixel_size_mm,
+                                   pixel_size_source=pixel_size_source)
         total = (time.perf_counter() - t0) * 1e3
         probabilities = None
         if classified.probabilities is not None:
@@ -318,6 +348,7 @@ class TwoStageGrader:
             area_px=refined.area_px, category=classified.category, probabilities=probabilities,
             timings_ms={"roi_cnn": roi.ms, "refine": refined.ms, "g_cnn": classified.ms, "total": total},
             model_ids=dict(self.model_ids), iterations=refined.iterations, converged=refined.converged,
+            assessment=classified.assessment,
         )
 
 

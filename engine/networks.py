@@ -1,5 +1,6 @@
-"""The paper's networks in plain torch: ROI-CNN (lesion identification), G-CNN (grading) and the
-comparison classifiers VGG16 and ResNet50, each with a width multiplier.
+"""The paper's networks in plain torch: ROI-CNN (lesion identification) and G-CNN (grading), each with a
+width multiplier. (The comparison classifiers VGG16 and ResNet50 of the paper's Table 3 are research code:
+``research/baselines.py``.)
 
 Width multiplier ``width`` scales every channel count (``width=1.0`` is the paper's configuration).
 The shipped edge models use ``width=0.25``: small enough for two CPU cores.
@@ -34,10 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as nnf
 
-GRADER_CATEGORIES = ("3", "4A", "4B", "4C", "5")
-# Likelihood of malignancy per category: midpoints of the ACR BI-RADS ranges (3: <= 2 %, 4A: 2-10 %,
-# 4B: 10-50 %, 4C: 50-95 %, 5: >= 95 %).
-MALIGNANCY_LIKELIHOOD = (0.01, 0.06, 0.30, 0.72, 0.97)
+from engine.birads import MALIGNANCY_LIKELIHOOD
 
 
 def _ch(channels: int, width: float) -> int:
@@ -114,7 +112,7 @@ class RoiProbability(nn.Module):
 
 
 @dataclass(frozen=True)
-class GraderConfig:
+class GCNNConfig:
     """G-CNN configuration.
 
     width: channel and FC multiplier (1.0 = paper). in_channels: 1 (ROI) or 2 (ROI + mask).
@@ -134,9 +132,9 @@ class GraderConfig:
 class GCNN(nn.Module):
     """The paper's G-CNN (see the module docstring); input (N, C, S, S), output logits (N, 5)."""
 
-    def __init__(self, config: GraderConfig | None = None) -> None:
+    def __init__(self, config: GCNNConfig | None = None) -> None:
         super().__init__()
-        cfg = self.config = config or GraderConfig()
+        cfg = self.config = config or GCNNConfig()
         if cfg.input_size % 16:
             raise ValueError(f"G-CNN input_size must be a multiple of 16, got {cfg.input_size}")
         if cfg.head not in ("flatten", "gap"):
@@ -231,93 +229,13 @@ class OrdinalReading(nn.Module):
         return torch.log(probs.clamp_min(1e-12))
 
 
-# ------------------------------------------------------------------------------- comparison classifiers
-
-
-class VGG16(nn.Module):
-    """VGG16 classifier (13 convs in 5 blocks + FC 4096-4096-classes), BN optional, global pooling head
-    option for small inputs. Channels and FC widths scale with ``width``."""
-
-    def __init__(self, width: float = 1.0, in_channels: int = 1, num_classes: int = 5, *,
-                 batch_norm: bool = True, head: str = "gap", input_size: int = 224) -> None:
-        super().__init__()
-        plan = [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]
-        layers: list[nn.Module] = []
-        cin = in_channels
-        for channels, repeats in plan:
-            for _ in range(repeats):
-                layers.append(_conv(cin, _ch(channels, width), bn=batch_norm))
-                cin = _ch(channels, width)
-            layers.append(nn.MaxPool2d(2, 2))
-        self.features = nn.Sequential(*layers)
-        self.head_kind = head
-        fc = _ch(4096, width)
-        features = cin if head == "gap" else cin * (input_size // 32) ** 2
-        self.classifier = nn.Sequential(
-            nn.Linear(features, fc), nn.ReLU(True), nn.Dropout(0.5),
-            nn.Linear(fc, fc), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(fc, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        x = x.mean(dim=(2, 3)) if self.head_kind == "gap" else torch.flatten(x, 1)
-        return self.classifier(x)
-
-
-class _Bottleneck(nn.Module):
-    def __init__(self, cin: int, mid: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(True),
-            nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(True),
-            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout),
-        )
-        self.shortcut = (
-            nn.Identity() if stride == 1 and cin == cout
-            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nnf.relu(self.body(x) + self.shortcut(x))
-
-
-class ResNet50(nn.Module):
-    """ResNet50 (bottleneck blocks 3-4-6-3, stem 7x7/2 + max pool, global pooling, FC); channels scale
-    with ``width``."""
-
-    def __init__(self, width: float = 1.0, in_channels: int = 1, num_classes: int = 5) -> None:
-        super().__init__()
-        stem = _ch(64, width)
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, stem, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(stem),
-            nn.ReLU(True), nn.MaxPool2d(3, stride=2, padding=1),
-        )
-        blocks: list[nn.Module] = []
-        cin = stem
-        for stage, (mid, repeats) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)]):
-            m, out = _ch(mid, width), _ch(mid * 4, width)
-            for index in range(repeats):
-                blocks.append(_Bottleneck(cin, m, out, 2 if index == 0 and stage > 0 else 1))
-                cin = out
-        self.layers = nn.Sequential(*blocks)
-        self.fc = nn.Linear(cin, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.layers(self.stem(x)).mean(dim=(2, 3)))
-
-
 def build(kind: str, config: dict) -> nn.Module:
-    """Build a network from its kind ("roi", "grader", "vgg16", "resnet50") and a config dict (as stored
-    in checkpoints)."""
+    """Build a network from its kind ("roi" or "grader") and a config dict (as stored in checkpoints)."""
     if kind == "roi":
         return RoiCNN(RoiConfig(**config))
     if kind == "grader":
-        return GCNN(GraderConfig(**config))
-    if kind == "vgg16":
-        return VGG16(**config)
-    if kind == "resnet50":
-        return ResNet50(**config)
-    raise ValueError(f"unknown network kind {kind!r}; expected roi, grader, vgg16 or resnet50")
+        return GCNN(GCNNConfig(**config))
+    raise ValueError(f"unknown network kind {kind!r}; expected roi or grader")
 
 
 def config_dict(net: nn.Module) -> dict:

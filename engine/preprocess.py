@@ -10,6 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from engine.contract import GRADER_VIEWS as GRADER_VIEWS  # re-exported: the views grader_input makes
+
 ROI_INPUT_SIZE = 288
 _STD_FLOOR = 1e-3  # a flat image (all one grey) would otherwise divide by zero
 
@@ -56,7 +58,6 @@ def roi_input(image: np.ndarray, size: int = ROI_INPUT_SIZE) -> np.ndarray:
 
 GRADER_INPUT_SIZE = 128
 GRADER_MARGIN = 0.25
-GRADER_VIEWS = ("crop", "frame")
 GRADER_MASK_CHANNEL = False
 
 

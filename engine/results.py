@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-CATEGORIES = ("3", "4A", "4B", "4C", "5")
+from engine.birads import CATEGORIES
+
 EMPTY_CONTOUR = np.zeros((0, 2), np.int32)
 
 
@@ -70,13 +71,16 @@ class ClassifyStageResult:
 
     probabilities : float32 (5,) softmax over ``categories``, or None when there was no lesion.
     category : the most probable category, or None.
-    ms : time of this stage (grader input + G-CNN); 0 when skipped.
+    ms : time of this stage (grader input + G-CNN + descriptors); 0 when skipped.
+    assessment : the explained assessment (``engine.descriptors``: descriptors, size,
+        malignancy_probability, drivers), or None when the grader has no descriptor model or no lesion.
     """
 
     probabilities: np.ndarray | None
     category: str | None
     categories: tuple[str, ...] = CATEGORIES
     ms: float = 0.0
+    assessment: dict | None = None
 
     @property
     def probability(self) -> float | None:
@@ -99,6 +103,8 @@ class GradeResult:
     timings_ms : {"roi_cnn", "refine", "g_cnn", "total"}.
     model_ids : {"roi": .., "grader": ..} from the models' metadata.
     iterations, converged : Chan–Vese iterations and convergence.
+    assessment : descriptors, size, malignancy_probability and drivers (``engine.descriptors``), or the
+        same keys set to None with ``assessment_absent_reason`` (no lesion, no descriptor model).
     """
 
     lesion_found: bool
@@ -114,10 +120,12 @@ class GradeResult:
     model_ids: dict[str, str] = field(default_factory=dict)
     iterations: int = 0
     converged: bool = False
+    assessment: dict | None = None
 
     def as_dict(self) -> dict:
-        """JSON-ready summary (no masks): lesion_found, category, probabilities, bbox, area_px, timings_ms."""
-        return {
+        """JSON-ready summary (no masks): lesion_found, category, probabilities, bbox, area_px, timings_ms,
+        and the explained assessment's keys (descriptors, size, malignancy_probability, drivers)."""
+        out = {
             "lesion_found": self.lesion_found,
             "category": self.category,
             "probabilities": self.probabilities,
@@ -125,3 +133,6 @@ class GradeResult:
             "area_px": self.area_px,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
+        if self.assessment is not None:
+            out.update(self.assessment)
+        return out

@@ -13,7 +13,8 @@ import sys
 
 from sonograde import RESEARCH_USE_ONLY, __version__
 
-# (name, module, one-line help). ``bench`` and ``calibrate`` take a second word, handled by their modules.
+# (name, module, one-line help). ``bench``, ``calibrate`` and ``screen`` take a second word, handled by their
+# modules.
 COMMANDS: list[tuple[str, str, str]] = [
     ("bench", "sonograde.commands.bench", "measure speed: refine, phantom, pipeline"),
     ("run", "sonograde.commands.run", "grade live frames in real time and publish the results (ZeroMQ)"),
@@ -22,12 +23,14 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("export", "sonograde.commands.export", "export a checkpoint to ONNX and check it against torch"),
     ("grade", "sonograde.commands.grade", "grade images: ROI-CNN -> refine -> G-CNN (JSON, masks, overlays)"),
     ("evaluate", "sonograde.commands.evaluate", "evaluate on labelled datasets: Table 2 / Fig. 4 analogues"),
-    ("experiment", "sonograde.commands.experiment", "the paper's experiments: table3 (one- vs two-stage)"),
-    ("calibrate", "sonograde.commands.calibrate", "INT8/FP16 models with an accuracy gate; screen geometry"),
+    ("experiment", "sonograde.commands.experiment", "research, not installed: python -m research.table3"),
+    ("calibrate", "sonograde.commands.calibrate", "INT8/FP16 models with an accuracy gate"),
+    ("screen", "sonograde.commands.screen", "measure a scanner screen: image rectangle, mm per pixel"),
     ("build-engine", "sonograde.commands.build_engine", "build a TensorRT engine from an ONNX model (GPU)"),
     ("phantom", "sonograde.commands.phantom", "synthetic phantom: dataset, sweep video, contact sheet"),
     ("sources", "sonograde.commands.sources", "list capture devices; try a source string"),
     ("keys", "sonograde.commands.keys", "make CURVE keys: an encrypted stream only your displays can read"),
+    ("dicom", "sonograde.commands.dicom", "DICOM node: receive images by C-STORE, send SR + SEG back"),
 ]
 
 EPILOG = f"""\

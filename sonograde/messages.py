@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from engine.birads import CATEGORIES as CATEGORIES  # re-exported: the categories a result may carry
+
 SCHEMA_VERSION = 1
 TOPIC_PREFIX = b"sonograde."
 RESULT_TOPIC = b"sonograde.result"
 STATUS_TOPIC = b"sonograde.status"
 TOPICS = {RESULT_TOPIC: "result", STATUS_TOPIC: "status"}
-CATEGORIES = ("3", "4A", "4B", "4C", "5")
 CLOCK = "CLOCK_MONOTONIC"
 FRAME_ENCODINGS = ("raw", "jpeg")
 _MAX_SIDE = 16384  # a frame side beyond this is garbage, not an ultrasound image

@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.grading_metrics import trapezoid_area
 from sonograde import RESEARCH_USE_ONLY
 from sonograde.evaluation.labels import CATEGORIES
-from sonograde.evaluation.metrics import trapezoid_area
 from sonograde.evaluation.summary import VARIANT_NAMES, VARIANTS, roc_points
 
 if TYPE_CHECKING:
-    from sonograde.evaluation.runner import CaseResult, EvaluationOptions
+    from sonograde.evaluation.runner import EvaluationOptions
+    from sonograde.evaluation.summary import CaseResult
 
 PAPER_TABLE3_REFINED_GCNN: dict[str, float] = {"3": 0.998, "4A": 0.940, "4B": 0.734, "4C": 0.922, "5": 0.876}
 """Per-category grading accuracy of "Refined ROI-CNN + G-CNN" (Huang et al. 2019, abstract and Table 3),

@@ -12,7 +12,7 @@ import pytest
 from engine.backends.dev_models import make_grader_model, make_roi_model
 from engine.data.datasets import load_records
 from engine.splits import assign_folds
-from engine.training import evaluate
+from sonograde.cli import main
 
 
 def _blind_roi_model(path: Path) -> Path:
@@ -36,7 +36,7 @@ def _blind_roi_model(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_each_fold_is_graded_through_its_own_roi_model(tmp_path: Path) -> None:
-    from capture.phantom import write_dataset
+    from capture.phantom_dataset import write_dataset
 
     split_seed = int(np.random.randint(1 << 20))
     data = write_dataset(tmp_path / "data", 20, seed=split_seed, size=(160, 128))
@@ -44,10 +44,11 @@ def test_each_fold_is_graded_through_its_own_roi_model(tmp_path: Path) -> None:
     grader = make_grader_model(tmp_path / "g.onnx")
     first_stages = [seeing, blind, seeing, blind, seeing]
     out = tmp_path / "pooled.json"
-    argv = ["grader", "--data", str(data), "--cv-folds", "5", "--seed", str(split_seed), "--json", str(out)]
+    argv = ["evaluate", "grader", "--data", str(data), "--cv-folds", "5", "--seed", str(split_seed),
+            "--json", str(out)]
     argv += [a for _ in range(5) for a in ("--model", str(grader))]
     argv += [a for roi in first_stages for a in ("--roi-model", str(roi))]
-    assert evaluate.main(argv) == 0
+    assert main(argv) == 0
     result = json.loads(out.read_text())
     fold_of = assign_folds(load_records([str(data)]), 5, split_seed)
     rows = result["per_case"]
@@ -63,25 +64,25 @@ def test_each_fold_is_graded_through_its_own_roi_model(tmp_path: Path) -> None:
 
 def test_roi_models_must_match_the_folds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     grader = str(tmp_path / "g.onnx")
-    argv = ["grader", "--data", str(tmp_path), "--cv-folds", "5", *["--model", grader] * 5,
+    argv = ["evaluate", "grader", "--data", str(tmp_path), "--cv-folds", "5", *["--model", grader] * 5,
             *["--roi-model", "a.onnx"] * 2]
-    with pytest.raises(SystemExit):
-        evaluate.main(argv)
+    assert main(argv) == 2
     assert "give --roi-model once, or once per fold model (5), got 2" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_roi_cross_validation_pools_every_image_once(tmp_path: Path) -> None:
-    from capture.phantom import write_dataset
+    from capture.phantom_dataset import write_dataset
 
     split_seed = int(np.random.randint(1 << 20))
     data = write_dataset(tmp_path / "data", 15, seed=split_seed, size=(160, 128))
     seeing, blind = make_roi_model(tmp_path / "roi.onnx"), _blind_roi_model(tmp_path / "blind.onnx")
     models = [seeing, blind, seeing, seeing, blind]
     out = tmp_path / "roi.json"
-    argv = ["roi", "--data", str(data), "--cv-folds", "5", "--seed", str(split_seed), "--json", str(out),
+    argv = ["evaluate", "roi", "--data", str(data), "--cv-folds", "5", "--seed", str(split_seed),
+            "--json", str(out),
             *[a for m in models for a in ("--model", str(m))]]
-    assert evaluate.main(argv) == 0
+    assert main(argv) == 0
     result = json.loads(out.read_text())
     records = load_records([str(data)])
     assert sorted(r["id"] for r in result["rows"]) == sorted(f"{r.dataset}/{r.id}" for r in records)

@@ -7,15 +7,17 @@ import itertools
 import numpy as np
 import pytest
 
-from sonograde.evaluation.labels import CATEGORIES, grading_label
-from sonograde.evaluation.metrics import (
+from engine.grading_metrics import (
     auc,
     confusion_matrix,
+    macro_auc,
     one_vs_rest_accuracy,
     per_class_recall,
+    roc_auc,
     roc_curve,
     trapezoid_area,
 )
+from sonograde.evaluation.labels import CATEGORIES, grading_label
 from sonograde.evaluation.summary import (
     GradedCase,
     SegmentationScores,
@@ -164,3 +166,16 @@ def test_segmentation_summary_perfect_and_empty() -> None:
     s = summarize_segmentation(perfect + empty)
     assert s["n"] == 5 and s["dsc_mean"] == pytest.approx(0.6) and s["dsc_median"] == 1.0
     assert summarize_segmentation([]) == {"n": 0}
+
+
+def test_auc_and_roc_auc_are_one_statistic_with_two_empty_case_conventions(rng):
+    """Evaluation (``auc``: None when undefined) and training (``roc_auc``: NaN) share one Mann–Whitney."""
+    labels = rng.random(40) < 0.4
+    scores = np.round(rng.random(40), 1)  # rounded: ties
+    assert roc_auc(scores, labels) == pytest.approx(auc(labels, scores))
+    assert roc_auc(scores, labels) == pytest.approx(brute_force_auc(labels, scores))
+    assert auc(np.ones(5, bool), scores[:5]) is None
+    assert np.isnan(roc_auc(scores[:5], np.ones(5, bool)))
+    probs = rng.dirichlet(np.ones(5), 30)
+    assert np.isnan(macro_auc(probs, np.zeros(30, int)))  # one class: no AUC defined
+    assert confusion_matrix([], [], 5).sum() == 0

@@ -51,7 +51,7 @@ def test_no_roi_cnn_finds_a_dark_lesion(rng: np.random.Generator) -> None:
 
 @pytest.fixture(scope="module")
 def phantom_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from capture.phantom import write_dataset
+    from capture.phantom_dataset import write_dataset
     from engine.backends.dev_models import make_grader_model, make_roi_model
 
     root = tmp_path_factory.mktemp("phantom_eval")

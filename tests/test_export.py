@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engine.export import export_onnx
-from engine.networks import GCNN, GraderConfig, GraderProbabilities, RoiCNN, RoiConfig, RoiProbability
+from engine.networks import GCNN, GCNNConfig, GraderProbabilities, RoiCNN, RoiConfig, RoiProbability
 from engine.training.common import RunState, TrainConfig, make_optimizer, save_checkpoint
 from sonograde.commands import export as export_command
 
@@ -56,7 +56,7 @@ def test_roi_export_matches_torch(tmp_path: Path, rng: np.random.Generator) -> N
 @pytest.mark.parametrize("mask_channel", [False, True])
 def test_grader_export_matches_torch(tmp_path: Path, rng: np.random.Generator, mask_channel: bool) -> None:
     channels = 2 if mask_channel else 1
-    net = GCNN(GraderConfig(width=0.125, in_channels=channels, input_size=64)).eval()
+    net = GCNN(GCNNConfig(width=0.125, in_channels=channels, input_size=64)).eval()
     _randomize_bn(net, rng)
     report = export_onnx("grader", net, tmp_path / "g.onnx", grader_margin=0.2)
     assert report.max_abs_diff < 1e-4
@@ -84,7 +84,7 @@ def _cli(argv: list[str]) -> int:
 
 @pytest.mark.slow
 def test_export_command_from_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    net = GCNN(GraderConfig(width=0.125, input_size=32))
+    net = GCNN(GCNNConfig(width=0.125, input_size=32))
     config = TrainConfig(kind="grader", margin=0.3, input_size=32, width=0.125)
     save_checkpoint(tmp_path / "best.pt", net=net, optimizer=make_optimizer(config, net.parameters()),
                     config=config, net_config=net.config.__dict__, state=RunState())
@@ -118,7 +118,7 @@ def test_full_width_roi_cnn_exports(tmp_path: Path) -> None:
 
 def _grader_checkpoint(path: Path, seed: int, *, width: float = 0.125) -> GCNN:
     torch.manual_seed(seed)
-    net = GCNN(GraderConfig(width=width, input_size=32))
+    net = GCNN(GCNNConfig(width=width, input_size=32))
     with torch.no_grad():  # distinct batch-norm statistics, as after training
         for module in net.modules():
             if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
@@ -137,7 +137,7 @@ def test_average_weights_exports_one_network_with_the_mean_weights(
     argv = ["--checkpoint", str(tmp_path / "a.pt"), "--checkpoint", str(tmp_path / "b.pt"),
             "--average-weights", "--out", str(tmp_path / "avg.onnx"), "--no-dynamo"]
     assert _cli(argv) == 0
-    expected = GCNN(GraderConfig(width=0.125, input_size=32))
+    expected = GCNN(GCNNConfig(width=0.125, input_size=32))
     expected.load_state_dict({k: (v + b.state_dict()[k]) / 2 if v.is_floating_point() else v
                               for k, v in a.state_dict().items()})
     x = rng.standard_normal((3, 1, 32, 32)).astype(np.float32)

@@ -8,8 +8,8 @@ from math import comb
 import numpy as np
 import pytest
 
+from engine.grading_metrics import binomial_p, bootstrap_interval, paired_sign_p
 from engine.training.evaluate import average_grader_results, grader_report, pool_grader_results
-from engine.training.metrics import binomial_p, bootstrap_interval, paired_sign_p
 
 
 def test_binomial_p_is_the_upper_tail(rng: np.random.Generator) -> None:

@@ -61,7 +61,9 @@ def test_bad_input_is_one_line_not_a_traceback(bad_inputs, index, capsys):
 
 
 def test_experiment_table3_without_torch_is_one_line(tmp_path):
-    """torch made unimportable in a child Python (as on an install without the train extra)."""
+    """torch made unimportable in a child Python (as on an install without the train extra): the Table 3
+    experiment (research/table3.py, run from a checkout) says so in one line, and the product's
+    `sonograde experiment table3` says in one line where the experiment is."""
     script = tmp_path / "no_torch.py"
     script.write_text(textwrap.dedent("""
         import sys
@@ -73,13 +75,18 @@ def test_experiment_table3_without_torch_is_one_line(tmp_path):
                 return None
 
         sys.meta_path.insert(0, NoTorch())
+        if sys.argv[1] == "research":
+            from research.table3 import main
+            sys.exit(main(sys.argv[2:]))
         from sonograde.cli import main
         sys.exit(main(sys.argv[1:]))
     """))
-    done = subprocess.run([sys.executable, str(script), "experiment", "table3", "--smoke", "--out",
-                           str(tmp_path / "t3")], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    assert "needs the train extra" in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "t3").exists()  # refused before writing anything
+    for argv, expected in ((["research", "--smoke"], "needs the train extra"),
+                           (["experiment", "table3", "--smoke"], "python -m research.table3")):
+        done = subprocess.run([sys.executable, str(script), *argv, "--out", str(tmp_path / "t3")],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "t3").exists()  # refused before writing anything

@@ -11,18 +11,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from engine.birads import MALIGNANCY_LIKELIHOOD, malignancy_score
 from engine.data.datasets import load_records
-from engine.networks import GCNN, MALIGNANCY_LIKELIHOOD, GraderConfig
+from engine.networks import GCNN, GCNNConfig
+from engine.ordinal_head import OrdinalHead, ordinal_probabilities, suspicion_score
 from engine.splits import SplitConfig, make_split
 from engine.training.common import RunState, TrainConfig, make_optimizer, save_checkpoint
-from engine.training.grader import malignancy_score
-from engine.training.ordinal import (
-    OrdinalHead,
-    cross_validate_head,
-    fit_ordinal_head,
-    ordinal_probabilities,
-    suspicion_score,
-)
+from engine.training.ordinal import cross_validate_head, fit_ordinal_head
 from sonograde.cli import main
 
 
@@ -80,7 +75,7 @@ def test_head_round_trips_and_rejects_unordered_cuts() -> None:
 
 def _grader_checkpoint(path: Path, seed: int, data: tuple[str, ...] = ()) -> None:
     torch.manual_seed(seed)
-    net = GCNN(GraderConfig(width=0.125, input_size=32))
+    net = GCNN(GCNNConfig(width=0.125, input_size=32))
     config = TrainConfig(kind="grader", input_size=32, width=0.125, margin=0.25, data=list(data), seed=seed)
     save_checkpoint(path, net=net, optimizer=make_optimizer(config, net.parameters()), config=config,
                     net_config=net.config.__dict__, state=RunState())
@@ -134,7 +129,7 @@ def test_exported_head_reads_the_network_as_the_numpy_head(tmp_path: Path, rng: 
     """The ONNX graph (network + head) gives the five probabilities ``ordinal_probabilities`` gives from
     the network's own output, over a wide range of suspicion scores."""
     torch.manual_seed(int(rng.integers(1 << 20)))
-    net = GCNN(GraderConfig(width=0.125, input_size=32)).eval()
+    net = GCNN(GCNNConfig(width=0.125, input_size=32)).eval()
     # per-image brightness offsets; then the head's batch norms get these images' statistics, so the
     # logits spread (a fresh network maps every input to nearly one output) and the scores cover the head
     x = (rng.standard_normal((64, 1, 32, 32)) + rng.uniform(-6, 6, (64, 1, 1, 1))).astype(np.float32)
@@ -202,7 +197,7 @@ def test_ensemble_head_is_fitted_on_the_mean_and_exported_with_ordinal_head(
     mean = np.zeros((5, 5))
     for name in "ab":
         payload = torch.load(tmp_path / f"{name}.pt", weights_only=False)
-        net = GCNN(GraderConfig(**payload["net_config"])).eval()
+        net = GCNN(GCNNConfig(**payload["net_config"])).eval()
         net.load_state_dict(payload["model"])
         with torch.no_grad():
             mean += torch.softmax(net(torch.from_numpy(x)), dim=1).numpy() / 2
@@ -276,7 +271,7 @@ def _phantom_base(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, np.nd
     / 5 by those scores plus noise (so a head has something to fit), the crops and their scores."""
     import csv
 
-    from capture.phantom import write_dataset
+    from capture.phantom_dataset import write_dataset
     from engine.data.datasets import load_grader_samples
     from engine.training.grader import sample_input
 
@@ -285,7 +280,7 @@ def _phantom_base(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, np.nd
     samples = load_grader_samples(load_records([str(data)]), progress=False)
     x = np.stack([sample_input(s, config, None) for s in samples])
     torch.manual_seed(int(rng.integers(1 << 20)))
-    net = GCNN(GraderConfig(width=0.125, input_size=32)).eval()
+    net = GCNN(GCNNConfig(width=0.125, input_size=32)).eval()
     for norm in [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d)]:
         seen: list[torch.Tensor] = []
         hook = norm.register_forward_hook(lambda _m, inputs, _o, seen=seen: seen.append(inputs[0]))

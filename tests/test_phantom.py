@@ -15,8 +15,8 @@ from capture.phantom import (
     DESCRIPTOR_CHOICES,
     PhantomError,
     PhantomScanner,
-    PhantomSequence,
 )
+from capture.phantom_sequence import PhantomSequence
 from capture.screen import LAYOUTS, render_scanner_screen
 from capture.sources import open_source
 from engine.data.manifest import load_gray, load_mask, read_manifest
@@ -200,3 +200,11 @@ def test_cli_video_and_contact_sheet(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["phantom"]) == 2
     assert "nothing to do" in capsys.readouterr().err
     assert main(["phantom", "--out", str(tmp_path / "x"), "--count", "0"]) == 2
+
+
+def test_phantom_draws_exactly_the_grader_categories():
+    """The phantom's category table (capture cannot import engine) names the BI-RADS vocabulary's
+    categories in the same order."""
+    from engine.birads import CATEGORIES as BIRADS_CATEGORIES
+
+    assert CATEGORIES == BIRADS_CATEGORIES

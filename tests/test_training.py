@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from engine.birads import MALIGNANCY_LIKELIHOOD
 from engine.data.datasets import phantom_roi_arrays
 from engine.data.manifest import ManifestRecord, read_manifest
 from engine.networks import RoiCNN, RoiConfig
 from engine.splits import SplitConfig, check_disjoint, folds_patient_disjoint, make_split
 from engine.training.common import TrainConfig, TrainingError, load_checkpoint
-from engine.training.grader import MALIGNANCY_LIKELIHOOD, allowed_set_loss, distillation_loss, malignancy_loss
+from engine.training.grader import allowed_set_loss, distillation_loss, malignancy_loss
 from engine.training.roi import batch_tensors, roi_loss, train_roi
 from sonograde.commands import train as train_command
 
@@ -284,7 +285,7 @@ def test_coarse_bias_keeps_a_coarse_datasets_base_rate_out_of_the_model(tmp_path
     """With --coarse-bias the lesions of a dataset without five-way labels train through their own logit
     offset: a coarse dataset that says "3" for everything pushes that offset towards "3", it is saved
     with the checkpoint (not in the model) and restored on resume."""
-    from capture.phantom import write_dataset
+    from capture.phantom_dataset import write_dataset
 
     five_way = write_dataset(tmp_path / "five", 10, seed=int(np.random.randint(1 << 30)),
                              size=(160, 128))

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-CATEGORIES = ("3", "4A", "4B", "4C", "5")
+from engine import contract
+from engine.birads import CATEGORIES
+
 OPSET = 17
 
 
@@ -24,7 +26,7 @@ def _save(graph, path: str | os.PathLike, metadata: dict[str, str]) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="sonograde-dev")
     model.ir_version = min(model.ir_version, 9)  # readable by older onnxruntime releases too
-    helper.set_model_props(model, metadata)
+    contract.write_metadata(model, metadata)
     onnx.checker.check_model(model)
     path = Path(path)
     onnx.save(model, str(path))

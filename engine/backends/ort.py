@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from engine import contract
 from engine.backends.base import InferenceBackend, ModelLoadError
 
 # One intra-op thread per session: with two stages running concurrently on two cores this gave the best
@@ -167,7 +168,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         self.input_shape = tuple(d if isinstance(d, int) and d > 0 else None for d in spec.shape)
         self.input_dtype = _ONNX_TYPES[spec.type]
         self.output_names = tuple(o.name for o in self.session.get_outputs())
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.metadata = contract.read_metadata(self.session)
 
     def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         batch = self.check_input(batch)

@@ -25,10 +25,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.birads import CATEGORIES as GRADER_CATEGORIES
 from engine.data.manifest import ManifestRecord, load_gray, load_mask, read_manifest
 from engine.preprocess import ROI_INPUT_SIZE, to_gray_u8
-
-GRADER_CATEGORIES = ("3", "4A", "4B", "4C", "5")
 
 # BI-RADS value -> allowed grader categories (indices into GRADER_CATEGORIES).
 BIRADS_TO_ALLOWED: dict[str, tuple[int, ...]] = {

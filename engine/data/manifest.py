@@ -15,7 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-BIRADS_VALUES = ("0", "1", "2", "3", "4", "4A", "4B", "4C", "5", "6")
+from engine.birads import BIRADS_VALUES
+
 REQUIRED_COLUMNS = ("id", "image")
 
 

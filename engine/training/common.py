@@ -1,5 +1,5 @@
 """Training machinery shared by the ROI-CNN and the G-CNN: configuration, optimizer and learning-rate
-schedule, checkpoints (last + best, resumable), metrics CSV and plot."""
+schedule, the epoch loop (``train_epochs``), checkpoints (last + best, resumable), metrics CSV and plot."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import csv
 import json
 import math
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from engine.networks import config_dict
@@ -243,6 +246,58 @@ def end_epoch(out: Path, row: dict, score: float, *, net: torch.nn.Module, optim
     log.append(row)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
           file=sys.stderr, flush=True)
+
+
+def train_epochs(config: TrainConfig, state: RunState, *, name: str, net: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, out: Path, log: MetricsLog,
+                 epoch_order: Callable[[np.random.Generator], np.ndarray],
+                 batch_loss: Callable[[np.ndarray, np.random.Generator], torch.Tensor | None],
+                 validate: Callable[[], dict], score: Callable[[dict], float],
+                 extra: Callable[[], dict] | None = None) -> RunState:
+    """The epoch loop both trainers share, from ``state`` to ``config.epochs`` (or ``config.max_steps``).
+
+    Each epoch: the learning rate of the schedule; one generator seeded ``[config.seed, epoch]`` (so a
+    resumed run repeats the epoch exactly) that first orders the training items (``epoch_order``) and then
+    feeds the augmentation of every batch; ``batch_loss(indices, rng)`` per batch of ``config.batch_size``
+    items (None skips the batch); then ``validate()`` adds its numbers to the epoch's row and ``end_epoch``
+    keeps the best ``score(row)`` (higher is better) with the checkpoints (``extra()``: training-only
+    tensors kept beside the model). Returns ``state``.
+    """
+    from tqdm import tqdm
+
+    while state.epoch < config.epochs:
+        if config.max_steps is not None and state.step >= config.max_steps:
+            break
+        epoch = state.epoch
+        set_lr(optimizer, lr_at(config, epoch))
+        rng = np.random.default_rng([config.seed, epoch])  # per-epoch stream: resume repeats it exactly
+        order = epoch_order(rng)
+        steps = max(1, len(order) // config.batch_size)
+        net.train()
+        started, losses = time.perf_counter(), []
+        bar = tqdm(range(steps), desc=f"{name} epoch {epoch + 1}/{config.epochs}",
+                   disable=not config.progress)
+        for step in bar:
+            loss = batch_loss(order[step * config.batch_size:(step + 1) * config.batch_size], rng)
+            if loss is None:
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state.step += 1
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            if config.max_steps is not None and state.step >= config.max_steps:
+                break
+        bar.close()
+        state.epoch += 1
+        row: dict = {"epoch": state.epoch, "step": state.step, "lr": lr_at(config, epoch),
+                     "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                     "seconds": time.perf_counter() - started}
+        row.update(validate())
+        end_epoch(out, row, score(row), net=net, optimizer=optimizer, config=config, state=state, log=log,
+                  extra=extra() if extra is not None else None)
+    return state
 
 
 def load_checkpoint(path: str | Path) -> dict:

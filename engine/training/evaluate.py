@@ -1,11 +1,12 @@
 """Held-out evaluation of exported ONNX models, for the model cards (what ships is what is measured).
 
-ROI-CNN (``evaluate_roi``): on the test side of ``engine.splits.make_split`` (BUS-BRA: the held-out
-official fold), each image goes through exactly the pipeline's first two stages: resize to 288,
-``roi_input``, the ONNX ROI-CNN, ``refine.area_filter.area_filter(prob, 0.5, 0.4)``, then
-``refine.chan_vese.refine_roi(image_288, raw, margin=16)`` (falling back to the raw mask if Chan–Vese
-empties it). DSC is computed at 288x288 (against the mask resized as in training) and at the image's own
-size (masks upsampled nearest-neighbour, as the pipeline does), HD95 at the image's own size in pixels.
+ROI-CNN (``evaluate_roi``): on the test side of ``engine.splits.make_split`` (BUS-BRA: the held-out official
+fold), each image goes through exactly the pipeline's first two stages with the pipeline's own parameters
+(``engine.grader.GraderConfig``, what ``TwoStageGrader`` runs): resize to 288, ``roi_input``, the ONNX ROI-
+CNN, the area filter (threshold, smallest component fraction), then Chan–Vese on a crop around the raw mask
+(margin, iterations, weights), falling back to the raw mask if Chan–Vese empties it. DSC is computed at
+288x288 (against the mask resized as in training) and at the image's own size (masks upsampled nearest-
+neighbour, as the pipeline does), HD95 at the image's own size in pixels.
 
 G-CNN (``evaluate_grader``): on the test side of the split, five-way datasets only for the five-way
 metrics (accuracy, per-category accuracy, confusion matrix, one-vs-rest and macro AUC, malignancy AUC
@@ -17,17 +18,11 @@ Cross-validation (``--cv-folds K`` with K models trained by ``sonograde train gr
 graded (every image segmented) once by a network that never saw it; each case's baseline is its own fold's
 training majority. A grader's first stage can be one ROI-CNN or one per fold (``--roi-model`` K times).
 
-Usage:
-  python -m engine.training.evaluate roi --model models/roi_cnn.onnx --data $DATA/busbra
-  python -m engine.training.evaluate grader --model models/g_cnn.onnx --roi-model models/roi_cnn.onnx \\
-      --data $DATA/busbra --data $DATA/breast_lesions_usg
+Command line: ``sonograde evaluate roi|grader`` (sonograde/commands/evaluate_models.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -35,22 +30,26 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from engine import contract
 from engine.backends.ort import cpu_session
-from engine.data.datasets import GRADER_CATEGORIES, grader_allowed, load_records, resize_mask, resize_to
+from engine.birads import CATEGORIES as GRADER_CATEGORIES
+from engine.birads import FINE_FOUR, malignancy_score
+from engine.data.datasets import grader_allowed, resize_mask, resize_to
 from engine.data.manifest import ManifestRecord, load_gray, load_mask
-from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input
-from engine.splits import SplitConfig, make_split
-from engine.training.metrics import (
+from engine.grader import GraderConfig
+from engine.grading_metrics import (
     binomial_p,
     bootstrap_interval,
-    confusion,
+    confusion_matrix,
     macro_auc,
     one_vs_rest_auc,
     paired_sign_p,
     roc_auc,
 )
+from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input
 from refine.metrics import dice
 
+PIPELINE_CONFIG = GraderConfig()  # the shipped pipeline's refinement: what ships is what is measured
 LOCATED_DICE = 0.3  # "located": the pipeline's refined mask overlaps the annotation with at least this DSC
 
 
@@ -61,27 +60,32 @@ def _session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
 
 
 def _metadata(session: ort.InferenceSession) -> dict[str, str]:
-    return dict(session.get_modelmeta().custom_metadata_map)
+    return contract.read_metadata(session)
 
 
 def _upsample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
 
 
-def locate_and_refine(session: ort.InferenceSession, gray: np.ndarray,
-                      refine: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(image_288, probability map, raw mask, refined mask) at 288x288, as the pipeline's stages 1-2."""
+def locate_and_refine(session: ort.InferenceSession, gray: np.ndarray, refine: bool = True,
+                      config: GraderConfig = PIPELINE_CONFIG
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(image_288, probability map, raw mask, refined mask) at 288x288: ``TwoStageGrader.locate`` and
+    ``refine`` on an ONNX Runtime session of the ROI-CNN alone (no G-CNN needed), with the pipeline's
+    parameters ``config`` (tests check the masks are the grader's)."""
     from refine.area_filter import area_filter
 
     small = resize_to(gray, ROI_INPUT_SIZE)
     prob = session.run(None, {"image": roi_input(small)[None]})[0][0, 0]
-    raw = area_filter(prob, 0.5, 0.4)
+    raw = area_filter(prob, threshold=config.threshold, min_fraction=config.min_fraction)
     refined = raw
     if refine and raw.any():
         from refine.chan_vese import refine_roi
 
-        refined = np.asarray(refine_roi(small, raw, margin=16).mask, dtype=bool)
-        if not refined.any():
+        refined = np.asarray(refine_roi(small, raw, margin=config.cv_margin, mu1=config.mu1, mu2=config.mu2,
+                                        alpha=config.alpha, max_iterations=config.cv_max_iterations).mask,
+                             dtype=bool)
+        if not refined.any():  # Chan–Vese let the contour vanish: the pipeline keeps the raw ROI
             refined = raw
     return small, prob, raw, refined
 
@@ -144,7 +148,7 @@ def pool_roi_results(results: list[dict]) -> dict:
     if len(set(ids)) != len(ids):
         raise ValueError("an image appears in two of the pooled results: are the test folds disjoint?")
     return {"summary": {"folds": len(results), **roi_summary(rows)}, "rows": rows,
-            "model_ids": [r["metadata"].get("sonograde.model_id") for r in results]}
+            "model_ids": [r["metadata"].get(contract.MODEL_ID) for r in results]}
 
 
 def _five_way_label(record: ManifestRecord) -> int | None:
@@ -165,12 +169,10 @@ def grader_report(probs: np.ndarray, labels: np.ndarray, malignant: np.ndarray,
     no category there. Besides the point estimates: a 95 % bootstrap interval of accuracy and macro AUC,
     the one-sided exact binomial p-value of the accuracy against the baseline's accuracy, and the exact
     McNemar p-value of grader vs baseline on the same cases."""
-    from engine.training.grader import malignancy_score
-
     graded = np.ones(len(labels), bool) if graded is None else np.asarray(graded, bool)
     predicted = probs.argmax(1)
     # Confusion over the graded cases; a row's accuracy is over all its cases (misses are wrong).
-    matrix = confusion(labels[graded], predicted[graded], len(GRADER_CATEGORIES))
+    matrix = confusion_matrix(labels[graded], predicted[graded], len(GRADER_CATEGORIES))
     correct = (predicted == labels) & graded
     per_category = {c: (float(correct[labels == k].mean()) if (labels == k).any() else None)
                     for k, c in enumerate(GRADER_CATEGORIES)}
@@ -205,14 +207,13 @@ def evaluate_grader(model: str | Path, roi_model: str | Path | None, test: list[
 
     session = _session(model)
     meta = _metadata(session)
-    size = int(meta.get("sonograde.input_size", "128"))
-    margin = float(meta.get("sonograde.roi_margin", "0.25"))
-    mask_channel = meta.get("sonograde.mask_channel", "0") == "1"
-    view = meta.get("sonograde.grader_view", "crop")
+    grader_in = contract.GraderInput.from_metadata(meta)
+    size, margin, mask_channel, view = (grader_in.input_size, grader_in.roi_margin, grader_in.mask_channel,
+                                        grader_in.view)
     roi_session = _session(roi_model) if roi_model else None
     cases = [r for r in test if r.mask is not None and _five_way_label(r) is not None
              and r.birads not in ("4",)]
-    fine_sets = {r.dataset for r in cases if r.birads in ("4A", "4B", "4C")}
+    fine_sets = {r.dataset for r in cases if r.birads in FINE_FOUR}
     cases = [r for r in cases if r.dataset in fine_sets]
     train_labels = [_five_way_label(r) for r in train if r.dataset in fine_sets and r.mask is not None]
     majority = Counter(x for x in train_labels if x is not None).most_common(1)[0][0]
@@ -267,7 +268,7 @@ def pool_grader_results(results: list[dict]) -> dict:
     malignant = np.array([row["malignant"] for row in rows])
     majority = np.array([row["majority"] for row in rows])
     pooled: dict = {"folds": len(results), "datasets": sorted({d for r in results for d in r["datasets"]}),
-                    "model_ids": [r["metadata"].get("sonograde.model_id") for r in results]}
+                    "model_ids": [r["metadata"].get(contract.MODEL_ID) for r in results]}
     for key in ("ground_truth_masks", "two_stage_masks"):
         if all(key in row for row in rows):
             graded = np.array([row.get("lesion_found", True) for row in rows]) if key == "two_stage_masks" \
@@ -305,64 +306,3 @@ def average_grader_results(results: list[dict]) -> dict:
                 graded = np.array([all(cases[i].get("lesion_found", True) for cases in by_id) for i in ids])
             averaged[key] = grader_report(probs, labels, malignant, majority, graded=graded)
     return averaged
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.training.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_kind", choices=["roi", "grader"])
-    parser.add_argument("--model", action="append", required=True,
-                        help="ONNX model; with --cv-folds K give it K times, the i-th is evaluated on "
-                             "fold i and the K test folds are pooled (or once: fold --test-fold only)")
-    parser.add_argument("--roi-model", action="append", default=None,
-                        help="grader: also evaluate on two-stage masks, with this ROI-CNN as the first "
-                             "stage; with --cv-folds K once (one first stage for all folds) or K times "
-                             "(the i-th is fold i's own first stage, e.g. fine-tuned without fold i)")
-    parser.add_argument("--data", action="append", required=True)
-    parser.add_argument("--test-fold", type=int, default=1)
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--test-fraction", type=float, default=0.3)
-    parser.add_argument("--cv-folds", type=int, default=0, metavar="K",
-                        help="the models were trained with sonograde train --cv-folds K (default 0: one "
-                             "model, test side of --test-fraction / --test-fold)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-refine", action="store_true")
-    parser.add_argument("--json", default=None, help="write the full result here")
-    args = parser.parse_args(argv)
-    pooled = args.cv_folds > 0 and len(args.model) > 1
-    if pooled and len(args.model) != args.cv_folds:
-        parser.error(f"with --cv-folds {args.cv_folds} give --model once (evaluated on --test-fold) or "
-                     f"{args.cv_folds} times (one per fold, pooled), got {len(args.model)}")
-    if not args.cv_folds and len(args.model) > 1:
-        parser.error("several --model files need --cv-folds K (one model per fold)")
-    roi_models = args.roi_model or [None]
-    if len(roi_models) == 1:
-        roi_models = roi_models * len(args.model)
-    elif not pooled or len(roi_models) != len(args.model):
-        parser.error(f"give --roi-model once, or once per fold model ({len(args.model)}), "
-                     f"got {len(roi_models)}")
-    records = load_records(args.data)
-    folds = range(1, args.cv_folds + 1) if pooled else [args.test_fold]
-    results = []
-    for model, roi_model, fold in zip(args.model, roi_models, folds, strict=True):
-        split = make_split(records, SplitConfig(fold, args.val_fraction, args.test_fraction, args.seed,
-                                                folds=args.cv_folds))
-        print(f"{model}: {split.summary()}", file=sys.stderr)
-        if args.model_kind == "roi":
-            results.append(evaluate_roi(model, split.test, refine=not args.no_refine))
-        else:
-            results.append(evaluate_grader(model, roi_model, split.test, split.train))
-    if args.model_kind == "roi":
-        result = pool_roi_results(results) if pooled else results[0]
-        print(json.dumps(result["summary"], indent=1))
-    else:
-        result = pool_grader_results(results) if pooled else results[0]
-        print(json.dumps({k: v for k, v in result.items() if k not in ("ids", "metadata", "per_case")},
-                         indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine import contract
 from engine.networks import RoiCNN, RoiConfig
 from engine.training.common import TrainingError
 
@@ -46,14 +47,14 @@ def read_onnx_roi(path: str | Path) -> tuple[RoiConfig, dict[str, np.ndarray]]:
     except Exception as exc:  # onnx raises DecodeError, ValueError, ... for corrupt files
         raise TrainingError(f"--init-from {path}: not a readable ONNX file ({exc}); re-export it with "
                             "`sonograde export` or give the run's last.pt") from exc
-    meta = {p.key: p.value for p in model.metadata_props}
-    kind = meta.get("sonograde.model")
+    meta = contract.read_metadata(model)
+    kind = meta.get(contract.MODEL)
     if kind != "roi":
         what = f"a {kind} model" if kind else "not a Sonograde export (no sonograde.model metadata)"
         raise TrainingError(f"--init-from {path}: {what}; only a ROI-CNN starts from an ONNX file, a G-CNN "
                             "fine-tunes from its .pt checkpoint")
-    config = RoiConfig(width=float(meta.get("sonograde.width", 0)),
-                       in_channels=int(meta.get("sonograde.input_channels", 1)))
+    config = RoiConfig(width=float(meta.get(contract.WIDTH, 0)),
+                       in_channels=int(meta.get(contract.INPUT_CHANNELS, 1)))
     weights = {t.name.removeprefix(ONNX_PREFIX): numpy_helper.to_array(t) for t in model.graph.initializer
                if t.name.startswith(ONNX_PREFIX)}
     if not weights:

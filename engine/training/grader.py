@@ -21,21 +21,22 @@ a hundred) against ~1,300 coarse BUS-BRA lesions, and only they teach 4A/4B/4C a
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.augment import GraderAugment, jitter_box, perturb_mask, translate_frame
+from engine.birads import CATEGORIES as GRADER_CATEGORIES
+from engine.birads import MALIGNANCY_LIKELIHOOD, malignancy_score
 from engine.data.datasets import (
-    GRADER_CATEGORIES,
     GraderSample,
     load_grader_samples,
     load_records,
     phantom_grader_samples,
 )
-from engine.networks import GCNN, MALIGNANCY_LIKELIHOOD, GraderConfig
+from engine.grading_metrics import macro_auc, roc_auc
+from engine.networks import GCNN, GCNNConfig
 from engine.preprocess import grader_input, mask_bbox
 from engine.splits import make_split
 from engine.training.common import (
@@ -43,16 +44,13 @@ from engine.training.common import (
     RunState,
     TrainConfig,
     TrainingError,
-    end_epoch,
     initial_weights,
     load_resume_checkpoint,
-    lr_at,
     make_optimizer,
-    set_lr,
+    train_epochs,
     training_device,
     write_json,
 )
-from engine.training.metrics import macro_auc, roc_auc
 
 FINE_CATEGORIES = (1, 2, 3)  # 4A, 4B, 4C: a dataset with any of these one-hot labels is "five-way"
 
@@ -88,7 +86,7 @@ def load_teacher(config: TrainConfig, device: torch.device) -> torch.nn.Module |
     this run's network (view, input size, mask channel, crop margin)."""
     if not config.distill_from:
         return None
-    from engine.export import GRADER_INPUT_KEYS, load_ensemble
+    from engine.training.checkpoints import GRADER_INPUT_KEYS, load_ensemble
 
     _, teacher, teacher_config = load_ensemble(list(config.distill_from))
     ours = {key: getattr(config, key) for key in GRADER_INPUT_KEYS}
@@ -192,12 +190,6 @@ def grader_metrics(probs: np.ndarray, samples: list[GraderSample], fine: set[str
     return row
 
 
-def malignancy_score(probs: np.ndarray) -> np.ndarray:
-    """A scalar malignancy score from the five probabilities: the expected BI-RADS likelihood of
-    malignancy, using the midpoints of the ACR ranges (3: 1 %, 4A: 6 %, 4B: 30 %, 4C: 72 %, 5: 97 %)."""
-    return probs @ np.array(MALIGNANCY_LIKELIHOOD)
-
-
 def with_pipeline_masks(train: list[GraderSample], val: list[GraderSample],
                         config: TrainConfig) -> tuple[list[GraderSample], list[GraderSample], dict]:
     """``train`` and ``val`` with the pipeline's masks of ``config.roi_model`` attached, and the counts."""
@@ -244,20 +236,19 @@ def prepare_grader_data(config: TrainConfig,
 
 def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
     """Train (or resume) a G-CNN into ``config.out``; returns the final run state."""
-    from tqdm import tqdm
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     device = training_device(config.device)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    net_config = GraderConfig(width=config.width, in_channels=2 if config.mask_channel else 1,
+    net_config = GCNNConfig(width=config.width, in_channels=2 if config.mask_channel else 1,
                               input_size=config.input_size)
     state = RunState()
     payload = None
     if resume:
         payload = load_resume_checkpoint(config, out / "last.pt")
-        net_config = GraderConfig(**payload["net_config"])
+        net_config = GCNNConfig(**payload["net_config"])
         state = RunState(**payload["state"])
     net = GCNN(net_config)
     if payload is not None:
@@ -295,61 +286,43 @@ def train_grader(config: TrainConfig, *, resume: bool = False) -> RunState:
           f"{len(train)} training lesions ({len(pool)} per epoch with "
           f"five-way x{config.fine_repeat}), {len(val)} validation; five-way datasets: {sorted(fine)}",
           file=sys.stderr)
-    log = MetricsLog(out)
-    while state.epoch < config.epochs:
-        if config.max_steps is not None and state.step >= config.max_steps:
-            break
-        epoch = state.epoch
-        set_lr(optimizer, lr_at(config, epoch))
-        rng = np.random.default_rng([config.seed, epoch])
-        order = rng.permutation(pool)
-        steps = max(1, len(order) // config.batch_size)
-        net.train()
-        started, losses = time.perf_counter(), []
-        bar = tqdm(range(steps), desc=f"grader epoch {epoch + 1}/{config.epochs}",
-                   disable=not config.progress)
-        for step in bar:
-            indices = order[step * config.batch_size:(step + 1) * config.batch_size]
-            batch = [train[i] for i in indices]
-            if len(batch) < 2:  # batch norm needs two samples
-                continue
-            x = torch.from_numpy(np.stack([sample_input(s, config, rng) for s in batch])).to(device)
-            x = x.contiguous(memory_format=torch.channels_last)
-            allowed = torch.from_numpy(np.stack([s.allowed for s in batch])).to(device)
-            logits = net(x)
-            if config.coarse_bias:
-                is_coarse = torch.from_numpy(coarse_train[indices]).to(device=device, dtype=logits.dtype)
-                logits = logits + is_coarse[:, None] * coarse_bias
-            loss = allowed_set_loss(logits, allowed)
-            if config.malignancy_weight > 0:
-                malignant = torch.tensor([s.malignant for s in batch], device=device)
-                loss = loss + config.malignancy_weight * malignancy_loss(logits, malignant)
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_log_probs = teacher(x)
-                loss = loss + config.distill_weight * distillation_loss(logits, teacher_log_probs)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            state.step += 1
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            if config.max_steps is not None and state.step >= config.max_steps:
-                break
-        bar.close()
-        state.epoch += 1
-        row: dict = {"epoch": state.epoch, "step": state.step, "lr": lr_at(config, epoch),
-                     "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                     "seconds": time.perf_counter() - started}
-        if val:
-            probs = predict(net, val, config)
-            if config.coarse_bias:  # validate coarse-label lesions as they are trained: with their offset
-                probs = with_offset(probs, coarse_val, coarse_bias)
-            row.update(grader_metrics(probs, val, fine, "val", config.malignancy_weight))
-            if teacher_val is not None:
-                log_probs = torch.log(torch.from_numpy(probs).clamp_min(1e-7))
-                row["val_teacher_kl"] = float(distillation_loss(log_probs, torch.log(
-                    torch.from_numpy(teacher_val).clamp_min(1e-7))))
-        end_epoch(out, row, -row.get("val_loss", row["train_loss"]), net=net, optimizer=optimizer,
-                  config=config, state=state, log=log, extra={"coarse_bias": coarse_bias.detach().cpu()})
-    return state
+
+    def batch_loss(indices: np.ndarray, rng: np.random.Generator) -> torch.Tensor | None:
+        batch = [train[i] for i in indices]
+        if len(batch) < 2:  # batch norm needs two samples
+            return None
+        x = torch.from_numpy(np.stack([sample_input(s, config, rng) for s in batch])).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        allowed = torch.from_numpy(np.stack([s.allowed for s in batch])).to(device)
+        logits = net(x)
+        if config.coarse_bias:
+            is_coarse = torch.from_numpy(coarse_train[indices]).to(device=device, dtype=logits.dtype)
+            logits = logits + is_coarse[:, None] * coarse_bias
+        loss = allowed_set_loss(logits, allowed)
+        if config.malignancy_weight > 0:
+            malignant = torch.tensor([s.malignant for s in batch], device=device)
+            loss = loss + config.malignancy_weight * malignancy_loss(logits, malignant)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_log_probs = teacher(x)
+            loss = loss + config.distill_weight * distillation_loss(logits, teacher_log_probs)
+        return loss
+
+    def validate() -> dict:
+        if not val:
+            return {}
+        probs = predict(net, val, config)
+        if config.coarse_bias:  # validate coarse-label lesions as they are trained: with their offset
+            probs = with_offset(probs, coarse_val, coarse_bias)
+        row = grader_metrics(probs, val, fine, "val", config.malignancy_weight)
+        if teacher_val is not None:
+            log_probs = torch.log(torch.from_numpy(probs).clamp_min(1e-7))
+            row["val_teacher_kl"] = float(distillation_loss(log_probs, torch.log(
+                torch.from_numpy(teacher_val).clamp_min(1e-7))))
+        return row
+
+    return train_epochs(
+        config, state, name="grader", net=net, optimizer=optimizer, out=out, log=MetricsLog(out),
+        epoch_order=lambda rng: rng.permutation(pool), batch_loss=batch_loss, validate=validate,
+        score=lambda row: -row.get("val_loss", row["train_loss"]),
+        extra=lambda: {"coarse_bias": coarse_bias.detach().cpu()})

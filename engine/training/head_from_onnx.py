@@ -22,17 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.networks import MALIGNANCY_LIKELIHOOD
+from engine import contract
+from engine.birads import MALIGNANCY_LIKELIHOOD
+from engine.ordinal_head import SCORE_CLIP, OrdinalHead, ordinal_probabilities, suspicion_score
 from engine.splits import SplitConfig
 from engine.training.ordinal import (
-    SCORE_CLIP,
     HeadFit,
-    OrdinalHead,
     describe_fit,
     fit_ordinal_head,
-    ordinal_probabilities,
     plot_head,
-    suspicion_score,
 )
 
 TINY = 1e-30  # floor before a log: p(3) of a very suspicious lesion can round to 0 in float32
@@ -43,7 +41,7 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMa
 
 def read_head(metadata: dict[str, str]) -> OrdinalHead | None:
     """The ordinal head recorded in a model's metadata (``sonograde.ordinal_head``), or None."""
-    text = metadata.get("sonograde.ordinal_head")
+    text = metadata.get(contract.ORDINAL_HEAD)
     return OrdinalHead.from_dict(json.loads(text)) if text else None
 
 
@@ -127,12 +125,10 @@ def with_refitted_head(model, new_head: OrdinalHead, old_head: OrdinalHead | Non
     graph.node.extend(nodes)
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 5]))
-    metadata = {p.key: p.value for p in model.metadata_props}
-    metadata.update({"sonograde.ordinal_head": json.dumps(new_head.to_dict()), "sonograde.model_id": model_id,
-                     "sonograde.ordinal_head_fitted_on": fitted_on})
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
+    metadata = contract.read_metadata(model)
+    metadata.update({contract.ORDINAL_HEAD: json.dumps(new_head.to_dict()), contract.MODEL_ID: model_id,
+                     contract.ORDINAL_HEAD_FITTED_ON: fitted_on})
+    contract.write_metadata(model, metadata)
     onnx.checker.check_model(model)
     return model
 
@@ -151,7 +147,8 @@ def fit_head_from_onnx(model_path: str | Path, data: list[str], out: str | Path,
 
     from engine.backends import load_backend
     from engine.backends.base import ModelLoadError
-    from engine.data.datasets import GRADER_CATEGORIES, load_grader_samples, load_records
+    from engine.birads import CATEGORIES as GRADER_CATEGORIES
+    from engine.data.datasets import load_grader_samples, load_records
     from engine.splits import make_split
     from engine.training.common import TrainConfig, TrainingError, write_json
     from engine.training.grader import sample_input
@@ -162,9 +159,9 @@ def fit_head_from_onnx(model_path: str | Path, data: list[str], out: str | Path,
     except ModelLoadError as error:
         raise TrainingError(str(error)) from error
     metadata = backend.metadata
-    if metadata.get("sonograde.model") != "grader":
+    if metadata.get(contract.MODEL) != "grader":
         raise TrainingError(f"{model_path} is not a G-CNN (sonograde.model is "
-                            f"{metadata.get('sonograde.model')!r}); an ordinal head reads a grader")
+                            f"{metadata.get(contract.MODEL)!r}); an ordinal head reads a grader")
     model = onnx.load(str(model_path))
     quantized = {n.op_type for n in model.graph.node} & QUANTIZED_OPS
     half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
@@ -175,10 +172,9 @@ def fit_head_from_onnx(model_path: str | Path, data: list[str], out: str | Path,
     if not data:
         raise TrainingError("an ordinal head needs --data: a folder with five-way labels (3, 4a, 4b, 4c, 5)")
     old_head = read_head(metadata)
-    config = TrainConfig(kind="grader", input_size=int(metadata.get("sonograde.input_size", 128)),
-                         margin=float(metadata.get("sonograde.roi_margin", 0.25)),
-                         mask_channel=metadata.get("sonograde.mask_channel", "0") == "1",
-                         view=metadata.get("sonograde.grader_view", "crop"))
+    grader_input = contract.GraderInput.from_metadata(metadata)
+    config = TrainConfig(kind="grader", input_size=grader_input.input_size, margin=grader_input.roi_margin,
+                         mask_channel=grader_input.mask_channel, view=grader_input.view)
     parts = make_split(load_records(data), split)
     samples = load_grader_samples(parts.train + parts.val, cache_dir=cache_dir, progress=progress)
     allowed = (np.stack([s.allowed for s in samples]) if samples
@@ -194,7 +190,7 @@ def fit_head_from_onnx(model_path: str | Path, data: list[str], out: str | Path,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = "+".join(sorted({Path(d).name for d in data}))
-    new_id = model_id or f"{metadata.get('sonograde.model_id', model_path.stem)}-head-{names}"
+    new_id = model_id or f"{metadata.get(contract.MODEL_ID, model_path.stem)}-head-{names}"
     fitted_on = f"{names}, split {json.dumps(asdict(split))}, training + validation"
     refitted = with_refitted_head(model, head, old_head, model_id=new_id, fitted_on=fitted_on)
     onnx.save(refitted, str(out / "g_cnn.onnx"))

@@ -16,54 +16,14 @@ malignancy ranking (and AUC) of the network is unchanged; only the five-way read
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import expit
 
-from engine.networks import GRADER_CATEGORIES
+from engine.birads import CATEGORIES as GRADER_CATEGORIES
+from engine.ordinal_head import OrdinalHead, ordinal_probabilities, suspicion_score
 from engine.splits import SplitConfig
-
-SCORE_CLIP = 1e-4  # m is clipped to [1e-4, 1 - 1e-4] before the logit
-
-
-@dataclass(frozen=True)
-class OrdinalHead:
-    """slope: a > 0 on the suspicion score; cuts: the four increasing thresholds between 3|4A, 4A|4B,
-    4B|4C and 4C|5 on the a*s scale."""
-
-    slope: float
-    cuts: tuple[float, float, float, float]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> OrdinalHead:
-        cuts = tuple(float(c) for c in values["cuts"])
-        if len(cuts) != len(GRADER_CATEGORIES) - 1 or any(b <= a for a, b in pairwise(cuts)):
-            raise ValueError(f"an ordinal head needs four increasing cut points, got {values['cuts']}")
-        if not float(values["slope"]) > 0:
-            raise ValueError(f"an ordinal head needs a positive slope, got {values['slope']}")
-        return cls(slope=float(values["slope"]), cuts=cuts)  # type: ignore[arg-type]
-
-
-def suspicion_score(probs: np.ndarray) -> np.ndarray:
-    """logit of the expected likelihood of malignancy implied by five probabilities (N, 5) -> (N,)."""
-    from engine.training.grader import malignancy_score
-
-    m = np.clip(malignancy_score(np.asarray(probs, dtype=np.float64)), SCORE_CLIP, 1 - SCORE_CLIP)
-    return np.log(m) - np.log1p(-m)
-
-
-def ordinal_probabilities(head: OrdinalHead, scores: np.ndarray) -> np.ndarray:
-    """Five probabilities (N, 5) over 3, 4A, 4B, 4C, 5 from suspicion scores (N,)."""
-    above = expit(head.slope * np.asarray(scores, dtype=np.float64)[:, None] - np.asarray(head.cuts)[None, :])
-    upper = np.concatenate([np.ones((len(above), 1)), above], axis=1)
-    lower = np.concatenate([above, np.zeros((len(above), 1))], axis=1)
-    return np.clip(upper - lower, 0.0, 1.0)
 
 
 def _unpack(theta: np.ndarray) -> OrdinalHead:
@@ -143,8 +103,8 @@ def fit_head_run(bases: list[str | Path], data: list[str], out: str | Path, spli
     import torch
 
     from engine.data.datasets import load_grader_samples, load_records
-    from engine.export import load_ensemble
     from engine.splits import make_split
+    from engine.training.checkpoints import load_ensemble
     from engine.training.common import TrainConfig, TrainingError, load_checkpoint, write_json
     from engine.training.grader import predict
 
@@ -260,7 +220,7 @@ def cross_validate_head(per_case: list[dict], test_fold_of: dict[str, int], *,
                         apply_masks: str = "two_stage_masks") -> tuple[list[dict], list[OrdinalHead]]:
     """Cross-validate the ordinal head of a network that never saw these cases.
 
-    per_case: the ``per_case`` rows of ``python -m engine.training.evaluate grader --cv-folds K --json``
+    per_case: the ``per_case`` rows of ``sonograde evaluate grader --cv-folds K --json FILE``
     (each with ``id``, ``label`` 0..4 and five probabilities under ``fit_masks`` and ``apply_masks``).
     test_fold_of: case id -> its test fold. For every fold, a head is fitted on the other folds' cases
     (read through ``fit_masks``, the annotated ones by default) and applied to the fold's own cases

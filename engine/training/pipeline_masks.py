@@ -57,7 +57,7 @@ def attach_pipeline_masks(samples: list[GraderSample], roi_model: str | Path, *,
 
     from engine.backends.base import ModelLoadError
     from engine.backends.ort import OnnxRuntimeBackend, check_model_file
-    from engine.export import sha256_file
+    from engine.checksums import sha256_file
     from engine.training.common import TrainingError
     from engine.training.evaluate import pipeline_mask
     from refine.metrics import dice

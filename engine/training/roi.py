@@ -4,7 +4,6 @@ validation DSC on held-out patients, checkpoints and resume."""
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +20,11 @@ from engine.training.common import (
     RunState,
     TrainConfig,
     TrainingError,
-    end_epoch,
     initial_weights,
     is_onnx_file,
     load_resume_checkpoint,
-    lr_at,
     make_optimizer,
-    set_lr,
+    train_epochs,
     training_device,
     write_json,
 )
@@ -132,7 +129,6 @@ def prepare_roi_data(config: TrainConfig, out: Path) -> tuple[RoiArrays, RoiArra
 
 def train_roi(config: TrainConfig, *, resume: bool = False) -> RunState:
     """Train (or resume) a ROI-CNN into ``config.out``; returns the final run state."""
-    from tqdm import tqdm
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,39 +162,14 @@ def train_roi(config: TrainConfig, *, resume: bool = False) -> RunState:
         optimizer = make_optimizer(config, net.parameters())
     print(f"ROI-CNN width {config.width}: {len(train)} training, {len(val)} validation images; "
           f"{sum(p.numel() for p in net.parameters())} parameters", file=sys.stderr)
-    log = MetricsLog(out)
-    target = torch.zeros(1)
-    while state.epoch < config.epochs:
-        if config.max_steps is not None and state.step >= config.max_steps:
-            break
-        epoch = state.epoch
-        set_lr(optimizer, lr_at(config, epoch))
-        rng = np.random.default_rng([config.seed, epoch])  # per-epoch stream: resume repeats it exactly
-        order = rng.permutation(len(train))
-        steps = len(order) // config.batch_size or 1
-        net.train()
-        started, losses = time.perf_counter(), []
-        bar = tqdm(range(steps), desc=f"roi epoch {epoch + 1}/{config.epochs}", disable=not config.progress)
-        for step in bar:
-            index = order[step * config.batch_size:(step + 1) * config.batch_size]
-            pairs = [augment_roi(train.images[i], train.masks[i], rng) for i in index]
-            x, target = batch_tensors(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
-            x, target = x.to(device), target.to(device)
-            loss = roi_loss(net(x), target, config.loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            state.step += 1
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            if config.max_steps is not None and state.step >= config.max_steps:
-                break
-        bar.close()
-        state.epoch += 1
-        row: dict = {"epoch": state.epoch, "step": state.step, "lr": lr_at(config, epoch),
-                     "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - started}
-        if len(val):
-            row.update(evaluate_arrays(net, val, config.loss))
-        end_epoch(out, row, row.get("val_dice_mean", -row["train_loss"]), net=net, optimizer=optimizer,
-                  config=config, state=state, log=log)
-    return state
+
+    def batch_loss(index: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        pairs = [augment_roi(train.images[i], train.masks[i], rng) for i in index]
+        x, target = batch_tensors(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+        return roi_loss(net(x.to(device)), target.to(device), config.loss)
+
+    return train_epochs(
+        config, state, name="roi", net=net, optimizer=optimizer, out=out, log=MetricsLog(out),
+        epoch_order=lambda rng: rng.permutation(len(train)), batch_loss=batch_loss,
+        validate=lambda: evaluate_arrays(net, val, config.loss) if len(val) else {},
+        score=lambda row: row.get("val_dice_mean", -row["train_loss"]))

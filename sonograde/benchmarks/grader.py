@@ -11,6 +11,8 @@ Examples ($DATA: the folder with the public datasets; any manifest folder DIR wo
   sonograde bench grader                             # shipped models, 20 phantom frames, threads 1 and 2
   sonograde bench grader --data $DATA/busbra --frames 30 --json
   sonograde bench grader --models my_models/ --precision int8 --threads 1
+  sonograde bench grader --precision int8 --threads 1 --descriptors both   # classify with vs without
+                                                     # the explained assessment (models/descriptors.json)
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=2, metavar="N",
                         help="alternating rounds over the thread counts (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed / image choice (default 0)")
+    parser.add_argument("--descriptors", choices=("with", "without", "both"), default="with",
+                        help="classify stage with the descriptor model (descriptors.json in the models "
+                             "folder: descriptors, size, malignancy probability), without it, or both "
+                             "side by side (default: with, where the file exists)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -94,26 +100,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"sonograde bench grader: cannot read frames: {exc}", file=sys.stderr)
         return 2
     graders = {}
+    variants = {"with": (True,), "without": (False,), "both": (False, True)}[args.descriptors]
     try:
         for threads in args.threads:
-            graders[threads] = TwoStageGrader.from_models_dir(args.models, precision=args.precision,
-                                                              backend=args.backend, threads=threads)
-            graders[threads].warm_up()
+            for with_descriptors in variants:
+                grader = TwoStageGrader.from_models_dir(args.models, precision=args.precision,
+                                                        backend=args.backend, threads=threads,
+                                                        descriptors=with_descriptors)
+                grader.warm_up()
+                graders[(threads, with_descriptors)] = grader
     except (ModelLoadError, ValueError) as exc:
         print(f"sonograde bench grader: {exc}", file=sys.stderr)
         return 2
-    collected: dict[int, dict[str, list[float]]] = {t: {} for t in args.threads}
+    collected: dict[tuple, dict[str, list[float]]] = {key: {} for key in graders}
     for _ in range(args.rounds):
-        for threads, grader in graders.items():
-            for key, values in measure(grader, frames).items():
-                collected[threads].setdefault(key, []).extend(values)
+        for key, grader in graders.items():
+            for name, values in measure(grader, frames).items():
+                collected[key].setdefault(name, []).extend(values)
     any_grader = next(iter(graders.values()))
     report = {
         "models": any_grader.model_ids, "precision": args.precision, "backend": any_grader.roi.name,
         "source": source, "frames": len(frames), "rounds": args.rounds, "results": [],
+        "machine": machine_description(),
     }
-    for threads, samples in collected.items():
-        row: dict = {"threads": threads, "lesions_found": int(sum(samples["found"]))}
+    for (threads, _), samples in collected.items():
+        grader = graders[(threads, _)]
+        row: dict = {"threads": threads, "descriptors": grader.descriptors is not None,
+                     "lesions_found": int(sum(samples["found"]))}
         for key, values in samples.items():
             if key != "found":
                 row[f"{key}_ms"] = round(statistics.median(values), 2) if values else None
@@ -124,12 +137,36 @@ def run(args: argparse.Namespace) -> int:
     print(RESEARCH_USE_ONLY)
     print(f"models {report['models']['roi']} + {report['models']['grader']} ({args.precision}, "
           f"{report['backend']}); frames: {source}, {args.rounds} round(s)")
-    print("median ms per frame, CPU time of this process / wall time")
-    print(f"{'threads':>7} {'found':>6} " + " ".join(f"{s:>17}" for s in STAGES))
+    print(f"machine: {report['machine']}")
+    print("median ms per frame, CPU time of this process / wall time (g_cnn = the classify stage: G-CNN "
+          "and, with descriptors, the explained assessment)")
+    print(f"{'threads':>7} {'descr':>5} {'found':>6} " + " ".join(f"{s:>17}" for s in STAGES))
     for row in report["results"]:
         cells = " ".join(f"{_fmt(row[f'{s}_cpu_ms']):>8}/{_fmt(row[f'{s}_wall_ms']):<8}" for s in STAGES)
-        print(f"{row['threads']:>7} {row['lesions_found']:>6} {cells}")
+        descr = "yes" if row["descriptors"] else "no"
+        print(f"{row['threads']:>7} {descr:>5} {row['lesions_found']:>6} {cells}")
     return 0
+
+
+def machine_description() -> str:
+    """CPU model, its SIMD features that matter to ONNX Runtime, and the load average."""
+    import os
+    import platform
+
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name") and model in ("unknown CPU", "x86_64", ""):
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return f"{model}; {os.cpu_count()} CPUs; ISA {' '.join(isa) or 'unknown'}; load average {load}"
 
 
 def _fmt(value: float | None) -> str:

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
-    from capture.phantom import DEFAULT_SIZE, PhantomScanner, PhantomSequence
+    from capture.phantom import DEFAULT_SIZE, PhantomScanner
+    from capture.phantom_sequence import PhantomSequence
 
     cv2.setNumThreads(1)
     size = tuple(args.size) if args.size else DEFAULT_SIZE

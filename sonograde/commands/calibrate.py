@@ -1,4 +1,4 @@
-"""Bench calibration: fast models that still agree with the reference, and the scanner's screen geometry.
+"""Bench calibration: fast models that still agree with the reference (INT8, FP16, the accuracy gate).
 
 INT8 in three steps (calibration reader -> quantizer -> accuracy gate), as ONNX Runtime's tools
 ($DATA: the folder with the public datasets; any manifest folder DIR works, docs/data.md):
@@ -9,7 +9,8 @@ INT8 in three steps (calibration reader -> quantizer -> accuracy gate), as ONNX 
   sonograde calibrate fp16 --model models/roi_cnn.onnx --out models/roi_cnn.fp16.onnx
   sonograde calibrate verify --reference models/roi_cnn.onnx --candidate models/roi_cnn.int8.onnx \\
       --data $DATA/busbra --json                # the gate alone
-  sonograde calibrate geometry --frame screen.png --out geometry.json   # image rectangle + mm per pixel
+
+Measuring a scanner's screen is `sonograde screen measure` (`calibrate geometry` still works, deprecated).
 
 See docs/calibration.md.
 """
@@ -24,7 +25,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("int8", "sonograde.commands.calibrate_int8", "static INT8 (Q/DQ) model, gated against FP32"),
     ("fp16", "sonograde.commands.calibrate_fp16", "FP16-typed model with float32 inputs/outputs"),
     ("verify", "sonograde.commands.calibrate_verify", "accuracy gate: candidate model against FP32"),
-    ("geometry", "sonograde.commands.calibrate_geometry", "scanner screen: image rectangle, mm per pixel"),
+    ("geometry", "sonograde.commands.calibrate_geometry", "deprecated: use `sonograde screen measure`"),
 ]
 
 

@@ -26,6 +26,8 @@ datasets, docs/data.md), e.g.
   sonograde evaluate --data DIR --ids held_out_ids.txt --json              # ids file: ID or DATASET:ID
   sonograde evaluate --data DIR --out report/                               # Markdown + ROC + case grid
   sonograde evaluate --data DIR --limit 20 --skip-no-roi                    # quick look
+  sonograde evaluate roi --model models/roi_cnn.onnx --data DIR             # one model: its model card's
+  sonograde evaluate grader --model models/g_cnn.onnx --roi-model models/roi_cnn.onnx --data DIR   # numbers
 
 --json prints one object:
   {"n": .., "segmentation": {"no_roi_cnn": {"dsc_mean": .., "dsc_median": .., "hd95_mean": ..,
@@ -48,11 +50,12 @@ import time
 from pathlib import Path
 
 from sonograde import RESEARCH_USE_ONLY
+from sonograde.commands import evaluate_models
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, action="append", required=True, metavar="DIR",
-                        help="manifest folder (repeatable): a folder with manifest.csv")
+    parser.add_argument("--data", type=Path, action="append", default=None, metavar="DIR",
+                        help="manifest folder (repeatable): a folder with manifest.csv (required)")
     parser.add_argument("--models", type=Path, default=None, metavar="DIR",
                         help="folder with roi_cnn[.PRECISION].onnx and g_cnn[.PRECISION].onnx "
                              "(default: the shipped models/)")
@@ -96,6 +99,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     select.add_argument("--split-cv-folds", type=int, default=0, metavar="K",
                         help="make_split cross-validation folds (default 0: none): with K, --split test is "
                              "fold --split-test-fold of K, as sonograde train --cv-folds K --test-fold i")
+    # One exported model's held-out numbers for its model card: `sonograde evaluate roi|grader ...`.
+    models = parser.add_subparsers(dest="model_kind", metavar="{roi,grader}", required=False,
+                                   title="one model's held-out numbers (see `sonograde evaluate roi --help`)")
+    for kind, help_text in (("roi", "one ROI-CNN through stages 1-2: DSC, HD95, lesions located"),
+                            ("grader", "one G-CNN: five-way metrics against the majority class")):
+        child = models.add_parser(kind, help=help_text, description=evaluate_models.__doc__,
+                                  epilog=RESEARCH_USE_ONLY,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        evaluate_models.add_arguments(child)
+        child.set_defaults(_run=evaluate_models.run)
 
 
 def _fail(message: str) -> int:
@@ -111,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     from sonograde.evaluation.selection import Selection, SelectionError, select
     from sonograde.evaluation.summary import summarize_cases
 
+    if not args.data:
+        return _fail("give --data DIR (a folder with manifest.csv), or roi / grader to evaluate one model")
     if args.limit is not None and args.limit < 1:
         return _fail("--limit must be at least 1")
     if args.no_roi_size < 0 or args.no_roi_iterations < 1:

@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from engine.export import (
-            export_onnx,
+        from engine.export import export_onnx
+        from engine.training.checkpoints import (
             load_ensemble,
             load_trained,
             load_weight_average,

@@ -1,7 +1,10 @@
 """Grade breast-ultrasound images with the two-stage model: ROI-CNN -> refinement -> G-CNN.
 
 Each image (any size, gray or colour; JPEG, PNG, BMP, TIFF, 8 or 16 bit; DICOM, its first frame; a
-folder means every image in it) is located, refined and graded into BI-RADS 3, 4A, 4B, 4C or 5.
+folder means every image in it, or the images its manifest.csv lists) is located, refined and graded
+into BI-RADS 3, 4A, 4B, 4C or 5, and explained: the BI-RADS lexicon descriptors (shape, orientation,
+margin, echo pattern, posterior features, calcifications), the lesion's size (width, height, longest
+diameter) and a calibrated malignancy probability (models/descriptors.json, models/descriptors.md).
 Nothing is written to disk unless --out is given. Runs on ONNX Runtime; torch is not needed.
 
 16-bit images are scaled by the bits they use (12-bit data in a 16-bit PNG by 4095, or by the PNG's
@@ -15,20 +18,44 @@ Examples:
   sonograde grade a.jpg b.png --out results/        # + results/a_mask.png, results/a_overlay.png, ...
   sonograde grade scan.png --precision int8         # models/roi_cnn.int8.onnx + models/g_cnn.int8.onnx
   sonograde grade scan.png --models my_models/      # roi_cnn.onnx and g_cnn.onnx from another folder
+  sonograde grade scan.png --pixel-size-mm 0.07     # size in mm (else px, or DICOM's own pixel size)
+  sonograde grade DIR --json                        # DIR/manifest.csv: its images, its pixel_size_mm
+  sonograde grade scan.dcm --dicom-out DIR          # + DIR/scan_sr.dcm (TID 1500 SR), DIR/scan_seg.dcm
 
 JSON line (one per readable image):
   {"image": "scan.png", "lesion_found": true, "category": "4B",
    "probabilities": {"3": .., "4A": .., "4B": .., "4C": .., "5": ..}, "bbox": [x, y, w, h],
    "area_px": .., "timings_ms": {"roi_cnn": .., "refine": .., "g_cnn": .., "total": ..},
-   "not_gradeable": null}
+   "not_gradeable": null,
+   "descriptors": {"shape": {"value": "irregular", "probabilities": {..}},
+                   "orientation": {"value": "parallel", "angle_deg": 12.5, "height_width_ratio": ..},
+                   "margin": {"value": "not circumscribed", "probabilities": {..}, "subtypes": {..}},
+                   "echo_pattern": {..}, "posterior_features": {..}, "calcifications": {..}},
+   "size": {"unit": "mm", "width": 14.2, "height": 9.8, "longest": 15.0, "pixel_size_mm": 0.065,
+            "pixel_size_source": "manifest"},
+   "malignancy_probability": 0.42, "drivers": [{"descriptor": "margin", "value": .., "contribution": ..,
+   "direction": "up"}, ..], "descriptor_model": ".."}
 bbox and area_px are in the input image's pixels. With no lesion: lesion_found false, category,
-probabilities and bbox null, area_px 0. Not gradeable: the same, "timings_ms" empty and
-"not_gradeable" says why (e.g. "too small (10 x 10 px; at least 100 px a side)").
+probabilities and bbox null, area_px 0, descriptors, size and malignancy_probability null with
+assessment_absent_reason. Not gradeable: the same, "timings_ms" empty and "not_gradeable" says why
+(e.g. "too small (10 x 10 px; at least 100 px a side)"). The size is in mm only when the pixel size is
+known (--pixel-size-mm, a manifest's pixel_size_mm, DICOM Sequence of Ultrasound Regions or Pixel
+Spacing; pixel_size_source says which); otherwise in px, never a guessed mm. drivers: the descriptors
+that pushed the assessment up or down (signed log-odds contributions to a suspicion model). A descriptor
+the model cannot learn is given with value null and its reason.
 
 --out also writes <stem>_mask.png (the refined lesion mask at the input's own size, 0/255; all zero
 when no lesion) and <stem>_overlay.png (the image with the ROI-CNN contour in blue, the refined
 contour in red, the category and its probability; images under 360 px are enlarged
 by a whole factor so the text stays legible).
+
+--dicom-out DIR (DICOM inputs; needs the dicom extra) writes for each DICOM image what
+`sonograde dicom serve` sends back: <stem>_sr.dcm, a Comprehensive 3D SR measurement report (lesion size
+in mm from Pixel Spacing or the Sequence of Ultrasound Regions, BI-RADS category, descriptors,
+malignancy probability, model ids, research statement), <stem>_seg.dcm, a Segmentation of the refined
+lesion (when one is found), <stem>.json, and with --dicom-overlay <stem>_sc.dcm, a Secondary Capture of
+the overlay. A multi-frame image is graded on up to 8 frames spread over it, reported on the one with
+the largest lesion (docs/dicom.md).
 
 Exit status: 0 all graded; 1 some image could not be read or graded (named on stderr, the others are
 still graded); 2 bad models or options.
@@ -61,9 +88,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="write <stem>_mask.png and <stem>_overlay.png for each image into DIR")
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    parser.add_argument("--dicom-out", type=Path, default=None, metavar="DIR",
+                        help="for DICOM images: write a TID 1500 SR, a SEG and a JSON summary into DIR "
+                             "(sizes from the DICOM's own pixel size)")
+    parser.add_argument("--dicom-overlay", action="store_true",
+                        help="with --dicom-out: also a Secondary Capture with the overlay drawn in")
     parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
                         help="refuse images with more pixels than this (default 50,000,000, about 7000 x "
                              "7000), checked from the file's header before decoding")
+    parser.add_argument("--pixel-size-mm", type=float, default=None, metavar="MM",
+                        help="size of one image pixel in mm, for every image (the lesion size is then in "
+                             "mm; default: the DICOM's or the manifest's own, else sizes in px)")
 
 
 def expand_images(items: list[str]) -> list[Path]:
@@ -76,6 +111,48 @@ def expand_images(items: list[str]) -> list[Path]:
         else:
             paths.append(path)
     return paths
+
+
+def expand_inputs(items: list[str]) -> list[tuple[Path, float | None]]:
+    """(image, pixel size in mm from a manifest or None) per input: a folder with a manifest.csv gives the
+    images it lists with their ``pixel_size_mm``; other folders their image files; files as given.
+    Raises ValueError naming a bad manifest."""
+    from engine.data.manifest import ManifestError, read_manifest
+
+    out: list[tuple[Path, float | None]] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir() and (path / "manifest.csv").is_file():
+            try:
+                records = read_manifest(path)
+            except ManifestError as error:
+                raise ValueError(str(error)) from None
+            out.extend((r.image, r.pixel_size_mm) for r in records)
+        else:
+            out.extend((p, None) for p in expand_images([item]))
+    return out
+
+
+def dicom_pixel_size(path: Path) -> tuple[float | None, str | None]:
+    """(pixel size in mm, source) from a DICOM file's Sequence of Ultrasound Regions or Pixel Spacing
+    (capture's reader), (None, None) where it has neither or is not DICOM."""
+    from capture.sources import dicom_pixel_size_mm, is_dicom_file
+
+    if not is_dicom_file(path):
+        return None, None
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:  # unreadable headers are reported by read_image
+        return None, None
+    size = dicom_pixel_size_mm(ds)
+    if size is None or not size > 0:
+        return None, None
+    regions = getattr(ds, "SequenceOfUltrasoundRegions", None)
+    from_regions = bool(regions) and any(int(getattr(r, "PhysicalUnitsXDirection", 0)) == 3
+                                         and getattr(r, "PhysicalDeltaX", None) for r in regions)
+    return size, "dicom_ultrasound_regions" if from_regions else "dicom_pixel_spacing"
 
 
 def read_image(path: Path, max_pixels: int | None = None):
@@ -188,18 +265,32 @@ def _table_row(name: str, shape: tuple[int, ...], result, not_gradeable: str | N
                f"{result.timings_ms['total']:>8.1f}"
     p = result.probabilities[result.category]
     bbox = ",".join(str(v) for v in result.bbox)
-    return (f"{name:<32.32} {size:>10} {'yes':<9} {result.category:>6} {p:>6.2f} {bbox:<22} "
-            f"{result.area_px:>8} {result.timings_ms['total']:>8.1f}")
+    row = (f"{name:<32.32} {size:>10} {'yes':<9} {result.category:>6} {p:>6.2f} {bbox:<22} "
+           f"{result.area_px:>8} {result.timings_ms['total']:>8.1f}")
+    return row + _assessment_text(result.assessment)
 
 
-def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespace, used: set[str]) -> None:
-    """Output for an image that was not graded: the reason where the category would be."""
+def _assessment_text(assessment: dict | None) -> str:
+    """The explained part of a table row: malignancy probability, size, the descriptors' values."""
+    if not assessment or assessment.get("descriptors") is None:
+        return ""
+    lesion = assessment["size"]
+    parts = [f"malignancy {assessment['malignancy_probability']:.2f}",
+             f"{lesion['width']:g} x {lesion['height']:g} {lesion['unit']} (longest {lesion['longest']:g})"]
+    parts += [f"{k}: {v['value']}" for k, v in assessment["descriptors"].items() if v.get("value")]
+    return "\n    " + "; ".join(parts)
+
+
+def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespace, used: set[str],
+                          assessment: dict | None = None) -> None:
+    """Output for an image that was not graded: the reason where the category would be (and, with a
+    descriptor model, ``assessment``: its keys absent with the reason)."""
     import numpy as np
     from tqdm import tqdm
 
     if args.json:
         line = {"image": str(path), "lesion_found": False, "category": None, "probabilities": None,
-                "bbox": None, "area_px": 0, "timings_ms": {}, "not_gradeable": reason}
+                "bbox": None, "area_px": 0, "timings_ms": {}, "not_gradeable": reason, **(assessment or {})}
         tqdm.write(json.dumps(line), file=sys.stdout)
     else:
         tqdm.write(_table_row(path.name, image.shape, None, reason), file=sys.stdout)
@@ -211,11 +302,37 @@ def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespa
     sys.stdout.flush()
 
 
+def _is_dicom(path: Path) -> bool:
+    from capture.sources import is_dicom_file
+
+    return is_dicom_file(path)
+
+
+def _grade_dicom(path: Path, grader, out_dir: Path, stem: str, overlay: bool):
+    """Grade a DICOM file as the DICOM node does and write its SR, SEG (SC) and JSON summary.
+
+    Returns the reported frame and its result; ValueError (one line) when it cannot be read or graded.
+    """
+    import pydicom
+
+    from sonograde.dicom import grading
+
+    try:
+        ds = pydicom.dcmread(str(path))
+    except Exception as exc:  # pydicom raises several types for damaged files
+        raise ValueError(f"not a readable DICOM file ({type(exc).__name__})") from exc
+    graded = grading.grade_dataset(ds, grader, overlay=overlay)  # RefusedError is a ValueError
+    grading.write_objects(graded, out_dir, stem)
+    grading.write_summary(out_dir, stem, graded.summary)
+    return graded.frame, graded.result
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
     from engine.backends import ModelLoadError
+    from engine.descriptors import absent
     from engine.gradeability import check_gradeable
     from engine.grader import TwoStageGrader
 
@@ -225,6 +342,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_pixels is not None and args.max_pixels < 1:
         print(f"sonograde grade: --max-pixels must be >= 1, got {args.max_pixels}", file=sys.stderr)
         return 2
+    if args.pixel_size_mm is not None and not (0 < args.pixel_size_mm < 100):
+        print(f"sonograde grade: --pixel-size-mm must be a positive size of one pixel in mm (e.g. 0.07), "
+              f"got {args.pixel_size_mm}", file=sys.stderr)
+        return 2
     try:
         grader = TwoStageGrader.from_models_dir(args.models, precision=args.precision, backend=args.backend,
                                                 threads=args.threads)
@@ -232,14 +353,28 @@ def run(args: argparse.Namespace) -> int:
     except (ModelLoadError, ValueError) as exc:
         print(f"sonograde grade: {exc}", file=sys.stderr)
         return 2
-    if args.out is not None:
+    for folder in (args.out, args.dicom_out):
+        if folder is None:
+            continue
         try:
-            args.out.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            print(f"sonograde grade: cannot create output folder {args.out}: {exc}", file=sys.stderr)
+            print(f"sonograde grade: cannot create output folder {folder}: {exc}", file=sys.stderr)
+            return 2
+    if args.dicom_out is not None:
+        try:
+            import sonograde.dicom.objects  # noqa: F401 - needs highdicom
+        except ImportError as exc:
+            print(f"sonograde grade: --dicom-out needs the dicom extra ({exc.name} is missing); "
+                  "pip install 'sonograde[dicom]'", file=sys.stderr)
             return 2
 
-    paths = expand_images(args.images)
+    try:
+        inputs = expand_inputs(args.images)
+    except ValueError as exc:
+        print(f"sonograde grade: {exc}", file=sys.stderr)
+        return 2
+    paths = [path for path, _ in inputs]
     if not paths:
         print("sonograde grade: no images found in " + ", ".join(args.images)
               + f" (looked for {', '.join(IMAGE_SUFFIXES)})", file=sys.stderr)
@@ -252,23 +387,47 @@ def run(args: argparse.Namespace) -> int:
               f"{'area_px':>8} {'ms':>8}")
     failures = 0
     used_stems: set[str] = set()
-    for path in tqdm(paths, desc="grading", unit="image", file=sys.stderr, disable=None, leave=False):
-        try:
-            image = read_image(path, args.max_pixels)
-        except (ValueError, OSError) as exc:
-            tqdm.write(f"sonograde grade: cannot read image {path}: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        verdict = check_gradeable(image)
-        if not verdict.gradeable:  # an answer, not a failure: say why instead of a category
-            _report_not_gradeable(path, image, verdict.reason, args, used_stems)
-            continue
-        try:
-            result = grader.grade(image)
-        except ValueError as exc:  # e.g. an image too odd for the preprocessing; the others still run
-            tqdm.write(f"sonograde grade: cannot grade image {path}: {exc}", file=sys.stderr)
-            failures += 1
-            continue
+    dicom_stems: set[str] = set()  # --dicom-out names, apart from --out's
+    for path, manifest_size in tqdm(inputs, desc="grading", unit="image", file=sys.stderr, disable=None,
+                                    leave=False):
+        if args.dicom_out is not None and path.is_file() and _is_dicom(path):
+            # graded as the DICOM node grades it: frame choice and pixel size from the DICOM itself
+            try:
+                image, result = _grade_dicom(path, grader, args.dicom_out,
+                                             _unique_stem(path.stem, dicom_stems), args.dicom_overlay)
+            except ValueError as exc:
+                tqdm.write(f"sonograde grade: cannot grade DICOM image {path}: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+        else:
+            if args.dicom_out is not None:
+                tqdm.write(f"sonograde grade: {path} is not a DICOM file: no DICOM objects written for it",
+                           file=sys.stderr)
+            try:
+                image = read_image(path, args.max_pixels)
+            except (ValueError, OSError) as exc:
+                tqdm.write(f"sonograde grade: cannot read image {path}: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            verdict = check_gradeable(image)
+            if not verdict.gradeable:  # an answer, not a failure: say why instead of a category
+                absent_assessment = (absent(f"not gradeable: {verdict.reason}") if grader.descriptors
+                                     else None)
+                _report_not_gradeable(path, image, verdict.reason, args, used_stems, absent_assessment)
+                continue
+            # pixel size: the user's --pixel-size-mm, else the DICOM's own, else the manifest's, else none
+            if args.pixel_size_mm is not None:
+                pixel_size, source = args.pixel_size_mm, "cli"
+            else:
+                pixel_size, source = dicom_pixel_size(path)
+                if pixel_size is None and manifest_size:
+                    pixel_size, source = manifest_size, "manifest"
+            try:
+                result = grader.grade(image, pixel_size_mm=pixel_size, pixel_size_source=source)
+            except ValueError as exc:  # e.g. an image too odd for the preprocessing; the others still run
+                tqdm.write(f"sonograde grade: cannot grade image {path}: {exc}", file=sys.stderr)
+                failures += 1
+                continue
         if args.json:
             line = {"image": str(path), **result.as_dict(), "not_gradeable": None}
             tqdm.write(json.dumps(line), file=sys.stdout)

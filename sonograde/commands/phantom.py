@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     import cv2
     from tqdm import tqdm
 
-    from capture.phantom import DEFAULT_SIZE, PhantomError, PhantomSequence, contact_sheet, write_dataset
+    from capture.phantom import DEFAULT_SIZE, PhantomError
+    from capture.phantom_dataset import contact_sheet, write_dataset
+    from capture.phantom_sequence import PhantomSequence
 
     if not (args.out or args.video or args.contact_sheet):
         return _fail("nothing to do: give --out DIR, --video FILE and/or --contact-sheet FILE.png")

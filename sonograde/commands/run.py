@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             return _error(f"--overlay: {why}; pass --record FILE.mp4 to record the overlay instead")
     if args.geometry and not Path(args.geometry).is_file():
         return _error(f"geometry profile not found: {args.geometry} "
-                      "(make one with `sonograde calibrate geometry`)")
+                      "(make one with `sonograde screen measure`)")
     try:
         if publish is not None:
             check_endpoint(publish, args.allow_remote, args.curve)

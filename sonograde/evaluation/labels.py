@@ -17,11 +17,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-CATEGORIES: tuple[str, ...] = ("3", "4A", "4B", "4C", "5")
-"""The grader's output categories, in the order of its probability vector."""
+from engine.birads import CATEGORIES, COARSE_CATEGORIES, coarse
 
-COARSE_CATEGORIES: tuple[str, ...] = ("3", "4", "5")
-"""The categories after summing 4A + 4B + 4C into 4."""
+__all__ = ["CATEGORIES", "COARSE_CATEGORIES", "Birads2Policy", "coarse", "grading_label"]
 
 Birads2Policy = Literal["exclude", "as3"]
 
@@ -36,8 +34,3 @@ def grading_label(birads: str | None, birads2: Birads2Policy = "as3") -> str | N
     if value == "2" and birads2 == "as3":
         return "3"
     return None
-
-
-def coarse(category: str) -> str:
-    """``4A``/``4B``/``4C``/``4`` -> ``4``; ``3`` and ``5`` unchanged."""
-    return "4" if category.startswith("4") else category

@@ -19,14 +19,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from sonograde.evaluation.labels import CATEGORIES, Birads2Policy, grading_label
-from sonograde.evaluation.summary import VARIANTS, GradedCase, SegmentationScores
+from sonograde.evaluation.summary import VARIANTS, CaseResult, SegmentationScores
 
 if TYPE_CHECKING:
     from engine.data.manifest import ManifestRecord
@@ -53,40 +53,6 @@ class EvaluationOptions:
     no_roi_iterations: int = 1000
     birads2: Birads2Policy = "as3"
     keep_contours: bool = True
-
-
-@dataclass(slots=True)
-class CaseResult:
-    """One image through the evaluation.
-
-    has_lesion_mask : the manifest gives a non-empty mask (segmentation is scored only then).
-    segmentation : variant -> scores (only variants that ran, only with a lesion mask).
-    probabilities : variant -> 5 G-CNN probabilities in CATEGORIES order, or None where that variant
-        found no lesion (the G-CNN is not run on an empty ROI).
-    lesion_found : variant -> whether its mask is non-empty.
-    contours : "truth" / variant -> list of (N, 2) int32 polygons in image pixels (for the case grid).
-    timings_ms : "pipeline" (locate + refine + classify) and "no_roi_cnn" wall times.
-    """
-
-    dataset: str
-    id: str
-    image_path: str
-    shape: tuple[int, int]
-    pixel_size_mm: float | None
-    birads: str | None
-    label: str | None
-    pathology: str | None
-    has_lesion_mask: bool
-    segmentation: dict[str, SegmentationScores] = field(default_factory=dict)
-    probabilities: dict[str, tuple[float, float, float, float, float] | None] = field(default_factory=dict)
-    lesion_found: dict[str, bool] = field(default_factory=dict)
-    contours: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-    def graded(self, variant: str = "refined") -> GradedCase:
-        """This case as a :class:`GradedCase` for ``variant`` (label None if it is not graded)."""
-        return GradedCase(id=self.id, label=self.label, probabilities=self.probabilities.get(variant),
-                          pathology=self.pathology if self.has_lesion_mask or self.label else None)
 
 
 def mask_contours(mask: np.ndarray) -> list[np.ndarray]:

@@ -11,13 +11,12 @@ Two summaries, each from small per-case dataclasses so they can be tested with k
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from sonograde.evaluation.labels import CATEGORIES, COARSE_CATEGORIES, coarse
-from sonograde.evaluation.metrics import (
+from engine.birads import CATEGORIES, COARSE_CATEGORIES, FINE_FOUR, MALIGNANCY_BY_CATEGORY, coarse
+from engine.grading_metrics import (
     auc,
     confusion_matrix,
     mean_or_none,
@@ -25,9 +24,6 @@ from sonograde.evaluation.metrics import (
     one_vs_rest_accuracy,
     roc_curve,
 )
-
-if TYPE_CHECKING:
-    from sonograde.evaluation.runner import CaseResult
 
 VARIANTS: tuple[str, ...] = ("no_roi_cnn", "roi_cnn", "refined")
 """The paper's three identification variants (Table 2, Fig. 4), in its order."""
@@ -38,12 +34,9 @@ VARIANT_NAMES: dict[str, str] = {
     "refined": "Refined ROI-CNN",
 }
 
-MALIGNANCY_LIKELIHOOD: dict[str, float] = {"3": 0.01, "4A": 0.06, "4B": 0.30, "4C": 0.72, "5": 0.97}
-"""About the mid-points of the BI-RADS likelihood-of-malignancy ranges (3: <=2%, 4A: 2-10%, 4B: 10-50%,
-4C: 50-95%, 5: >=95%), the same weights as the training's validation metric
-(``engine.training.grader.malignancy_score``). The malignancy score of a case is
-sum_c P(c) * likelihood(c): an expected probability of malignancy, monotone in every category's
-probability."""
+# The malignancy score of a case is sum_c P(c) * likelihood(c) with ``engine.birads``'s likelihoods (the
+# same weights as the training's validation metric): an expected probability of malignancy, monotone in
+# every category's probability.
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +138,7 @@ class GradedCase:
 
     @property
     def malignancy_score(self) -> float:
-        return float(sum(p * MALIGNANCY_LIKELIHOOD[c] for c, p in zip(CATEGORIES, self.scores, strict=True)))
+        return float(sum(p * MALIGNANCY_BY_CATEGORY[c] for c, p in zip(CATEGORIES, self.scores, strict=True)))
 
 
 def category_scores(cases: Sequence[GradedCase], category: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -156,7 +149,7 @@ def category_scores(cases: Sequence[GradedCase], category: str) -> tuple[np.ndar
     Returns ``None`` when no case qualifies.
     """
     graded = [c for c in cases if c.label is not None]
-    if category in ("4A", "4B", "4C"):
+    if category in FINE_FOUR:
         graded = [c for c in graded if c.label != "4"]
     if not graded:
         return None
@@ -262,8 +255,42 @@ def summarize_grading(cases: Sequence[GradedCase]) -> dict[str, object]:
     return out
 
 
+@dataclass(slots=True)
+class CaseResult:
+    """One image through the evaluation.
+
+    has_lesion_mask : the manifest gives a non-empty mask (segmentation is scored only then).
+    segmentation : variant -> scores (only variants that ran, only with a lesion mask).
+    probabilities : variant -> 5 G-CNN probabilities in CATEGORIES order, or None where that variant
+        found no lesion (the G-CNN is not run on an empty ROI).
+    lesion_found : variant -> whether its mask is non-empty.
+    contours : "truth" / variant -> list of (N, 2) int32 polygons in image pixels (for the case grid).
+    timings_ms : "pipeline" (locate + refine + classify) and "no_roi_cnn" wall times.
+    """
+
+    dataset: str
+    id: str
+    image_path: str
+    shape: tuple[int, int]
+    pixel_size_mm: float | None
+    birads: str | None
+    label: str | None
+    pathology: str | None
+    has_lesion_mask: bool
+    segmentation: dict[str, SegmentationScores] = field(default_factory=dict)
+    probabilities: dict[str, tuple[float, float, float, float, float] | None] = field(default_factory=dict)
+    lesion_found: dict[str, bool] = field(default_factory=dict)
+    contours: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def graded(self, variant: str = "refined") -> GradedCase:
+        """This case as a :class:`GradedCase` for ``variant`` (label None if it is not graded)."""
+        return GradedCase(id=self.id, label=self.label, probabilities=self.probabilities.get(variant),
+                          pathology=self.pathology if self.has_lesion_mask or self.label else None)
+
+
 def summarize_cases(cases: Sequence[CaseResult]) -> dict[str, object]:
-    """The whole evaluation JSON from per-case results (``runner.CaseResult``).
+    """The whole evaluation JSON from per-case results (:class:`CaseResult`).
 
     ``n`` (images), ``segmentation`` (variant -> :func:`summarize_segmentation`, over images with a lesion
     mask; variants that did not run are omitted), ``grading`` (:func:`summarize_grading` of the shipped

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.data.manifest import ManifestRecord
-from sonograde.experiments import ExperimentError, Table3Config, assign_folds, run_table3
+from research.table3 import ExperimentError, Table3Config, assign_folds, run_table3
 
 pytest.importorskip("torch")
 
@@ -30,7 +30,7 @@ def test_folds_are_patient_disjoint_and_balanced(rng: np.random.Generator) -> No
 
 
 def test_table3_smoke_run_and_resume(tmp_path: Path) -> None:
-    from capture.phantom import write_dataset
+    from capture.phantom_dataset import write_dataset
     from engine.backends.dev_models import make_grader_model, make_roi_model
 
     models = tmp_path / "models"
@@ -61,3 +61,11 @@ def test_table3_smoke_run_and_resume(tmp_path: Path) -> None:
         run_table3(Table3Config(**{**config.__dict__, "epochs": 2}), log=lambda message: None)
     with pytest.raises(ExperimentError, match="multiple of 16"):
         run_table3(Table3Config(**{**config.__dict__, "crop_size": 40}))
+
+
+def test_the_product_command_points_to_the_research_module(capsys: pytest.CaptureFixture[str]) -> None:
+    """`sonograde experiment table3` is no longer the experiment: it names `python -m research.table3`."""
+    from sonograde.cli import main
+
+    assert main(["experiment", "table3", "--data", "DIR", "--out", "OUT"]) == 2
+    assert "python -m research.table3" in capsys.readouterr().err

@@ -1,13 +1,13 @@
 """Cross-validate a G-CNN recipe: K folds x several initializations trained side by side (one process per
 network, on a GPU with ``--device cuda`` or on the CPU), each exported to ONNX, each initialization's K fold
-models pooled by ``engine.training.evaluate`` (every case graded once by a network that never saw it), and
+models pooled by ``sonograde evaluate grader`` (every case graded once by a network that never saw it), and
 the mean of the initializations' probabilities evaluated as an ensemble. Prints one line per evaluation and
 writes ``OUT/summary.json``. Research use only, not for diagnosis.
 
 For example, three initializations of a frame-view recipe on one GPU with 14 workers (docs/research.md,
 commit 55b945e):
 
-  python scripts/grader_cv.py --out /dev/shm/cv --device cuda --workers 14 --seeds 30,31,32 --split-seed 3 \\
+  python -m research.grader_cv --out /dev/shm/cv --device cuda --workers 14 --seeds 30,31,32 --split-seed 3 \\
       --data $DATA/breast_lesions_usg -- --view frame --input-size 288 --width 0.25 --epochs 25
 
 Arguments after ``--`` go to ``sonograde train grader`` as they are (the recipe). Always added: ``--cv-folds K
@@ -27,10 +27,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from engine.model_files import DEFAULT_MODELS_DIR
+from engine.training.evaluate import average_grader_results
 
-from engine.training.evaluate import average_grader_results  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # the checkout: the folder the subprocesses run in
 
 DEFAULT_RECIPE = ["--mask-channel", "--malignancy-weight", "1", "--optimizer", "adamw", "--lr", "1e-3"]
 MASK_KINDS = ("ground_truth_masks", "two_stage_masks")
@@ -132,7 +132,8 @@ class Runner:
             argv = [
                 sys.executable,
                 "-m",
-                "engine.training.evaluate",
+                "sonograde.cli",
+                "evaluate",
                 "grader",
                 *[a for m in models for a in ("--model", str(m))],
                 "--cv-folds",
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="trainings side by side (default 2)")
     parser.add_argument(
         "--roi-model",
-        default=str(REPO / "models" / "roi_cnn.onnx"),
+        default=str(DEFAULT_MODELS_DIR / "roi_cnn.onnx"),
         help="ROI-CNN for the two-stage evaluation (default: the shipped one); a path with {fold} in it "
         "names each fold's own first stage, e.g. runs/roi-ft/fold{fold}/roi_cnn.onnx",
     )

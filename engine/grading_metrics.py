@@ -1,8 +1,11 @@
-"""Classification metrics for grading: ROC curves, AUC (Mann–Whitney), confusion matrices, accuracies.
+"""Classification metrics for grading, the one home for evaluation and training: ROC curves, AUC
+(Mann–Whitney), confusion matrices, accuracies, and the tests that say whether a grader beats a baseline
+(exact binomial, exact McNemar sign test, percentile bootstrap intervals).
 
-Pure numpy (plus ``scipy.stats.rankdata`` for tied ranks), so evaluation needs no scikit-learn. Every
-function takes plain arrays and returns plain numbers or arrays; ``None`` stands for "not defined on
-these data" (for example an AUC where all cases are of one class), never a made-up value.
+Pure numpy and scipy, so evaluation needs no scikit-learn and no torch. An undefined value (an AUC where
+all cases are of one class) is ``None`` from :func:`auc` (the evaluation report's convention: left out of
+the JSON) and NaN from :func:`roc_auc` (the array convention of training and cross-validation, where NaN
+propagates through means); both are the same Mann–Whitney statistic.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import binomtest, rankdata
 
 
 def _binary_inputs(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray
@@ -31,6 +34,10 @@ def auc(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarra
     are no positives or no negatives (the AUC is undefined there).
     """
     y, s = _binary_inputs(labels, scores)
+    return _mann_whitney_auc(y, s)
+
+
+def _mann_whitney_auc(y: np.ndarray, s: np.ndarray) -> float | None:
     n_pos = int(y.sum())
     n_neg = int(y.size - n_pos)
     if n_pos == 0 or n_neg == 0:
@@ -38,6 +45,24 @@ def auc(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarra
     ranks = rankdata(s)  # average ranks for ties = the 1/2 credit of Mann–Whitney
     u = float(ranks[y].sum()) - n_pos * (n_pos + 1) / 2.0
     return u / (n_pos * n_neg)
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """:func:`auc` with the arguments of training code (scores first) and NaN where it is undefined."""
+    value = _mann_whitney_auc(np.asarray(positive, dtype=bool).ravel(),
+                              np.asarray(scores, dtype=np.float64).ravel())
+    return float("nan") if value is None else float(value)
+
+
+def one_vs_rest_auc(probs: np.ndarray, labels: np.ndarray) -> list[float]:
+    """AUC of each class's probability for "this class vs the rest" (NaN where a class is absent)."""
+    return [roc_auc(probs[:, k], labels == k) for k in range(probs.shape[1])]
+
+
+def macro_auc(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of the one-vs-rest AUCs over classes present in ``labels`` (NaN when none is defined)."""
+    values = [v for v in one_vs_rest_auc(probs, labels) if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def roc_curve(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray
@@ -125,3 +150,39 @@ def median_or_none(values: Sequence[float | None]) -> float | None:
     """Median of the values that are not ``None`` and finite; ``None`` where there are none."""
     finite = [float(v) for v in values if v is not None and np.isfinite(v)]
     return float(np.median(finite)) if finite else None
+
+
+def binomial_p(correct: int, total: int, rate: float) -> float:
+    """One-sided exact binomial p-value of ``correct`` or more hits in ``total`` cases if each is right
+    with probability ``rate`` (e.g. the majority-class baseline's accuracy)."""
+    if total == 0:
+        return float("nan")
+    return float(binomtest(correct, total, min(max(rate, 0.0), 1.0), alternative="greater").pvalue)
+
+
+def paired_sign_p(a_correct: np.ndarray, b_correct: np.ndarray) -> float:
+    """One-sided exact McNemar (sign) test that classifier A is right more often than B on the same
+    cases: among the discordant cases, P(at least as many A-only hits) if each side were equally likely."""
+    a, b = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    if a_only + b_only == 0:
+        return 1.0
+    return float(binomtest(a_only, a_only + b_only, 0.5, alternative="greater").pvalue)
+
+
+def bootstrap_interval(statistic, arrays: tuple[np.ndarray, ...], *, resamples: int = 2000,
+                       level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(*arrays)`` over cases (rows resampled together);
+    resamples where the statistic is NaN (e.g. a class missing for an AUC) are skipped."""
+    rng = np.random.default_rng(seed)
+    n = len(arrays[0])
+    values = []
+    for _ in range(resamples):
+        index = rng.integers(0, n, n)
+        value = statistic(*(x[index] for x in arrays))
+        if not np.isnan(value):
+            values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))

@@ -1,23 +1,14 @@
-"""scripts/grader_cv.py: an interrupted cross-validation resumes its folds (research use only)."""
+"""research/grader_cv.py: an interrupted cross-validation resumes its folds (research use only)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("grader_cv", REPO / "scripts" / "grader_cv.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from research import grader_cv
 
 
 def test_a_fold_with_a_checkpoint_resumes_with_the_same_recipe(tmp_path: Path) -> None:
-    grader_cv = load_script()
     args = argparse.Namespace(out=str(tmp_path), data=["d1", "d2"], folds=5, split_seed=5, device="cpu")
     recipe = ["--view", "frame", "--init-from", "pre.pt", "--lr", "3e-4"]
     runner = grader_cv.Runner(args, recipe)

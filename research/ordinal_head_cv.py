@@ -1,13 +1,13 @@
 """Cross-validate an ordinal head (``engine.training.ordinal``) for a G-CNN that never saw the five-way
 data.
 
-Input: the JSON of ``python -m engine.training.evaluate grader --cv-folds K --seed S --json FILE`` run with
+Input: the JSON of ``sonograde evaluate grader --cv-folds K --seed S --json FILE`` run with
 the head-less network (or ensemble) once per fold (each fold through its own first stage, if you have
 one). For every fold a head is fitted on the other folds' cases (annotated masks) and applied to the fold (the
 pipeline's masks); the pooled result is printed and written to ``--out``. This is how the shipped grader's
 recipe was cross-validated (docs/training.md, "Cross-validation"):
 
-  python scripts/ordinal_head_cv.py --pooled runs/ensA_cv_s3.json --data $DATA/breast_lesions_usg \\
+  python -m research.ordinal_head_cv --pooled runs/ensA_cv_s3.json --data $DATA/breast_lesions_usg \\
       --cv-folds 5 --seed 3 --out runs/ensA_oh_s3.json
 
 Research use only, not for diagnosis.
@@ -21,8 +21,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.data.datasets import load_records
 from engine.splits import SplitConfig, make_split

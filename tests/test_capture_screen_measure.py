@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from calibration.geometry import GeometryMeasurementError, measure_geometry
 from capture.geometry import GeometryProfile
 from capture.phantom import PhantomScanner
 from capture.screen import LAYOUTS, render_scanner_screen
+from capture.screen_measure import GeometryMeasurementError, measure_geometry
 
 
 @pytest.mark.parametrize("layout", range(len(LAYOUTS)))
@@ -50,7 +50,7 @@ def test_cli_writes_profile_that_crops_the_image(tmp_path, capsys):
 
     spec = "phantom:screen=1,layout=2,depth=45,seed=5"
     out = tmp_path / "geometry.json"
-    args = ["calibrate", "geometry", "--source", spec, "--frames", "2", "--out", str(out), "--json"]
+    args = ["screen", "measure", "--source", spec, "--frames", "2", "--out", str(out), "--json"]
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
     profile = GeometryProfile.load(out)
@@ -62,3 +62,19 @@ def test_cli_writes_profile_that_crops_the_image(tmp_path, capsys):
     assert abs(profile.mm_per_pixel / truth.mm_per_pixel - 1) < 0.02
     assert printed["method"] == "ruler" and abs(printed["depth_mm"] - 45.0) < 0.9
     assert profile.crop(frame.image).shape == (truth.image_rect[3], truth.image_rect[2])
+
+
+def test_calibrate_geometry_is_a_deprecated_alias_of_screen_measure(tmp_path, capsys):
+    """The old spelling still measures, writes the same profile and says on stderr that it is deprecated."""
+    from sonograde.cli import main
+
+    spec = "phantom:screen=1,layout=2,depth=45,seed=5"
+    options = ["--source", spec, "--frames", "1", "--json"]
+    assert main(["screen", "measure", *options, "--out", str(tmp_path / "new.json")]) == 0
+    new = capsys.readouterr()
+    assert "deprecated" not in new.err
+    assert main(["calibrate", "geometry", *options, "--out", str(tmp_path / "old.json")]) == 0
+    old = capsys.readouterr()
+    assert "deprecated" in old.err and "sonograde screen measure" in old.err
+    assert {**json.loads(old.out), "out": None} == {**json.loads(new.out), "out": None}
+    assert GeometryProfile.load(tmp_path / "old.json") == GeometryProfile.load(tmp_path / "new.json")
