@@ -130,6 +130,8 @@ def convert_fp16(model_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     from onnx import TensorProto
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from engine.backends.ort import cpu_session
+
     model_path, out_path = Path(model_path), Path(out_path)
     model = onnx.load(str(model_path))
     metadata = {p.key: p.value for p in model.metadata_props}
@@ -159,8 +161,7 @@ def convert_fp16(model_path: str | os.PathLike, out_path: str | os.PathLike, *, 
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
-            outputs = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                       .run(None, {name: x})[0] for p in (model_path, staged)]
+            outputs = [cpu_session(p, options).run(None, {name: x})[0] for p in (model_path, staged)]
         except Exception as exc:  # onnxruntime's own exception types
             raise Fp16ConversionError(f"ONNX Runtime cannot run the FP16 model of {model_path}: {exc}") \
                 from exc

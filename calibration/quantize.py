@@ -179,6 +179,9 @@ def quantize_int8(model_path: str | os.PathLike, out_path: str | os.PathLike, in
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from calibration.reader import ArrayCalibrationReader
+    from engine.backends.ort import onnxruntime_module
+
+    onnxruntime_module()  # telemetry off before the quantizer's calibration sessions
 
     config = config or QuantizeConfig()
     model_path, out_path = Path(model_path), Path(out_path)

@@ -122,7 +122,8 @@ class PhantomSequence(FrameSource):
             f" (scanner screen, layout {layout})" if screen else ""
         )
         super().__init__(
-            description=description, is_live=False, fps=fps, realtime=realtime, geometry=geometry
+            description=description, is_live=False, fps=fps, realtime=realtime, geometry=geometry,
+            stream_name="phantom",
         )
 
     @property

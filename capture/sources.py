@@ -199,8 +199,11 @@ class FrameSource(ABC):
 
     Subclasses implement ``_next_raw() -> (image, pixel_size_mm, meta) | None`` (None at the end); the base
     class converts to gray, applies the geometry profile, numbers and time-stamps frames and paces file
-    sources. ``description`` says what the source is; ``is_live`` is True for capture devices (the grabber
-    reconnects those when they fail, and ends file sources cleanly).
+    sources. ``description`` says what the source is, for the operator (it may name the file);
+    ``stream_name`` says only what kind of source it is ("dicom, 60 frames", "image folder, 12 images",
+    "phantom", "capture device 0"), never a file name or path: it is what leaves the process in published
+    messages, and file names of patient data often name the patient. ``is_live`` is True for capture
+    devices (the grabber reconnects those when they fail, and ends file sources cleanly).
     """
 
     def __init__(
@@ -211,8 +214,10 @@ class FrameSource(ABC):
         fps: float | None = None,
         realtime: bool = False,
         geometry: GeometryProfile | None = None,
+        stream_name: str | None = None,
     ):
         self.description = description
+        self.stream_name = stream_name or ("capture device" if is_live else "file source")
         self.is_live = is_live
         self.fps = float(fps) if fps else None
         self.realtime = realtime
@@ -323,6 +328,7 @@ class VideoFileSource(FrameSource):
             fps=fps or native,
             realtime=realtime,
             geometry=geometry,
+            stream_name=f"video file, {self.frame_count} frames",
         )
 
     def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:
@@ -370,6 +376,7 @@ class ImageFilesSource(FrameSource):
             fps=fps or 30.0,
             realtime=realtime,
             geometry=geometry,
+            stream_name=f"image folder, {len(paths)} image{'s' if len(paths) != 1 else ''}",
         )
 
     def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:
@@ -572,6 +579,7 @@ class DicomSource(FrameSource):
             fps=fps or native or 30.0,
             realtime=realtime,
             geometry=geometry,
+            stream_name=f"dicom, {total} frame{'s' if total != 1 else ''}",
         )
         self.unreadable.update(unreadable)
 
@@ -683,7 +691,9 @@ class CaptureDeviceSource(FrameSource):
             f"{d['fourcc']}" + (f" (requested {asked})" if asked else "")
         )
         self.device = device
-        super().__init__(description, is_live=True, fps=d["fps"] or fps, realtime=False, geometry=geometry)
+        number = str(device).removeprefix("/dev/video")
+        super().__init__(description, is_live=True, fps=d["fps"] or fps, realtime=False, geometry=geometry,
+                         stream_name=f"capture device {number if number.isdigit() else ''}".strip())
 
     def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:
         ok, image = self._cap.read()
@@ -778,6 +788,25 @@ def _open_phantom(
         raise SourceError(f"bad phantom options {options_text!r}: {error}") from error
 
 
+def stream_name_of(spec: str | int) -> str:
+    """The kind of source a source string names, without opening it and without its file names:
+    "phantom", "capture device 0", "dicom", "video file", "image folder" or "file source"."""
+    text = str(spec).strip()
+    lowered = text.lower()
+    if lowered == "phantom" or lowered.startswith("phantom:"):
+        return "phantom"
+    if text.isdigit() or text.startswith("/dev/video"):
+        number = text.removeprefix("/dev/video")
+        return f"capture device {number}" if number.isdigit() else "capture device"
+    if lowered.startswith("dicom:") or lowered.endswith((".dcm", ".dicom")):
+        return "dicom"
+    if lowered.endswith(VIDEO_EXTENSIONS):
+        return "video file"
+    if lowered.endswith(IMAGE_EXTENSIONS) or any(ch in text for ch in "*?[") or os.path.isdir(text):
+        return "image folder"
+    return "file source"
+
+
 def open_source(
     spec: str | int,
     *,
@@ -866,5 +895,6 @@ __all__ = [
     "dicom_pixel_spacing_mm",
     "list_capture_devices",
     "open_source",
+    "stream_name_of",
     "to_gray",
 ]

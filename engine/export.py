@@ -117,7 +117,7 @@ def export_onnx(kind: str, net: torch.nn.Module, out: str | Path, *, model_id: s
     ``dynamo=True`` uses the torch.export-based exporter (needs onnxscript); if it fails, the TorchScript
     exporter is used and ``ExportReport.exporter`` says so.
     """
-    import onnxruntime as ort
+    from engine.backends.ort import cpu_session
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ def export_onnx(kind: str, net: torch.nn.Module, out: str | Path, *, model_id: s
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     generator = np.random.default_rng(seed)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    session = cpu_session(out)
     worst = 0.0
     for batch in (check_batch, 1):
         x = generator.standard_normal((batch, *shape)).astype(np.float32)

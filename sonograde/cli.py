@@ -29,6 +29,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("build-engine", "sonograde.commands.build_engine", "build a TensorRT engine from an ONNX model (GPU)"),
     ("phantom", "sonograde.commands.phantom", "synthetic phantom: dataset, sweep video, contact sheet"),
     ("sources", "sonograde.commands.sources", "list capture devices; try a source string"),
+    ("keys", "sonograde.commands.keys", "make CURVE keys: an encrypted stream only your displays can read"),
     ("dicom", "sonograde.commands.dicom", "DICOM node: receive images by C-STORE, send SR + SEG back"),
 ]
 

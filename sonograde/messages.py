@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +157,41 @@ def polygon_to_json(polygon: np.ndarray | list | None) -> list[list[int]] | None
     if points.shape[0] == 0:
         return None
     return np.rint(points).astype(np.int64).tolist()
+
+
+_QUOTED = re.compile(r"""(['"])(?:(?!\1).)*?\1""")
+_PATH_TOKEN = re.compile(r"""(?:[A-Za-z]:)?(?:~|\.{1,2})?[\\/][^\s'",;:()\[\]]+""")
+_FILE_TOKEN = re.compile(r"[\w.+-]+\.[A-Za-z][A-Za-z0-9]{0,5}\b")
+# Unquoted, only names with an extension of what Sonograde reads are taken for file names (so that
+# "numpy.ndarray" stays readable); quoted, any name.ext is.
+_DATA_FILE = re.compile(r"[^\s'\"()/\\]+\.(?:dcm|dicom|png|jpe?g|bmp|tiff?|pgm|ppm|webp|mp4|avi|mov|mkv|"
+                        r"webm|m4v|mpe?g|wmv|ogv|onnx|plan|json|nii|raw|txt|csv)\b", re.IGNORECASE)
+
+
+def redact_paths(text: str | None, private: Iterable[str] = ()) -> str | None:
+    """``text`` (an error message bound for the stream) without file names or paths.
+
+    File names of patient data often name the patient, and paths name folders that do: the published
+    stream carries neither. Replaced: every string of ``private`` (e.g. the source string the operator
+    typed) with ``<source>``; then quoted strings that look like a path or a file name (``name.ext``),
+    tokens that contain ``/`` or ``\\``, and unquoted names with the extension of an image, video,
+    DICOM, model or data file with ``<file>``. Numbers and plain words stay, so the
+    message still says what went wrong ("cannot read image <file> (not an image or corrupt)").
+    """
+    if text is None:
+        return None
+    for secret in sorted({p for p in private if p and len(p) >= 3}, key=len, reverse=True):
+        text = text.replace(secret, "<source>")
+
+    def quoted(match: re.Match) -> str:
+        inner = match.group(0)[1:-1]
+        if "/" in inner or "\\" in inner or _FILE_TOKEN.search(inner) or inner == "<source>":
+            return "<file>"
+        return match.group(0)
+
+    text = _QUOTED.sub(quoted, text)
+    text = _PATH_TOKEN.sub("<file>", text)
+    return _DATA_FILE.sub("<file>", text)
 
 
 def encode_frame(image: np.ndarray, encoding: str = "raw", jpeg_quality: int = 85) -> tuple[dict, bytes]:
@@ -404,15 +441,27 @@ def _reject_constant(name: str) -> Any:
     raise MessageError("non-finite number", f"JSON constant {name} (JSON has no NaN or infinity)")
 
 
-def decode(parts: list[bytes], *, t_receive_ns: int = 0, with_frame: bool = True) -> Message:
+def check_frame_pixels(descriptor: dict, max_frame_pixels: int | None) -> None:
+    """Refuse a frame whose descriptor declares more than ``max_frame_pixels`` pixels, before it is
+    decoded (a small JPEG can declare, and decode to, a huge image)."""
+    shape = descriptor.get("shape")
+    if (max_frame_pixels is not None and isinstance(shape, list) and len(shape) == 2
+            and all(isinstance(s, int) for s in shape) and shape[0] * shape[1] > max_frame_pixels):
+        raise MessageError("frame too large",
+                           f"declared shape {shape[0]}x{shape[1]} is more than {max_frame_pixels} pixels")
+
+
+def decode(parts: list[bytes], *, t_receive_ns: int = 0, with_frame: bool = True,
+           max_frame_pixels: int | None = None) -> Message:
     """Validate and decode one multipart message. Raises MessageError (with a ``kind``) on anything
     this reader does not understand or could not draw, and nothing else: wrong part count, unknown topic,
     bad UTF-8/JSON, JSON nested too deeply or too large, NaN/infinity anywhere, a schema version newer
     than ``SCHEMA_VERSION``, missing or mistyped fields, sizes out of range, probabilities outside
     [0, 1], a frame that does not match its descriptor. ``with_frame=False`` skips decoding the frame
-    part (a latency-only reader)."""
+    part (a latency-only reader); ``max_frame_pixels`` refuses larger frames before decoding them
+    ("frame too large")."""
     try:
-        return _decode(parts, t_receive_ns, with_frame)
+        return _decode(parts, t_receive_ns, with_frame, max_frame_pixels)
     except MessageError:
         raise
     except (RecursionError, MemoryError, ValueError, TypeError, KeyError, AttributeError,
@@ -420,7 +469,8 @@ def decode(parts: list[bytes], *, t_receive_ns: int = 0, with_frame: bool = True
         raise MessageError("invalid", f"{type(error).__name__}: {str(error)[:80]}") from None
 
 
-def _decode(parts: list[bytes], t_receive_ns: int, with_frame: bool) -> Message:
+def _decode(parts: list[bytes], t_receive_ns: int, with_frame: bool,
+            max_frame_pixels: int | None = None) -> Message:
     if not isinstance(parts, list | tuple) or not 2 <= len(parts) <= 3:
         count = len(parts) if isinstance(parts, list | tuple) else type(parts).__name__
         raise MessageError("not multipart", f"expected [topic, header, frame?], got {count} part(s)")
@@ -455,6 +505,7 @@ def _decode(parts: list[bytes], t_receive_ns: int, with_frame: bool) -> Message:
         _check_result(header, parts)
         descriptor = header["frame"]
         if descriptor is not None and with_frame:
+            check_frame_pixels(descriptor, max_frame_pixels)
             frame = _decode_frame(descriptor, bytes(parts[2]), header["image_size"])
     else:
         if len(parts) != 2:

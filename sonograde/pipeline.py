@@ -24,7 +24,6 @@ Nothing here is global: everything hangs off one ``Pipeline`` built from a ``Pip
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import Counter, deque
@@ -38,27 +37,21 @@ import numpy as np
 from engine.gradeability import check_gradeable
 from sonograde import RESEARCH_USE_ONLY
 from sonograde.assessment import descriptor_ms, frame_assessment, grader_accepts_pixel_size
-from sonograde.messages import absent_assessment, encode, encode_frame, polygon_to_json
+from sonograde.messages import absent_assessment, encode, encode_frame, polygon_to_json, redact_paths
 from sonograde.publisher import DEFAULT_ENDPOINT, Publisher, PublisherConfig
 from sonograde.smoothing import LesionTracker, SmoothingConfig
 
 LOG = logging.getLogger("sonograde.pipeline")
 STAGES = ("locate", "refine", "classify")
 T = TypeVar("T")
-# Anything that looks like a path, or a file name with an extension we read: never in the stream (file
-# names are often patient names).
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[^\s'\"()]*[/\\])+[^\s'\"()]*")
-_FILE_NAME = re.compile(r"[^\s'\"()/\\]+\.(?:dcm|dicom|png|jpe?g|bmp|tiff?|pgm|ppm|webp|mp4|avi|mov|mkv|"
-                        r"webm|m4v|mpe?g|wmv|ogv|onnx|plan|json)\b", re.IGNORECASE)
-
-
-def one_line_error(text: str | None, limit: int = 160) -> str | None:
-    """An error for the stream and the status line: its first line, paths and file names replaced by
-    ``<file>``, at most ``limit`` characters."""
+def one_line_error(text: str | None, limit: int = 160, private: tuple[str, ...] = ()) -> str | None:
+    """An error for the stream and the status line: its first line, paths, file names and the
+    ``private`` strings (the source string) replaced (``messages.redact_paths``: file names are often
+    patient names), at most ``limit`` characters."""
     if not text:
         return None
     line = str(text).strip().splitlines()[0] if str(text).strip() else ""
-    line = _FILE_NAME.sub("<file>", _PATH.sub("<file>", line))
+    line = redact_paths(line, private) or ""
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
@@ -77,7 +70,8 @@ class PipelineConfig:
     threads : intra-op threads per ONNX Runtime session (None = backend default, 1: the stages already
         keep both cores busy).
     publish : endpoint to bind, or None for no publishing (results still reach ``on_result``).
-    allow_remote : allow a non-loopback publish address.
+    allow_remote : allow a non-loopback publish address (needs ``curve``).
+    curve : keys folder for CURVE encryption and authentication (``sonograde keys``), or None.
     sndhwm : send high-water mark (messages per subscriber).
     send_frames : send the frame as a third message part (default True).
     frame_encoding : "raw" (default; ~0.01 ms) or "jpeg" (~0.4 ms encode at 640x480, 10x smaller).
@@ -98,6 +92,7 @@ class PipelineConfig:
     threads: int | None = None
     publish: str | None = DEFAULT_ENDPOINT
     allow_remote: bool = False
+    curve: str | None = None
     sndhwm: int = 2
     send_frames: bool = True
     frame_encoding: str = "raw"
@@ -262,12 +257,15 @@ class Pipeline:
         ``config.publish`` on start (if set) and close it on ``stop``.
     on_result : optional callable(header: dict, frame: np.ndarray) run in the publish thread after each
         result is sent; keep it fast (it delays the next publish, never grading).
+    description : what the source is, for the operator's terminal (may name a file).
+    stream_name : what kind of source it is, for the published messages: never a file name or path
+        (default: ``capture.sources.stream_name_of(config.source)``).
     """
 
     def __init__(self, grader: Any, open_source: Callable[[], Any], config: PipelineConfig | None = None, *,
                  publisher: Publisher | None = None,
                  on_result: Callable[[dict, np.ndarray], None] | None = None,
-                 description: str = "") -> None:
+                 description: str = "", stream_name: str | None = None) -> None:
         self.grader = grader
         self.config = config or PipelineConfig()
         self._open_source = open_source
@@ -275,6 +273,11 @@ class Pipeline:
         self._owns_publisher = publisher is None  # close only a socket we bound ourselves
         self.on_result = on_result
         self.description = description or self.config.source
+        from capture.sources import stream_name_of
+
+        self.stream_name = stream_name or stream_name_of(self.config.source)
+        # What an error message bound for the stream must not contain (see messages.redact_paths).
+        self._private_names = _private_names(self.config.source)
         self.categories = tuple(getattr(grader, "categories", ("3", "4A", "4B", "4C", "5")))
         self.model_ids = dict(getattr(grader, "model_ids", {}))
         self.tracker = LesionTracker(self.categories, self.config.smoothing)
@@ -314,7 +317,7 @@ class Pipeline:
         if self.publisher is None and self.config.publish:  # bind first: a busy port fails fast
             cfg = self.config
             self.publisher = Publisher(PublisherConfig(endpoint=cfg.publish, sndhwm=cfg.sndhwm,
-                                                       allow_remote=cfg.allow_remote))
+                                                       allow_remote=cfg.allow_remote, curve=cfg.curve))
         if warm_up:
             warm_up_grader(self.grader)
         from capture.grabber import LatestFrameGrabber
@@ -362,7 +365,7 @@ class Pipeline:
         kind = f"{stage}: {type(error).__name__}"
         with self._lock:
             self._errors[stage] += 1
-            self._last_error = one_line_error(f"{kind}: {error}")
+            self._last_error = one_line_error(f"{kind}: {error}", private=self._private_names)
             first = kind not in self._error_kinds
             self._error_kinds.add(kind)
         if first:
@@ -461,8 +464,8 @@ class Pipeline:
         with self._lock:
             stage_error = self._last_error
         if state != "connected" and source_error:
-            return one_line_error(source_error)
-        return stage_error or one_line_error(source_error)
+            return one_line_error(source_error, private=self._private_names)
+        return stage_error or one_line_error(source_error, private=self._private_names)
 
     def dropped(self) -> dict[str, int]:
         """Frames dropped before grading, by place, and their total."""
@@ -490,7 +493,7 @@ class Pipeline:
             "t_capture_ns": int(frame.t_capture_ns),
             "t_publish_ns": 0,  # set just before sending
             "clock": "CLOCK_MONOTONIC",
-            "source": self.description,
+            "source": self.stream_name,
             "source_state": state,
             "image_size": [int(frame.image.shape[0]), int(frame.image.shape[1])],
             "pixel_size_mm": float(pixel) if pixel else None,
@@ -521,7 +524,7 @@ class Pipeline:
         return {
             "seq": self._seq,
             "t_publish_ns": time.monotonic_ns(),
-            "source": self.description,
+            "source": self.stream_name,
             "source_state": state,
             "reconnects": reconnects,
             "last_error": self._stream_error(state, last_error),
@@ -722,9 +725,11 @@ def source_opener(config: PipelineConfig) -> Callable[[], Any]:
     probe = open_fn()  # validate now; the grabber opens its own
     try:
         description = getattr(probe, "description", config.source)
+        stream_name = getattr(probe, "stream_name", None)
     finally:
         probe.close()
     open_fn.description = description  # type: ignore[attr-defined]
+    open_fn.stream_name = stream_name  # type: ignore[attr-defined]
     return open_fn
 
 
@@ -734,4 +739,19 @@ def build_pipeline(config: PipelineConfig, *, grader: Any = None,
     grader = grader if grader is not None else load_grader(config)
     opener = source_opener(config)
     return Pipeline(grader, opener, config, on_result=on_result,
-                    description=getattr(opener, "description", config.source))
+                    description=getattr(opener, "description", config.source),
+                    stream_name=getattr(opener, "stream_name", None))
+
+
+def _private_names(source: str) -> tuple[str, ...]:
+    """The source string and the paths and names in it, to be kept out of published messages."""
+    text = str(source).strip()
+    if text.lower().startswith("dicom:"):
+        text = text[6:]
+    names = {text}
+    try:
+        path = Path(text).expanduser()
+        names.update({str(path), str(path.resolve()), path.name, path.stem})
+    except (OSError, RuntimeError, ValueError):
+        pass
+    return tuple(n for n in names if n and n not in (".", "..", "phantom") and not n.isdigit())

@@ -11,12 +11,18 @@ throughput, not a live display:
 - ``send_multipart(flags=NOBLOCK)``: should the socket ever report EAGAIN, the message is dropped and
   counted (``dropped``); grading never waits on the network.
 
-Binds ``tcp://127.0.0.1:5555`` by default; a non-loopback address needs ``allow_remote=True`` because
-results are patient data.
+- ``MAXMSGSIZE`` = ``max_incoming_bytes`` (default 1 KiB): a publisher only ever receives subscriptions
+  (a topic prefix such as ``sonograde.``, a few bytes); a peer that sends more is disconnected by libzmq
+  before the message is stored, so a huge subscription cannot grow the publisher's memory or stall it.
+
+Binds ``tcp://127.0.0.1:5555`` by default. Results are patient data: a non-loopback address needs
+``allow_remote=True``, and ``allow_remote`` needs CURVE (``curve=DIR``, keys from ``sonograde keys``):
+the stream leaves this machine only encrypted, and only to displays whose keys are authorized.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -24,6 +30,8 @@ from urllib.parse import urlsplit
 import zmq
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+# A subscription is a topic prefix ("sonograde." is 10 bytes); 1 KiB leaves room for any sane topic.
+DEFAULT_MAX_INCOMING_BYTES = 1024
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
@@ -40,7 +48,11 @@ class PublisherConfig:
     sndhwm : send high-water mark in messages per subscriber (default 2).
     linger_ms : linger on close in ms (default 0).
     immediate : ZMQ_IMMEDIATE (default True).
-    allow_remote : allow binding a non-loopback TCP address (default False).
+    allow_remote : allow binding a non-loopback TCP address (default False); needs ``curve``.
+    curve : keys folder (``sonograde keys --out DIR``): encrypt with the server key and let in only the
+        authorized display keys (ZAP). None = plain TCP (loopback only).
+    max_incoming_bytes : ZMQ_MAXMSGSIZE, the largest message a subscriber may send (its subscriptions);
+        a peer that sends more is disconnected (default 1 KiB).
     """
 
     endpoint: str = DEFAULT_ENDPOINT
@@ -48,10 +60,21 @@ class PublisherConfig:
     linger_ms: int = 0
     immediate: bool = True
     allow_remote: bool = False
+    curve: str | os.PathLike | None = None
+    max_incoming_bytes: int = DEFAULT_MAX_INCOMING_BYTES
 
 
-def check_endpoint(endpoint: str, allow_remote: bool = False) -> None:
-    """Raise EndpointError when ``endpoint`` is malformed or binds beyond this machine without leave."""
+REMOTE_NEEDS_CURVE = (
+    "--allow-remote needs --curve DIR: results are patient data and leave this machine only encrypted, "
+    "to authorized displays; make keys with `sonograde keys --out DIR` (see docs/security.md)"
+)
+
+
+def check_endpoint(endpoint: str, allow_remote: bool = False, curve: str | os.PathLike | None = None) -> None:
+    """Raise EndpointError when ``endpoint`` is malformed, binds beyond this machine without leave, or
+    leave is asked (``allow_remote``) without CURVE keys."""
+    if allow_remote and not curve:
+        raise EndpointError(REMOTE_NEEDS_CURVE)
     scheme = endpoint.split("://", 1)[0] if "://" in endpoint else ""
     if scheme not in ("tcp", "ipc", "inproc"):
         raise EndpointError(f"endpoint {endpoint!r} must look like tcp://127.0.0.1:5555 or ipc:///tmp/sono.ipc")
@@ -68,8 +91,15 @@ def check_endpoint(endpoint: str, allow_remote: bool = False) -> None:
     if host not in _LOOPBACK and not allow_remote:
         raise EndpointError(
             f"endpoint {endpoint!r} is reachable from other machines; results are patient data, so "
-            "Sonograde binds to 127.0.0.1 unless you pass --allow-remote"
+            "Sonograde binds to 127.0.0.1 unless you pass --allow-remote --curve DIR"
         )
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """True for ``ipc://``/``inproc://`` endpoints and TCP on a loopback host (127.0.0.1, localhost, ::1)."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    return (urlsplit(endpoint).hostname or "") in _LOOPBACK
 
 
 class Publisher:
@@ -78,24 +108,41 @@ class Publisher:
 
     def __init__(self, config: PublisherConfig | None = None, context: zmq.Context | None = None) -> None:
         self.config = config or PublisherConfig()
-        check_endpoint(self.config.endpoint, self.config.allow_remote)
+        check_endpoint(self.config.endpoint, self.config.allow_remote, self.config.curve)
+        if self.config.max_incoming_bytes < 64:
+            raise ValueError(f"max_incoming_bytes must be >= 64, got {self.config.max_incoming_bytes}")
         self._own_context = context is None
         self._context = context or zmq.Context()
+        self._curve = None
+        if self.config.curve:
+            from sonograde.curve import ServerCurve
+
+            try:  # before the socket exists: ZAP must be listening when the first peer connects
+                self._curve = ServerCurve(self.config.curve, self._context)
+            except Exception:
+                if self._own_context:
+                    self._context.term()
+                raise
         self._socket = self._context.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.SNDHWM, self.config.sndhwm)
         self._socket.setsockopt(zmq.LINGER, self.config.linger_ms)
         self._socket.setsockopt(zmq.IMMEDIATE, 1 if self.config.immediate else 0)
         self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscription, not only the first
+        self._socket.setsockopt(zmq.MAXMSGSIZE, int(self.config.max_incoming_bytes))
+        if self._curve is not None:
+            self._curve.apply(self._socket)
         try:
             self._socket.bind(self.config.endpoint)
         except zmq.ZMQError as error:
             self._socket.close(0)
+            self._stop_curve()
             if self._own_context:
                 self._context.term()
             hint = (" (another `sonograde run` is probably publishing there; stop it or pass "
                     "--publish tcp://127.0.0.1:OTHER_PORT)") if error.errno == zmq.EADDRINUSE else ""
             raise EndpointError(f"cannot bind {self.config.endpoint}: {error}{hint}") from None
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.encrypted = self._curve is not None  # CURVE with ZAP authentication
         self.sent = 0
         self.dropped = 0
         self.subscriptions = 0
@@ -138,8 +185,14 @@ class Publisher:
             return
         self._closed = True
         self._socket.close(linger=0)
+        self._stop_curve()
         if self._own_context:
             self._context.term()
+
+    def _stop_curve(self) -> None:
+        if self._curve is not None:
+            self._curve.stop()
+            self._curve = None
 
     def __enter__(self) -> Publisher:
         return self

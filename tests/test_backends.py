@@ -129,3 +129,18 @@ def test_tensorrt_engine_without_tensorrt(tmp_path):
 def test_bad_thread_count(roi_path):
     with pytest.raises(ValueError, match="threads"):
         load_backend(roi_path, threads=0)
+
+
+def test_onnxruntime_telemetry_is_off_for_every_session(tmp_path, monkeypatch):
+    """Sessions are made through engine.backends.ort, which turns ONNX Runtime's telemetry off first."""
+    import onnxruntime
+
+    from engine.backends import ort as ort_backend
+
+    calls = []
+    monkeypatch.setattr(onnxruntime, "disable_telemetry_events", lambda: calls.append(1))
+    monkeypatch.setattr(ort_backend, "_TELEMETRY_OFF", False)
+    path = make_roi_model(tmp_path / "roi_cnn.onnx")
+    ort_backend.OnnxRuntimeBackend(path)
+    ort_backend.cpu_session(path)
+    assert calls == [1]  # once per process, before the first session

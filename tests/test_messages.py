@@ -127,7 +127,9 @@ def test_endpoint_checks():
     check_endpoint("ipc:///tmp/x.ipc")
     with pytest.raises(EndpointError, match="allow-remote"):
         check_endpoint("tcp://0.0.0.0:5555")
-    check_endpoint("tcp://0.0.0.0:5555", allow_remote=True)
+    check_endpoint("tcp://0.0.0.0:5555", allow_remote=True, curve="DIR")
+    with pytest.raises(EndpointError, match="needs --curve"):
+        check_endpoint("tcp://0.0.0.0:5555", allow_remote=True)
     with pytest.raises(EndpointError, match="must look like"):
         check_endpoint("localhost:5555")
 

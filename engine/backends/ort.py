@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from engine.backends.base import InferenceBackend, ModelLoadError
 # One intra-op thread per session: with two stages running concurrently on two cores this gave the best
 # pipeline throughput (see docs/inference.md); a lone `sonograde grade` may pass threads=2.
 DEFAULT_THREADS = 1
+_TELEMETRY_OFF = False
 
 _ONNX_TYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),
@@ -36,6 +38,29 @@ HOW_TO_FIX = (
     "reinstall sonograde (or `git checkout models/`) to get the shipped models back, or re-export your "
     "own with `sonograde export` (see `sonograde export --help`)"
 )
+
+
+def onnxruntime_module() -> Any:
+    """``onnxruntime``, with its telemetry events turned off (process-wide, before any session exists).
+
+    Every ONNX Runtime session in Sonograde is made through this module (``OnnxRuntimeBackend``,
+    ``cpu_session``), so none runs with telemetry on; calibration's quantizer calls it first too.
+    """
+    import onnxruntime as ort
+
+    global _TELEMETRY_OFF
+    if not _TELEMETRY_OFF:
+        ort.disable_telemetry_events()
+        _TELEMETRY_OFF = True
+    return ort
+
+
+def cpu_session(path: str | os.PathLike, options: Any = None) -> Any:
+    """A plain CPU ``onnxruntime.InferenceSession`` (telemetry off), for checks and evaluation outside
+    the live engine (``OnnxRuntimeBackend`` is the engine's own)."""
+    ort = onnxruntime_module()
+    return ort.InferenceSession(str(path), options or ort.SessionOptions(),
+                                providers=["CPUExecutionProvider"])
 
 
 def tensorrt_cache_dir() -> Path:
@@ -103,8 +128,7 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
                  providers: Sequence[str | tuple[str, dict]] | None = None) -> None:
-        import onnxruntime as ort
-
+        ort = onnxruntime_module()
         self.path = Path(path)
         check_model_file(self.path)
         self.threads = int(threads) if threads is not None else DEFAULT_THREADS

@@ -31,6 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 from engine import contract
+from engine.backends.ort import cpu_session
 from engine.birads import CATEGORIES as GRADER_CATEGORIES
 from engine.birads import FINE_FOUR, malignancy_score
 from engine.data.datasets import grader_allowed, resize_mask, resize_to
@@ -55,7 +56,7 @@ LOCATED_DICE = 0.3  # "located": the pipeline's refined mask overlaps the annota
 def _session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return cpu_session(path, options)
 
 
 def _metadata(session: ort.InferenceSession) -> dict[str, str]:

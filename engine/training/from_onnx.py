@@ -130,9 +130,9 @@ def load_onnx_roi_weights(net: RoiCNN, weights: dict[str, np.ndarray], calibrati
 def onnx_agreement(net: RoiCNN, path: str | Path, images: torch.Tensor) -> float:
     """Max absolute difference between the torch network's lesion probabilities (eval mode) and the ONNX
     file's on ``images``: the check that the weights were put back right."""
-    import onnxruntime as ort
+    from engine.backends.ort import cpu_session
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = cpu_session(path)
     name = session.get_inputs()[0].name
     expected = session.run(None, {name: images.numpy().astype(np.float32)})[0]
     was_training = net.training

@@ -21,6 +21,7 @@ Examples:
   sonograde bench pipeline --seconds 10 --json
   sonograde bench pipeline --precision fp32 --plot latency.png
   sonograde bench pipeline --source clip.mp4 --models my_models/
+  sonograde bench pipeline --curve DIR              # the same over CURVE (keys from `sonograde keys`)
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads per session")
     parser.add_argument("--frame-encoding", choices=("raw", "jpeg", "none"), default="raw",
                         help="frame part of each message (default raw; none = header only)")
+    parser.add_argument("--curve", metavar="DIR", default=None,
+                        help="encrypt and authenticate the stream with the keys in DIR (`sonograde keys`)")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     parser.add_argument("--plot", metavar="FILE.png", type=Path, default=None,
                         help="latency distribution and per-stage breakdown")
@@ -56,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------------- subscriber process
 
 
-def subscriber_process(endpoint: str, ready, stop, results) -> None:  # pragma: no cover - other process
+def subscriber_process(endpoint: str, ready, stop, results,  # pragma: no cover - other process
+                       curve: str | None = None) -> None:
     """Receive results until ``stop`` carries the number published, then send back
     ``(seq, frame_index, t_capture_ns, t_publish_ns, t_receive_ns)`` rows and the invalid count."""
     import queue
@@ -64,7 +68,7 @@ def subscriber_process(endpoint: str, ready, stop, results) -> None:  # pragma: 
     from sonograde.subscriber import Subscriber
 
     rows: list[tuple[int, int, int, int, int]] = []
-    with Subscriber(endpoint, rcvhwm=100000) as subscriber:
+    with Subscriber(endpoint, rcvhwm=100000, curve=curve) as subscriber:
         ready.set()
         expected = None
         deadline = None
@@ -128,17 +132,18 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
     grader = load_grader(config)
     warm_up_grader(grader)
     opener = source_opener(config)
-    publisher = Publisher(PublisherConfig(endpoint="tcp://127.0.0.1:*"))
+    publisher = Publisher(PublisherConfig(endpoint="tcp://127.0.0.1:*", curve=args.curve))
     ctx = mp.get_context("spawn")
     ready, stop, results = ctx.Event(), ctx.Queue(), ctx.Queue()
-    child = ctx.Process(target=subscriber_process, args=(publisher.endpoint, ready, stop, results),
-                        daemon=True)
+    child = ctx.Process(target=subscriber_process,
+                        args=(publisher.endpoint, ready, stop, results, args.curve), daemon=True)
     child.start()
     try:
         if not ready.wait(60) or not publisher.wait_for_subscriber(10):
             raise RuntimeError("the subscriber process did not connect")
         pipeline = Pipeline(grader, opener, config, publisher=publisher,
-                            description=getattr(opener, "description", args.source))
+                            description=getattr(opener, "description", args.source),
+                            stream_name=getattr(opener, "stream_name", None))
         pipeline.start(warm_up=False)  # warmed up above, before the clock
         # The window opens ``--warmup`` s after the first published result (thread start, first frames
         # and allocator growth are not the steady state). fps, source_fps and e2e_ms are measured in the
@@ -206,6 +211,7 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
         "backend": args.backend,
         "model_ids": pipeline.model_ids,
         "frame_encoding": args.frame_encoding,
+        "curve": bool(args.curve),
     }
     return summary, {"e2e": e2e, "stages": samples, "t_capture": rows[:, 2]}
 
@@ -284,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
     except ModelLoadError as error:
         print(f"sonograde bench pipeline: cannot load the models: {error}", file=sys.stderr)
         return 2
-    except ValueError as error:  # bad source string
+    except ValueError as error:  # bad source string, unreadable keys
         print(f"sonograde bench pipeline: {error}", file=sys.stderr)
         return 2
     if args.plot is not None:

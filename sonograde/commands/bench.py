@@ -3,6 +3,7 @@
 Examples:
   sonograde bench refine            # Numba Chan-Vese against scikit-image
   sonograde bench refine --json
+  sonograde bench soak --minutes 60     # fps, latency and RSS over an hour
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("pipeline", "sonograde.benchmarks.pipeline", "end to end: source -> pipeline -> ZeroMQ -> subscriber"),
     ("phantom", "sonograde.benchmarks.phantom", "phantom scanner sequence frames per second on one core"),
     ("grader", "sonograde.benchmarks.grader", "two-stage grader: time per stage, per ORT thread count"),
+    ("soak", "sonograde.benchmarks.soak", "long run: fps, latency and memory (RSS growth) over time"),
 ]
 
 

@@ -15,7 +15,8 @@ Examples:
   sonograde overlay                                  # window, tcp://127.0.0.1:5555
   sonograde overlay --record scan.mp4 --seconds 30   # record 30 s of the overlay
   sonograde overlay --snapshot overlay.png --frames 60   # a picture of the 60th result
-  sonograde overlay --connect tcp://10.0.0.5:5555    # another machine (publisher run with --allow-remote)
+  sonograde overlay --curve DIR                      # an encrypted stream (`sonograde run --curve DIR`)
+  sonograde overlay --connect tcp://10.0.0.5:5555 --curve DIR   # another machine (see docs/security.md)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sonograde.publisher import DEFAULT_ENDPOINT
+from sonograde.subscriber import DEFAULT_MAX_MESSAGE_BYTES
 
 NO_SIGNAL_AFTER_S = 3.0  # the publisher sends a heartbeat about once a second: three missed ones
 
@@ -34,6 +36,13 @@ NO_SIGNAL_AFTER_S = 3.0  # the publisher sends a heartbeat about once a second: 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect", metavar="ENDPOINT", default=DEFAULT_ENDPOINT,
                         help=f"publisher endpoint (default {DEFAULT_ENDPOINT})")
+    parser.add_argument("--curve", metavar="DIR", default=None,
+                        help="decrypt with the display keys in DIR (client.key_secret, server.key), for a "
+                             "publisher started with --curve")
+    default_mb = DEFAULT_MAX_MESSAGE_BYTES / 1e6
+    parser.add_argument("--max-message-mb", type=float, default=default_mb, metavar="MB",
+                        help="refuse larger message parts, and frames of more pixels than that, before "
+                             f"decoding them (default {default_mb:g}: a 4096 x 4096 frame and its header)")
     parser.add_argument("--record", metavar="FILE.mp4", type=Path, default=None,
                         help="record the overlay to an MP4 file")
     parser.add_argument("--snapshot", metavar="FILE.png", type=Path, default=None,
@@ -62,13 +71,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"sonograde overlay: --frames must be positive, got {args.frames}", file=sys.stderr)
         return 2
 
-    from sonograde.publisher import EndpointError, check_endpoint
+    from sonograde.curve import CurveKeyError, load_client_keys
+    from sonograde.publisher import EndpointError, check_endpoint, is_loopback_endpoint
 
+    curve = getattr(args, "curve", None)  # programmatic callers may build args without the new options
+    max_message_mb = getattr(args, "max_message_mb", DEFAULT_MAX_MESSAGE_BYTES / 1e6)
+    if curve is None and not is_loopback_endpoint(args.connect):
+        print(f"sonograde overlay: {args.connect} is another machine; a publisher there streams only with "
+              "CURVE: pass --curve DIR with the display keys (`sonograde keys`, docs/security.md)",
+              file=sys.stderr)
+        return 2
     try:  # a malformed endpoint is a one-line error, not a ZMQError traceback from connect
-        check_endpoint(args.connect, allow_remote=True)
+        check_endpoint(args.connect, allow_remote=curve is not None, curve=curve)
     except EndpointError as error:
         print(f"sonograde overlay: {error}", file=sys.stderr)
         return 2
+    if curve is not None:
+        try:
+            load_client_keys(curve)
+        except CurveKeyError as error:
+            print(f"sonograde overlay: {error}", file=sys.stderr)
+            return 2
+    max_bytes = int(max_message_mb * 1e6)
+    if max_bytes < 4096:
+        print(f"sonograde overlay: --max-message-mb must be at least 0.004, got {max_message_mb}",
+              file=sys.stderr)
+        return 2
+
     renderer = OverlayRenderer()
     meter = RateMeter()
     result: Message | None = None
@@ -79,9 +108,11 @@ def run(args: argparse.Namespace) -> int:
     invalid: Mapping[str, int] = {}
     started = time.monotonic()
     last_message = None
-    print(f"sonograde overlay: listening on {args.connect}", file=sys.stderr)
+    print(f"sonograde overlay: listening on {args.connect}{' (CURVE)' if curve else ''}",
+          file=sys.stderr)
     try:
-        with Subscriber(args.connect) as subscriber:
+        with Subscriber(args.connect, curve=curve, max_message_bytes=max_bytes,
+                        max_frame_pixels=max_bytes) as subscriber:
             invalid = subscriber.invalid  # counted by kind as messages are skipped
             while not sink.quit_requested:
                 if args.seconds is not None and time.monotonic() - started >= args.seconds:

@@ -13,6 +13,8 @@ Examples:
   sonograde run --source /dev/video0 --geometry scanner.json    # a capture card, cropped, sizes in mm
   sonograde run --source clip.mp4 --precision fp32 --no-send-frames
   sonograde overlay                                 # in another terminal: the display
+  sonograde run --curve DIR                         # encrypted; keys from `sonograde keys --out DIR`
+  sonograde run --publish tcp://0.0.0.0:5555 --allow-remote --curve DIR   # displays on other machines
 
 A display in any language can subscribe: see docs/messages.md for the message schema.
 
@@ -62,7 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--publish", metavar="ENDPOINT", default=DEFAULT_ENDPOINT,
                      help=f"ZeroMQ endpoint to bind (default {DEFAULT_ENDPOINT}); 'none' to not publish")
     out.add_argument("--allow-remote", action="store_true",
-                     help="allow a non-loopback publish address (results are patient data)")
+                     help="allow a non-loopback publish address (results are patient data: needs --curve)")
+    out.add_argument("--curve", metavar="DIR", default=None,
+                     help="encrypt the stream and let in only the display keys authorized in DIR "
+                          "(make them with `sonograde keys --out DIR`; see docs/security.md)")
     out.add_argument("--send-frames", action=argparse.BooleanOptionalAction, default=True,
                      help="send the frame with each result (default: yes)")
     out.add_argument("--frame-encoding", choices=("raw", "jpeg"), default="raw",
@@ -82,7 +87,8 @@ def _error(message: str) -> int:
     return 2
 
 
-def overlay_command(endpoint: str, record: Path | None) -> tuple[list[str], dict[str, str]]:
+def overlay_command(endpoint: str, record: Path | None,
+                    curve: str | None = None) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that start `sonograde overlay` in a child Python.
 
     The child must import this very sonograde, whatever the working folder holds: ``-P`` keeps the
@@ -98,19 +104,22 @@ def overlay_command(endpoint: str, record: Path | None) -> tuple[list[str], dict
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     command = [sys.executable, "-P", "-m", "sonograde.cli", "overlay", "--connect", endpoint]
+    if curve is not None:
+        command += ["--curve", str(Path(curve).resolve())]
     if record is not None:
         command += ["--record", str(record.resolve())]
     return command, env
 
 
-def _start_overlay(endpoint: str, record: Path | None) -> subprocess.Popen:
-    command, env = overlay_command(endpoint, record)
+def _start_overlay(endpoint: str, record: Path | None, curve: str | None) -> subprocess.Popen:
+    command, env = overlay_command(endpoint, record, curve)
     return subprocess.Popen(command, env=env)
 
 
 def run(args: argparse.Namespace) -> int:
     from engine.backends import ModelLoadError
     from sonograde import RESEARCH_USE_ONLY
+    from sonograde.curve import CurveKeyError
     from sonograde.overlay import display_available
     from sonograde.pipeline import PipelineConfig, build_pipeline
     from sonograde.publisher import EndpointError, check_endpoint
@@ -131,14 +140,25 @@ def run(args: argparse.Namespace) -> int:
                       "(make one with `sonograde screen measure`)")
     try:
         if publish is not None:
-            check_endpoint(publish, args.allow_remote)
+            check_endpoint(publish, args.allow_remote, args.curve)
     except EndpointError as error:
         return _error(str(error))
+    if args.curve is not None:
+        if publish is None:
+            return _error("--curve encrypts the published stream; drop --publish none")
+        from sonograde.curve import load_client_keys, load_server_keys
+
+        try:  # check the keys now, before the models load
+            load_server_keys(args.curve)
+            if args.overlay:
+                load_client_keys(args.curve)
+        except CurveKeyError as error:
+            return _error(str(error))
 
     config = PipelineConfig(
         source=args.source, source_fps=args.fps, loop=args.loop, geometry=args.geometry,
         models_dir=args.models, precision=args.precision, backend=args.backend, threads=args.threads,
-        publish=publish, allow_remote=args.allow_remote, send_frames=args.send_frames,
+        publish=publish, allow_remote=args.allow_remote, curve=args.curve, send_frames=args.send_frames,
         frame_encoding=args.frame_encoding,
     )
     print(RESEARCH_USE_ONLY, file=sys.stderr)
@@ -153,16 +173,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"source {pipeline.description}; models {pipeline.model_ids}; warming up...", file=sys.stderr)
     try:
         pipeline.start(warm_up=True)
-    except EndpointError as error:
+    except (EndpointError, CurveKeyError) as error:
         return _error(str(error))
     except ValueError as error:  # engine.grader.ModelOutputError: a model's output has the wrong shape
         pipeline.stop()
         return _error(f"the models do not fit: {error}")
     endpoint = pipeline.publisher.endpoint if pipeline.publisher is not None else None
     if endpoint:
-        print(f"publishing on {endpoint} (Ctrl-C stops)", file=sys.stderr)
+        security = ("CURVE-encrypted, authorized displays only" if pipeline.publisher.encrypted
+                    else "unencrypted, this machine only")
+        print(f"publishing on {endpoint} ({security}; Ctrl-C stops)", file=sys.stderr)
 
-    overlay = _start_overlay(endpoint, args.record) if args.overlay and endpoint else None
+    overlay = _start_overlay(endpoint, args.record, args.curve) if args.overlay and endpoint else None
     stop_requested = False
 
     def on_term(signum: int, frame: object) -> None:
