@@ -159,9 +159,9 @@ def _onnx_metadata(onnx_path: Path) -> dict[str, str]:
     try:
         import onnx
     except ImportError:  # a runtime-only install: ONNX Runtime reads the same metadata
-        import onnxruntime as ort
+        from engine.backends.ort import cpu_session
 
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        session = cpu_session(onnx_path)
         return dict(session.get_modelmeta().custom_metadata_map)
     model = onnx.load(str(onnx_path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}

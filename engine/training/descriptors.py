@@ -660,7 +660,9 @@ def embed(
             export_onnx(onnx_path, CROP_SIZE)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        from engine.backends.ort import cpu_session
+
+        session = cpu_session(onnx_path, options)
         for start in tqdm(
             range(0, len(todo), 32), desc="encoder features", unit="batch", disable=not progress
         ):
@@ -1007,8 +1009,9 @@ def encoder_latency(out_dir: Path, cases: list[dict], records: Sequence[Manifest
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                for k, p in (("fp32", fp32), ("int8", int8))}
+    from engine.backends.ort import cpu_session
+
+    sessions = {k: cpu_session(p, options) for k, p in (("fp32", fp32), ("int8", int8))}
     x = crops[0].astype(np.float32)[None, None]
     times: dict[str, list[float]] = {"fp32": [], "int8": [], "features": []}
     for session in sessions.values():
