@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 
 from capture.frame import Frame
-from capture.sources import FrameSource
+from capture.frame_source import FrameSource
 
 STATES = ("connecting", "connected", "reconnecting", "ended")
 

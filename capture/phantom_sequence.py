@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from capture.frame_source import FrameSource
 from capture.geometry import GeometryProfile
 from capture.phantom import (  # the simulator's parts a sweep is made of
     CATEGORIES,
@@ -25,7 +26,6 @@ from capture.phantom import (  # the simulator's parts a sweep is made of
     _speckle_planes,
     _Tissue,
 )
-from capture.sources import FrameSource
 
 
 @dataclass(frozen=True)

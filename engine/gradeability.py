@@ -8,7 +8,7 @@ for anything, so a frame they cannot judge must be refused with a reason instead
   deviation under ``MIN_STD`` or under ``MIN_TISSUE_FRACTION`` of the pixels brighter than
   ``TISSUE_LEVEL``;
 - colour overlay: colour Doppler or elastography, i.e. more than ``MAX_COLOUR_FRACTION`` of the pixels
-  in strong colour (``capture.sources.colour_fraction``, measured before the frame is made gray). The
+  in strong colour (``capture.frame_source.colour_fraction``, measured before the frame is made gray). The
   training data has none: every BUSI, BUS-BRA and BrEaST-Lesions image measures 0.
 
 The thresholds were set from those data sets (smallest side 240 px, smallest grey-level standard
@@ -45,7 +45,7 @@ def check_gradeable(image: np.ndarray, colour_fraction: float | None = None) -> 
     colour_fraction : the fraction of strongly coloured pixels when the caller measured it before
         converting the frame to gray (the live pipeline's sources do); None = measure ``image``.
     """
-    from capture.sources import colour_fraction as measure_colour
+    from capture.frame_source import colour_fraction as measure_colour
 
     height, width = image.shape[:2]
     if min(height, width) < MIN_SIDE:

@@ -19,7 +19,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from capture.sources import DicomSource, FrameSource, ImageFilesSource, read_image_file, significant_bits
+from capture.frame_source import significant_bits
+from capture.sources import DicomSource, FrameSource, ImageFilesSource, read_image_file
 from engine.backends.dev_models import make_grader_model, make_roi_model, synthetic_frame
 from engine.gradeability import check_gradeable
 from engine.grader import ModelOutputError, TwoStageGrader

@@ -29,12 +29,7 @@ FORBIDDEN: dict[str, frozenset[str]] = {
 }
 
 # Known edges allowed until the change that removes them lands; each names why. Keep this empty.
-KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset({
-    # capture/sources.py opens "phantom:" sources (inside _open_phantom) while PhantomSequence subclasses its
-    # FrameSource: the circle goes once FrameSource (with to_gray) moves to capture/frame.py, a change to
-    # capture/sources.py left to the engineers editing it now.
-    ("capture.sources", "capture.phantom_sequence"),
-})
+KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset()
 
 
 def module_name(path: Path) -> str:
