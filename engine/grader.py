@@ -14,7 +14,6 @@ keeps no per-frame state, so the stages may run concurrently on different frames
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -23,12 +22,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine import contract
 from engine.backends import InferenceBackend, ModelLoadError, load_backend
 from engine.descriptors import DESCRIPTOR_MODEL_FILE, DescriptorModel, absent
 from engine.model_files import DEFAULT_MODELS_DIR as DEFAULT_MODELS_DIR  # the shipped models' folder
 from engine.preprocess import GRADER_VIEWS, ROI_INPUT_SIZE, grader_input, roi_input, to_gray_u8
 from engine.results import (
-    CATEGORIES,
     EMPTY_CONTOUR,
     ClassifyStageResult,
     GradeResult,
@@ -97,15 +96,6 @@ def _parse_number(text: str) -> int | float:
     return int(value) if value.is_integer() and "." not in text else value
 
 
-def _parse_categories(text: str | None) -> tuple[str, ...]:
-    if not text:
-        return CATEGORIES
-    text = text.strip()
-    if text.startswith("["):
-        return tuple(str(c) for c in json.loads(text))
-    return tuple(c.strip() for c in text.split(",") if c.strip())
-
-
 class TwoStageGrader:
     """ROI-CNN + refinement + G-CNN on one frame at a time.
 
@@ -131,7 +121,7 @@ class TwoStageGrader:
         # classify stage; None: results carry only the category (and say why the rest is absent).
         self.descriptors = descriptors
         for backend, kind in ((roi, "roi"), (grader, "grader")):
-            declared = backend.metadata.get("sonograde.model")
+            declared = backend.metadata.get(contract.MODEL)
             if declared is not None and declared != kind:
                 raise ValueError(
                     f"{backend.path} is a {declared!r} model but was given as the {kind!r} model "
@@ -139,31 +129,31 @@ class TwoStageGrader:
                 )
         if len(roi.input_shape) != 4 or roi.input_shape[1] != 1:
             raise ValueError(f"{roi.path}: ROI-CNN input must be (N, 1, S, S), got {roi.input_shape}")
-        self.roi_size = int(roi.input_shape[-1] or roi.metadata.get("sonograde.input_size", ROI_INPUT_SIZE))
+        self.roi_size = int(roi.input_shape[-1] or roi.metadata.get(contract.INPUT_SIZE, ROI_INPUT_SIZE))
 
         meta = grader.metadata
         if len(grader.input_shape) != 4:
             raise ValueError(f"{grader.path}: G-CNN input must be (N, C, S, S), got {grader.input_shape}")
-        self.grader_size = int(grader.input_shape[-1] or meta.get("sonograde.input_size", 0))
+        self.grader_size = int(grader.input_shape[-1] or meta.get(contract.INPUT_SIZE, 0))
         if self.grader_size <= 0:
             raise ValueError(f"{grader.path}: input size unknown (no static shape, no sonograde.input_size)")
-        self.grader_channels = int(grader.input_shape[1] or meta.get("sonograde.input_channels", 1))
-        self.grader_margin = _parse_number(meta.get("sonograde.roi_margin", "0"))
+        self.grader_channels = int(grader.input_shape[1] or meta.get(contract.INPUT_CHANNELS, 1))
+        self.grader_margin = _parse_number(meta.get(contract.ROI_MARGIN, "0"))
         default_mask_channel = "1" if self.grader_channels == 2 else "0"
-        self.mask_channel = meta.get("sonograde.mask_channel", default_mask_channel) == "1"
+        self.mask_channel = meta.get(contract.MASK_CHANNEL, default_mask_channel) == "1"
         if self.grader_channels != (2 if self.mask_channel else 1):
             raise ValueError(
                 f"{grader.path}: input has {self.grader_channels} channel(s) but sonograde.mask_channel is "
-                f"{meta.get('sonograde.mask_channel')!r}; expected 2 channels with the mask, 1 without"
+                f"{meta.get(contract.MASK_CHANNEL)!r}; expected 2 channels with the mask, 1 without"
             )
-        self.grader_view = meta.get("sonograde.grader_view", "crop")
+        self.grader_view = meta.get(contract.GRADER_VIEW, "crop")
         if self.grader_view not in GRADER_VIEWS:
             raise ValueError(f"{grader.path}: sonograde.grader_view is {self.grader_view!r}; this version "
                              f"knows {GRADER_VIEWS} (is the model newer than the software?)")
-        self.categories = _parse_categories(meta.get("sonograde.categories"))
+        self.categories = contract.parse_categories(meta.get(contract.CATEGORY_ORDER))
         self.model_ids = {
-            "roi": roi.metadata.get("sonograde.model_id", roi.path.name),
-            "grader": meta.get("sonograde.model_id", grader.path.name),
+            "roi": roi.metadata.get(contract.MODEL_ID, roi.path.name),
+            "grader": meta.get(contract.MODEL_ID, grader.path.name),
         }
         if descriptors is not None:
             self.model_ids["descriptors"] = descriptors.model_id

@@ -34,6 +34,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from engine.birads import CATEGORIES
 from engine.gradeability import check_gradeable
 from sonograde import RESEARCH_USE_ONLY
 from sonograde.assessment import descriptor_ms, frame_assessment, grader_accepts_pixel_size
@@ -278,7 +279,7 @@ class Pipeline:
         self.stream_name = stream_name or stream_name_of(self.config.source)
         # What an error message bound for the stream must not contain (see messages.redact_paths).
         self._private_names = _private_names(self.config.source)
-        self.categories = tuple(getattr(grader, "categories", ("3", "4A", "4B", "4C", "5")))
+        self.categories = tuple(getattr(grader, "categories", CATEGORIES))
         self.model_ids = dict(getattr(grader, "model_ids", {}))
         self.tracker = LesionTracker(self.categories, self.config.smoothing)
 

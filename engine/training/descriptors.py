@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.birads import CATEGORIES
 from engine.data.manifest import ManifestRecord
 
 CHECKPOINT_EVERY = 50
@@ -585,7 +586,7 @@ def malignancy_metrics(y: np.ndarray, p: np.ndarray, missed: np.ndarray, base_ra
     }
 
 
-FIVE = ("3", "4A", "4B", "4C", "5")
+FIVE = CATEGORIES
 
 
 def five_way_label(birads: str | None) -> int:
