@@ -1,1 +1,1 @@
-"""Datasets: manifest folders (the ``../shared/data`` format) and the synthetic phantom."""
+"""Datasets: manifest folders (a manifest.csv of id,image,mask,...: docs/data.md) and the phantom."""
