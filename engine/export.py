@@ -1,7 +1,9 @@
 """Export a trained ROI-CNN or G-CNN checkpoint to ONNX and check it against torch.
 
 The exported model keeps the contract of ``engine.contract`` (inputs, outputs, dynamic batch, the
-``sonograde.*`` metadata, written with ``engine.contract.write_metadata``), at opset 17 or newer.
+``sonograde.*`` metadata, written with ``engine.contract.write_metadata``), at opset 17 or newer. It carries
+nothing of the exporter's debugging record (stack traces naming source files, module paths, FX nodes): a
+shipped model says where it was built by its model card's commit, not by the builder's file system.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,11 +111,53 @@ def _torch_export(module: torch.nn.Module, example: torch.Tensor, path: Path, ou
                               dynamo=False)
 
 
+def _strip_nodes(nodes: Iterable[onnx.NodeProto]) -> None:
+    for node in nodes:
+        del node.metadata_props[:]
+        node.doc_string = ""
+        for attribute in node.attribute:
+            subgraphs = [attribute.g] if attribute.HasField("g") else []
+            for subgraph in (*subgraphs, *attribute.graphs):
+                _strip_graph(subgraph)
+
+
+def _strip_values(values: Iterable[onnx.ValueInfoProto | onnx.TensorProto]) -> None:
+    for value in values:
+        del value.metadata_props[:]
+        value.doc_string = ""
+
+
+def _strip_graph(graph: onnx.GraphProto) -> None:
+    del graph.metadata_props[:]
+    graph.doc_string = ""
+    _strip_values((*graph.input, *graph.output, *graph.value_info, *graph.initializer))
+    _strip_nodes(graph.node)
+
+
+def strip_exporter_record(model: onnx.ModelProto) -> None:
+    """Remove, in place, what the torch exporters record for debugging below the model level.
+
+    The dynamo exporter annotates every node with its Python stack trace (``pkg.torch.onnx.stack_trace``:
+    absolute paths of the source files), module namespaces, class hierarchies and FX nodes, and the graph
+    and values with the exported program's signature; the TorchScript exporter can write source lines
+    into doc strings. None of it is needed to run the model, and the paths name the machine it was built
+    on. Node, graph, value and function metadata and doc strings go; the model-level ``metadata_props``
+    (the ``sonograde.*`` contract) stay.
+    """
+    _strip_graph(model.graph)
+    for function in model.functions:
+        del function.metadata_props[:]
+        function.doc_string = ""
+        _strip_values(function.value_info)
+        _strip_nodes(function.node)
+
+
 def export_onnx(kind: str, net: torch.nn.Module, out: str | Path, *, model_id: str | None = None,
                 grader_margin: float | None = None, grader_view: str = "crop", dynamo: bool = True,
                 check_batch: int = 3, seed: int | None = None) -> ExportReport:
-    """Write ``net`` (eval mode) as ONNX to ``out`` with the contract's names, dynamic batch and metadata,
-    then run it in ONNX Runtime on fresh random inputs (batch ``check_batch`` and 1) and compare with torch.
+    """Write ``net`` (eval mode) as ONNX to ``out`` with the contract's names, dynamic batch and metadata
+    and without the exporter's debugging record (``strip_exporter_record``), then run it in ONNX Runtime
+    on fresh random inputs (batch ``check_batch`` and 1) and compare with torch.
 
     ``dynamo=True`` uses the torch.export-based exporter (needs onnxscript); if it fails, the TorchScript
     exporter is used and ``ExportReport.exporter`` says so.
@@ -136,6 +181,7 @@ def export_onnx(kind: str, net: torch.nn.Module, out: str | Path, *, model_id: s
         exporter = "torchscript (dynamo failed)"
         _torch_export(module, example, out, output, False)
     model = onnx.load(str(out))
+    strip_exporter_record(model)
     meta = metadata_for(kind, net, model_id=model_id, grader_margin=grader_margin, grader_view=grader_view)
     meta[contract.EXPORTER] = exporter
     contract.write_metadata(model, meta)

@@ -4,6 +4,7 @@ torch on fresh random inputs in ONNX Runtime; the export command from a checkpoi
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,45 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _node_records(model: onnx.ModelProto) -> list[str]:
+    """Every metadata value and doc string below the model level: nodes (also in subgraphs and local
+    functions), graphs, values."""
+    found: list[str] = []
+
+    def graph_records(graph: onnx.GraphProto) -> None:
+        found.extend([graph.doc_string, *(p.value for p in graph.metadata_props)])
+        for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+            found.extend([value.doc_string, *(p.value for p in value.metadata_props)])
+        node_records(graph.node)
+
+    def node_records(nodes: list[onnx.NodeProto]) -> None:
+        for node in nodes:
+            found.extend([node.doc_string, *(p.value for p in node.metadata_props)])
+            for attribute in node.attribute:
+                for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    graph_records(subgraph)
+
+    graph_records(model.graph)
+    for function in model.functions:
+        found.extend([function.doc_string, *(p.value for p in function.metadata_props)])
+        node_records(function.node)
+    return found
+
+
+def _assert_no_source_paths(path: Path) -> None:
+    """No file path of the machine the model was exported on: not in any node's metadata, not anywhere in
+    the file; the exporter's per-node record (stack traces, namespaces) is gone entirely."""
+    model = onnx.load(str(path))
+    records = [r for r in _node_records(model) if r]
+    assert not [r for r in records if re.search(r"/\S+\.py|File \"", r)], records[:3]
+    assert records == []
+    assert str(REPO_ROOT).encode() not in path.read_bytes()
+    assert b"stack_trace" not in path.read_bytes()
+
+
 def _randomize_bn(net: torch.nn.Module, rng: np.random.Generator) -> None:
     """Non-trivial batch-norm statistics, so the export is checked on more than identity BN."""
     for module in net.modules():
@@ -35,7 +75,8 @@ def test_roi_export_matches_torch(tmp_path: Path, rng: np.random.Generator) -> N
     net = RoiCNN(RoiConfig(width=0.125)).eval()
     _randomize_bn(net, rng)
     report = export_onnx("roi", net, tmp_path / "roi.onnx")
-    assert report.max_abs_diff < 1e-4
+    assert report.max_abs_diff < 1e-4 and report.exporter == "dynamo"
+    _assert_no_source_paths(tmp_path / "roi.onnx")
     model = onnx.load(str(tmp_path / "roi.onnx"))
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
     meta = {p.key: p.value for p in model.metadata_props}
@@ -60,6 +101,7 @@ def test_grader_export_matches_torch(tmp_path: Path, rng: np.random.Generator, m
     _randomize_bn(net, rng)
     report = export_onnx("grader", net, tmp_path / "g.onnx", grader_margin=0.2)
     assert report.max_abs_diff < 1e-4
+    _assert_no_source_paths(tmp_path / "g.onnx")
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "g.onnx")).metadata_props}
     assert meta["sonograde.categories"] == "3,4A,4B,4C,5"
     assert meta["sonograde.mask_channel"] == ("1" if mask_channel else "0")
@@ -95,6 +137,7 @@ def test_export_command_from_checkpoint(tmp_path: Path, capsys: pytest.CaptureFi
     assert "max |onnx - torch|" in out and "sha256" in out and "exporter torchscript" in out
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "g.onnx")).metadata_props}
     assert meta["sonograde.roi_margin"] == "0.3"
+    _assert_no_source_paths(tmp_path / "g.onnx")
 
 
 def test_export_command_rejects_bad_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
