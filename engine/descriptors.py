@@ -44,6 +44,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engine.birads import MALIGNANCY_LIKELIHOOD
+from engine.lexicon import DESCRIPTORS, READER_DESCRIPTORS
+from engine.lexicon import MARGIN_SUBTYPES as MARGIN_SUBTYPES  # re-exported: the model's subtype heads
 from engine.model_files import DEFAULT_MODELS_DIR
 from refine.measure import lesion_orientation, lesion_size
 
@@ -51,28 +54,10 @@ FORMAT = "sonograde.descriptors/1"
 DESCRIPTOR_MODEL_FILE = "descriptors.json"
 DEFAULT_MODEL_PATH = DEFAULT_MODELS_DIR / DESCRIPTOR_MODEL_FILE  # checkout, installed or $SONOGRADE_MODELS
 
-#: Values of each learned descriptor, in the order of its head's classes (ACR BI-RADS US lexicon, 5th ed.).
-DESCRIPTOR_VALUES: dict[str, tuple[str, ...]] = {
-    "shape": ("oval", "round", "irregular"),
-    "margin": ("circumscribed", "not circumscribed"),
-    "echo_pattern": (
-        "anechoic",
-        "hyperechoic",
-        "complex cystic and solid",
-        "hypoechoic",
-        "isoechoic",
-        "heterogeneous",
-    ),
-    "posterior_features": ("no posterior features", "enhancement", "shadowing", "combined pattern"),
-    "calcifications": ("no calcifications", "calcifications in a mass"),
-}
-MARGIN_SUBTYPES = ("indistinct", "angular", "microlobulated", "spiculated")
-DESCRIPTOR_ORDER = ("shape", "orientation", "margin", "echo_pattern", "posterior_features", "calcifications")
-
-# Likelihood of malignancy per category (ACR midpoints), as engine.networks.MALIGNANCY_LIKELIHOOD: the
-# G-CNN's suspicion is the logit of the expected likelihood of its five probabilities. (A copy: engine's
-# runtime must not import the torch module that defines it.)
-_CATEGORY_LIKELIHOOD = (0.01, 0.06, 0.30, 0.72, 0.97)
+#: Values of each learned descriptor, in the order of its head's classes (``engine.lexicon``).
+DESCRIPTOR_VALUES: dict[str, tuple[str, ...]] = {name: DESCRIPTORS[name] for name in READER_DESCRIPTORS}
+#: Every descriptor reported, in the lexicon's order (orientation is measured, not learned).
+DESCRIPTOR_ORDER: tuple[str, ...] = tuple(DESCRIPTORS)
 
 FEATURE_NAMES = (
     "log_area_fraction",  # log(lesion area / frame area)
@@ -110,7 +95,7 @@ def gcnn_suspicion(probabilities: np.ndarray | None) -> float:
     p = np.asarray(probabilities, dtype=np.float64).ravel()
     if p.shape != (5,):
         raise ValueError(f"G-CNN probabilities must be 5 numbers (3, 4A, 4B, 4C, 5), got shape {p.shape}")
-    m = float(np.clip(np.dot(p, _CATEGORY_LIKELIHOOD), 1e-4, 1 - 1e-4))
+    m = float(np.clip(np.dot(p, MALIGNANCY_LIKELIHOOD), 1e-4, 1 - 1e-4))
     return math.log(m / (1 - m))
 
 

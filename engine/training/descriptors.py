@@ -32,54 +32,21 @@ import numpy as np
 
 from engine.birads import CATEGORIES
 from engine.data.manifest import ManifestRecord
+from engine.lexicon import MARGIN_SUBTYPES, READER_DESCRIPTORS, manifest_descriptor_labels
 
 CHECKPOINT_EVERY = 50
 CROP_SIZE = 128
 
-# Manifest spellings -> lexicon values of engine.descriptors.DESCRIPTOR_VALUES
-_ECHO = {
-    "anechoic": "anechoic",
-    "hyperechoic": "hyperechoic",
-    "complex cystic/solid": "complex cystic and solid",
-    "hypoechoic": "hypoechoic",
-    "isoechoic": "isoechoic",
-    "heterogeneous": "heterogeneous",
-}
-_POSTERIOR = {
-    "no": "no posterior features",
-    "enhancement": "enhancement",
-    "shadowing": "shadowing",
-    "combined": "combined pattern",
-}
-_CALC = {"no": "no calcifications", "in a mass": "calcifications in a mass"}
-
-
 def descriptor_labels(record: ManifestRecord) -> dict[str, str | None]:
-    """The lexicon labels a record carries (None where it has none): shape, margin, margin subtypes
-    ("yes"/"no" each, None for circumscribed lesions), echo_pattern, posterior_features, calcifications."""
-    extra = {k: (v or "").strip().lower() for k, v in record.extra.items()}
-    out: dict[str, str | None] = {}
-    shape = extra.get("shape", "")
-    out["shape"] = shape if shape in ("oval", "round", "irregular") else None
-    margin = extra.get("margin", "")
-    if margin == "circumscribed":
-        out["margin"] = "circumscribed"
-    elif margin.startswith("not circumscribed"):
-        out["margin"] = "not circumscribed"
-    else:
-        out["margin"] = None
-    subtypes = (
-        margin.split("-", 1)[1].strip().split("&")
-        if out["margin"] == "not circumscribed" and "-" in margin
-        else []
-    )
-    for name in ("indistinct", "angular", "microlobulated", "spiculated"):
-        out[f"subtype:{name}"] = (
-            ("yes" if name in subtypes else "no") if out["margin"] == "not circumscribed" else None
-        )
-    out["echo_pattern"] = _ECHO.get(extra.get("echogenicity", ""))
-    out["posterior_features"] = _POSTERIOR.get(extra.get("posterior_features", ""))
-    out["calcifications"] = _CALC.get(extra.get("calcifications", ""))
+    """The lexicon labels a record carries (None where it has none), as training reads them: shape, margin,
+    echo_pattern, posterior_features, calcifications and ``subtype:NAME`` ("yes"/"no" for a
+    not-circumscribed margin whose reader named its subtypes, else None). The words are read by
+    ``engine.lexicon.manifest_descriptor_labels``."""
+    labels = manifest_descriptor_labels(record.extra)
+    out: dict[str, str | None] = {name: labels.value(name) for name in READER_DESCRIPTORS}
+    named = labels.margin_subtypes if labels.value("margin") == "not circumscribed" else None
+    for name in MARGIN_SUBTYPES:
+        out[f"subtype:{name}"] = None if named is None else ("yes" if named[name] else "no")
     return out
 
 
@@ -322,7 +289,7 @@ def logit(p: np.ndarray) -> np.ndarray:
 # Design matrices, cross-validation, the preregistered choice, the final fit.
 
 BREAST = "breast_lesions_usg"
-LEARNED = ("shape", "margin", "echo_pattern", "posterior_features", "calcifications")
+LEARNED = READER_DESCRIPTORS
 PRIMARY = ("shape", "margin", "echo_pattern", "posterior_features")  # the preregistered mean-kappa set
 LAMBDA = 1.0
 EMBED_DIMS = 32
@@ -473,7 +440,7 @@ def _fit_descriptor_heads(z: np.ndarray, cases: list[dict]) -> dict:
         if (y >= 0).sum() >= 10 and len(np.unique(y[y >= 0])) >= 2:
             c, b = _fit_head(z, y, k)
             heads[name] = (c, b, k)
-    for sub in ("indistinct", "angular", "microlobulated", "spiculated"):
+    for sub in MARGIN_SUBTYPES:
         y = _label_index(cases, f"subtype:{sub}")
         if (y == 1).sum() >= 3 and (y == 0).sum() >= 3:
             c, b = _fit_head(z, y, 2)
@@ -536,9 +503,7 @@ def descriptor_metrics(cases: list[dict], result: dict, idx_mask: np.ndarray | N
     out = {}
     preds, missed = result["preds"], result["missed"]
     sel_all = np.ones(len(cases), dtype=bool) if idx_mask is None else idx_mask
-    for name in list(LEARNED) + [
-        f"subtype:{s}" for s in ("indistinct", "angular", "microlobulated", "spiculated")
-    ]:
+    for name in [*LEARNED, *(f"subtype:{s}" for s in MARGIN_SUBTYPES)]:
         if name not in preds:
             continue
         k = len(_values(name)) if not name.startswith("subtype:") else 2
@@ -883,8 +848,6 @@ def train_descriptors(
     report["category"]["descriptor_category_replaces_shipped"] = bool(replace)
 
     # 4. the suspicion model behind the drivers: pathology on CV descriptor probabilities (non-test cases)
-    from engine.descriptors import MARGIN_SUBTYPES
-
     preds = cv_res["preds"]
     lhw = FEATURE_NAMES.index("log_height_width")
     cols = []
