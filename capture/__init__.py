@@ -1,6 +1,8 @@
 """Frame sources: capture cards, files, DICOM, the synthetic phantom scanner, and the live grabber.
 
-Modules: ``frame`` (the Frame dataclass), ``sources`` (``open_source`` and the sources), ``grabber``
+Modules: ``frame`` (the Frame dataclass), ``frame_source`` (the ``FrameSource`` base and the source
+errors), ``sources`` (``open_source``, which picks a source from a string), ``image_files``,
+``video_sources``, ``dicom_source`` and ``phantom_sequence`` (the sources), ``grabber``
 (``LatestFrameGrabber``), ``geometry`` (``GeometryProfile``), ``phantom`` (the phantom scanner),
 ``screen`` (scanner-screen rendering). The names below are imported lazily so that ``import capture``
 stays cheap.
@@ -13,8 +15,8 @@ from typing import Any
 from capture.frame import Frame
 
 _LAZY = {
-    "FrameSource": "capture.sources",
-    "SourceError": "capture.sources",
+    "FrameSource": "capture.frame_source",
+    "SourceError": "capture.frame_source",
     "open_source": "capture.sources",
     "GeometryProfile": "capture.geometry",
     "LatestFrameGrabber": "capture.grabber",

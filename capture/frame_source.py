@@ -1,6 +1,8 @@
 """The base of every frame source: conversion to 8-bit gray, the geometry crop, numbering, time stamps
-and pacing (:class:`FrameSource`). The concrete sources are in ``capture.sources`` and
-``capture.phantom_sequence``; this module sits below both so that neither imports the other's base."""
+and pacing (:class:`FrameSource`), and the errors every source raises. The concrete sources are in
+``capture.image_files``, ``capture.video_sources``, ``capture.dicom_source`` and
+``capture.phantom_sequence``, chosen from a string by ``capture.sources.open_source``; this module sits
+below them all so that none imports another's base."""
 
 from __future__ import annotations
 
@@ -14,6 +16,18 @@ from capture.frame import Frame
 from capture.geometry import GeometryProfile
 
 _STANDARD_BIT_DEPTHS = (8, 10, 12, 14, 16)
+ACCEPTED = (
+    "accepted: 'phantom[:seed=N,screen=1,...]', a capture device index ('0') or '/dev/videoN', a video "
+    "file, an image folder or glob ('frames/*.png'), or 'dicom:PATH' (a .dcm file or folder)"
+)
+
+
+class SourceError(ValueError):
+    """A source string that names nothing readable, or a source that cannot deliver frames."""
+
+
+class SourceDisconnectedError(RuntimeError):
+    """A live source stopped delivering frames (device unplugged, capture card lost signal)."""
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

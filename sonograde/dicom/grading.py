@@ -83,9 +83,9 @@ def check_dataset(ds: Dataset, context_sop_class: str | None = None) -> None:
 
 
 def decode_frames(ds: Dataset) -> np.ndarray:
-    """All frames as (N, H, W) uint8 gray (``capture.sources.dicom_frames_gray``); RefusedError when the
+    """All frames as (N, H, W) uint8 gray (``capture.dicom_source.dicom_frames_gray``); RefusedError when the
     pixel data cannot be decoded (truncated, damaged, or a compression no decoder here reads)."""
-    from capture.sources import dicom_frames_gray
+    from capture.dicom_source import dicom_frames_gray
 
     try:
         frames = dicom_frames_gray(ds)
@@ -134,7 +134,7 @@ def grade_dataset(ds: Dataset, grader, *, frames: np.ndarray | None = None,
     ``frames`` are the decoded frames when the caller has them already (``decode_frames``). Raises
     RefusedError for data sets that are not graded or cannot be decoded.
     """
-    from capture.sources import dicom_pixel_spacing_mm
+    from capture.dicom_source import dicom_pixel_spacing_mm
     from refine.measure import lesion_size
     from sonograde.dicom import objects
 
