@@ -18,8 +18,8 @@ Protocol (all choices are ours where the paper says nothing):
   ROI-CNN's raw ROI and around the refined ROI, so "ROI-CNN + X" and "Refined ROI-CNN + X" share one
   trained network and differ only in the ROI they are given. Where the ROI-CNN finds nothing, the case
   counts as wrong;
-- the loss is ``engine.training.grader.allowed_set_loss`` (cross-entropy; a coarse BUS-BRA "4" on the
-  summed probability of 4A, 4B, 4C), the optimizer and learning-rate schedule those of
+- the loss is ``engine.training.grader_objective.allowed_set_loss`` (cross-entropy; a coarse BUS-BRA
+  "4" on the summed probability of 4A, 4B, 4C), the optimizer and learning-rate schedule those of
   ``engine.training.common`` (SGD as the paper by default), five-way-labelled samples repeated
   ``TrainConfig.fine_repeat`` times per epoch when mixed with coarse ones, as in the shipped G-CNN's
   training; the two-stage networks see the crop only (no mask channel, unlike the shipped G-CNN), so
@@ -219,7 +219,8 @@ def train_classifier(arch: str, samples: Sequence[GraderSample],
     from tqdm import tqdm
 
     from engine.training.common import lr_at, make_optimizer, set_lr
-    from engine.training.grader import allowed_set_loss, fine_datasets
+    from engine.training.grader_data import fine_datasets
+    from engine.training.grader_objective import allowed_set_loss
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(seed)
@@ -379,7 +380,7 @@ def run_table3(config: Table3Config, log: Callable[[str], None] | None = None) -
     pathology = {s.id: by_id[s.id].pathology if by_id[s.id].pathology in ("benign", "malignant") else None
                  for s in samples}
     result = Table3Result()
-    from engine.training.grader import sample_input
+    from engine.training.grader_data import sample_input
 
     crop_config = _train_config(config, config.crop_size)
     for fold in config.run_folds if config.run_folds is not None else range(config.folds):

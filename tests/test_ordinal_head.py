@@ -273,7 +273,7 @@ def _phantom_base(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, np.nd
 
     from capture.phantom_dataset import write_dataset
     from engine.data.datasets import load_grader_samples
-    from engine.training.grader import sample_input
+    from engine.training.grader_data import sample_input
 
     data = write_dataset(tmp_path / "data", 60, seed=int(rng.integers(1000)))
     config = TrainConfig(kind="grader", input_size=32, width=0.125, margin=0.25)

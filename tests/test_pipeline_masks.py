@@ -15,7 +15,7 @@ from engine.data.datasets import phantom_grader_samples
 from engine.preprocess import grader_input
 from engine.training import evaluate
 from engine.training.common import TrainConfig, TrainingError
-from engine.training.grader import sample_input
+from engine.training.grader_data import sample_input
 from engine.training.pipeline_masks import attach_pipeline_masks
 from sonograde.commands import train as train_command
 

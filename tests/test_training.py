@@ -17,7 +17,7 @@ from engine.data.manifest import ManifestRecord, read_manifest
 from engine.networks import RoiCNN, RoiConfig
 from engine.splits import SplitConfig, check_disjoint, folds_patient_disjoint, make_split
 from engine.training.common import TrainConfig, TrainingError, load_checkpoint
-from engine.training.grader import allowed_set_loss, distillation_loss, malignancy_loss
+from engine.training.grader_objective import allowed_set_loss, distillation_loss, malignancy_loss
 from engine.training.roi import batch_tensors, roi_loss, train_roi
 from sonograde.commands import train as train_command
 
@@ -317,7 +317,7 @@ def test_coarse_bias_keeps_a_coarse_datasets_base_rate_out_of_the_model(tmp_path
 
 
 def test_with_offset_equals_softmax_of_shifted_logits(rng: np.random.Generator) -> None:
-    from engine.training.grader import with_offset
+    from engine.training.grader_data import with_offset
 
     logits = torch.from_numpy(rng.standard_normal((4, 5)).astype(np.float32))
     offset = torch.from_numpy(rng.standard_normal(5).astype(np.float32))

@@ -42,8 +42,9 @@ class TrainConfig:
     test_fold, val_fraction, test_fraction, cv_folds: the split, see engine.splits (cv_folds 0: a fixed
     test fraction; K: cross-validation fold ``test_fold`` of K).
     fine_repeat (grader): times each five-way (4A/4B/4C-labelled dataset) sample is seen per epoch.
-    malignancy_weight (grader): weight of the pathology term (``engine.training.grader.malignancy_loss``)
-    added to the category loss for lesions whose pathology is known; 0 trains on categories alone.
+    malignancy_weight (grader): weight of the pathology term
+    (``engine.training.grader_objective.malignancy_loss``) added to the category loss for lesions whose
+    pathology is known; 0 trains on categories alone.
     init_from: a checkpoint (best.pt / last.pt of another run) whose network weights start this run
     (fine-tuning: new optimizer, schedule and epochs; the network configuration must match); for the
     ROI-CNN also an exported ``.onnx`` such as the shipped ``models/roi_cnn.onnx``
@@ -54,7 +55,7 @@ class TrainConfig:
     whose outputs the network also learns to match, on the same augmented inputs (knowledge distillation,
     Hinton et al. 2015: one network carries most of an ensemble's accuracy at a third of its size); they
     must take the same input (view, input size, mask channel, margin). distill_weight: weight of
-    KL(teacher || network) added to the loss (``engine.training.grader.distillation_loss``).
+    KL(teacher || network) added to the loss (``engine.training.grader_objective.distillation_loss``).
     train_masks (grader): where the mask channel and crop box of training and validation lesions come
     from: "annotation" (the annotated mask, randomly eroded or dilated by up to 3 px) or "pipeline" (the
     refined mask of the ROI-CNN ``roi_model`` where it finds the annotated lesion, see

@@ -151,7 +151,7 @@ def fit_head_from_onnx(model_path: str | Path, data: list[str], out: str | Path,
     from engine.data.datasets import load_grader_samples, load_records
     from engine.splits import make_split
     from engine.training.common import TrainConfig, TrainingError, write_json
-    from engine.training.grader import sample_input
+    from engine.training.grader_data import sample_input
 
     model_path = Path(model_path)
     try:

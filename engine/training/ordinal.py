@@ -37,8 +37,8 @@ def fit_ordinal_head(scores: np.ndarray, labels: np.ndarray) -> OrdinalHead:
 
     labels: five-way labels (N,) in 0..4, or allowed sets (N, 5) bool: a lesion with a coarse label
     (BUS-BRA "4": 4A, 4B or 4C) contributes the log of the summed probability of its set, as in the
-    grader's training loss (``engine.training.grader.allowed_set_loss``). ValueError when fewer than 10
-    lesions carry a single 4A, 4B or 4C label or fewer than two categories are present: the middle cut
+    grader's training loss (``engine.training.grader_objective.allowed_set_loss``). ValueError when fewer
+    than 10 lesions carry a single 4A, 4B or 4C label or fewer than two categories are present: the middle cut
     points are not identifiable then."""
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels)
@@ -106,7 +106,7 @@ def fit_head_run(bases: list[str | Path], data: list[str], out: str | Path, spli
     from engine.splits import make_split
     from engine.training.checkpoints import load_ensemble
     from engine.training.common import TrainConfig, TrainingError, load_checkpoint, write_json
-    from engine.training.grader import predict
+    from engine.training.grader_data import predict
 
     if not bases:
         raise TrainingError("an ordinal head needs the G-CNN checkpoint(s) it reads")
