@@ -1,8 +1,10 @@
 """Agreement and calibration metrics: Cohen's kappa (unweighted or quadratic-weighted) with a seeded
 bootstrap confidence interval, and the expected calibration error with its reliability-diagram bins.
 
-Pure numpy. As in :mod:`.metrics`, ``None`` stands for "not defined on these data" (a kappa where both
-raters always say the same one class, an interval from fewer than two cases), never a made-up value.
+Pure numpy, the one home of these metrics for evaluation and training (AUC, confusion matrices and
+bootstrap intervals are in ``engine.grading_metrics``). As there, ``None`` stands for "not defined on
+these data" (a kappa where both raters always say the same one class, an interval from fewer than two
+cases), never a made-up value.
 """
 
 from __future__ import annotations

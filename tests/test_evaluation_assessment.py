@@ -11,16 +11,16 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.lexicon import DESCRIPTORS, manifest_descriptor_labels
-from sonograde.assessment import NO_DESCRIPTOR_MODEL
-from sonograde.cli import main
-from sonograde.evaluation.agreement import (
+from engine.agreement import (
     calibration_bins,
     cohen_kappa,
     expected_calibration_error,
     kappa_from_matrix,
     kappa_with_ci,
 )
+from engine.lexicon import DESCRIPTORS, manifest_descriptor_labels
+from sonograde.assessment import NO_DESCRIPTOR_MODEL
+from sonograde.cli import main
 from sonograde.evaluation.assessment import summarize_assessment, write_assessment_report
 from sonograde.evaluation.summary import CaseResult
 

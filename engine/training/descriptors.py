@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import agreement
 from engine.birads import CATEGORIES
 from engine.data.manifest import ManifestRecord
+from engine.grading_metrics import bootstrap_interval, roc_auc
 from engine.lexicon import MARGIN_SUBTYPES, READER_DESCRIPTORS, manifest_descriptor_labels
 
 CHECKPOINT_EVERY = 50
@@ -221,55 +223,29 @@ def fit_platt(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def cohen_kappa(y: np.ndarray, p: np.ndarray, n_classes: int, weights: str | None = None) -> float:
-    cm = np.zeros((n_classes, n_classes))
-    np.add.at(cm, (y, p), 1)
-    n = cm.sum()
-    if n == 0:
+    """``engine.agreement.cohen_kappa`` as the cross-validation arrays want it: NaN without cases, 0 where
+    the expected disagreement is 0 (one class throughout, so agreement is no better than chance)."""
+    if len(y) == 0:
         return float("nan")
-    expected = np.outer(cm.sum(1), cm.sum(0)) / n
-    i, j = np.indices(cm.shape)
-    wmat = ((i - j) ** 2 / max((n_classes - 1) ** 2, 1)) if weights == "quadratic" else (i != j).astype(float)
-    denom = (wmat * expected).sum()
-    return float(1 - (wmat * cm).sum() / denom) if denom > 0 else 0.0
+    value = agreement.cohen_kappa(y, p, n_classes, weights)
+    return 0.0 if value is None else value
 
 
-def bootstrap_ci(
-    metric, arrays: Sequence[np.ndarray], *, n_boot: int = 2000, seed: int = 0
-) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    n = len(arrays[0])
-    values = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        v = metric(*(a[idx] for a in arrays))
-        if np.isfinite(v):
-            values.append(v)
-    if not values:
-        return float("nan"), float("nan")
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+def bootstrap_ci(metric, arrays: Sequence[np.ndarray], *, n_boot: int = 2000,
+                 seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of ``metric`` (``engine.grading_metrics.bootstrap_interval``)."""
+    return bootstrap_interval(metric, tuple(arrays), resamples=n_boot, seed=seed)
 
 
 def auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC by the rank statistic (ties half)."""
-    y = np.asarray(y).astype(bool)
-    pos, neg = score[y], score[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    from scipy.stats import rankdata
-
-    ranks = rankdata(np.concatenate([pos, neg]))
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    """ROC AUC (``engine.grading_metrics.roc_auc``; NaN where one class is absent)."""
+    return roc_auc(np.asarray(score), np.asarray(y))
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        sel = idx == b
-        if sel.any():
-            ece += sel.mean() * abs(p[sel].mean() - y[sel].mean())
-    return float(ece)
+    """``engine.agreement.expected_calibration_error``; 0 without cases."""
+    value = agreement.expected_calibration_error(y, p, bins)
+    return 0.0 if value is None else value
 
 
 def data_hash(records: Sequence[ManifestRecord]) -> str:

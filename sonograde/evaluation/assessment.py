@@ -24,15 +24,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.grading_metrics import auc, median_or_none
-from engine.lexicon import DESCRIPTORS, MARGIN_SUBTYPES, READER_DESCRIPTORS
-from sonograde.evaluation.agreement import (
+from engine.agreement import (
     BOOTSTRAP_REPLICATES,
     BOOTSTRAP_SEED,
     calibration_bins,
     expected_calibration_error,
     kappa_with_ci,
 )
+from engine.grading_metrics import auc, median_or_none
+from engine.lexicon import DESCRIPTORS, MARGIN_SUBTYPES, READER_DESCRIPTORS
 from sonograde.evaluation.labels import CATEGORIES
 from sonograde.evaluation.summary import summarize_grading
 
