@@ -64,6 +64,25 @@ def test_fit_refuses_too_little_data_and_bad_labels() -> None:
         fit_ordinal_head(np.zeros(20), np.array([0, 5] * 10))
 
 
+def test_fit_on_lesions_names_the_data_it_could_not_fit(rng: np.random.Generator) -> None:
+    """The two head commands share one fit: allowed sets from the lesions, a TrainingError naming the
+    folders where the cut points are not identifiable."""
+    from types import SimpleNamespace
+
+    from engine.training.common import TrainingError
+    from engine.training.ordinal import fit_head_on_lesions
+
+    head = OrdinalHead(slope=1.5, cuts=(-2.0, -0.5, 0.5, 2.0))
+    scores, labels = _draw(head, 300, rng)
+    lesions = [SimpleNamespace(allowed=np.eye(5, dtype=bool)[k]) for k in labels]
+    fitted, allowed = fit_head_on_lesions(lesions, scores, ["five_way"])
+    assert allowed.shape == (300, 5) and (allowed.argmax(1) == labels).all()
+    assert fitted == fit_ordinal_head(scores, labels)
+    coarse = [SimpleNamespace(allowed=np.array([False, True, True, True, False]))] * 20
+    with pytest.raises(TrainingError, match=r"at least 10 .*\(in the fitted part of busbra\)"):
+        fit_head_on_lesions(coarse, rng.normal(size=20), ["busbra"])
+
+
 def test_head_round_trips_and_rejects_unordered_cuts() -> None:
     head = OrdinalHead(slope=0.9, cuts=(-2.0, -1.0, 0.0, 1.0))
     assert OrdinalHead.from_dict(head.to_dict()) == head

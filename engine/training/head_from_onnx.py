@@ -29,7 +29,7 @@ from engine.splits import SplitConfig
 from engine.training.ordinal import (
     HeadFit,
     describe_fit,
-    fit_ordinal_head,
+    fit_head_on_lesions,
     plot_head,
 )
 
@@ -147,7 +147,6 @@ def fit_head_from_onnx(model_path: str | Path, data: list[str], out: str | Path,
 
     from engine.backends import load_backend
     from engine.backends.base import ModelLoadError
-    from engine.birads import CATEGORIES as GRADER_CATEGORIES
     from engine.data.datasets import load_grader_samples, load_records
     from engine.splits import make_split
     from engine.training.common import TrainConfig, TrainingError, write_json
@@ -177,16 +176,11 @@ def fit_head_from_onnx(model_path: str | Path, data: list[str], out: str | Path,
                          mask_channel=grader_input.mask_channel, view=grader_input.view)
     parts = make_split(load_records(data), split)
     samples = load_grader_samples(parts.train + parts.val, cache_dir=cache_dir, progress=progress)
-    allowed = (np.stack([s.allowed for s in samples]) if samples
-               else np.zeros((0, len(GRADER_CATEGORIES)), bool))
     batches = [np.stack([sample_input(s, config, None) for s in samples[i:i + 32]])
                for i in range(0, len(samples), 32)]
     probs = np.concatenate([backend.run(batch) for batch in batches]) if batches else np.zeros((0, 5))
     scores = scores_from_probabilities(probs, old_head)
-    try:
-        head = fit_ordinal_head(scores, allowed)
-    except ValueError as error:
-        raise TrainingError(f"{error} (in the fitted part of {', '.join(data)})") from error
+    head, allowed = fit_head_on_lesions(samples, scores, data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = "+".join(sorted({Path(d).name for d in data}))

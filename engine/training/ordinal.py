@@ -15,8 +15,10 @@ malignancy ranking (and AUC) of the network is unchanged; only the five-way read
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import minimize
@@ -24,6 +26,9 @@ from scipy.optimize import minimize
 from engine.birads import CATEGORIES as GRADER_CATEGORIES
 from engine.ordinal_head import OrdinalHead, ordinal_probabilities, suspicion_score
 from engine.splits import SplitConfig
+
+if TYPE_CHECKING:
+    from engine.data.datasets import GraderSample
 
 
 def _unpack(theta: np.ndarray) -> OrdinalHead:
@@ -70,6 +75,20 @@ def fit_ordinal_head(scores: np.ndarray, labels: np.ndarray) -> OrdinalHead:
                       options={"maxiter": 20000, "xatol": 1e-6, "fatol": 1e-9})
     result = minimize(negative_log_likelihood, result.x, method="BFGS")
     return _unpack(result.x)
+
+
+def fit_head_on_lesions(samples: Sequence[GraderSample], scores: np.ndarray,
+                        data: Sequence[str]) -> tuple[OrdinalHead, np.ndarray]:
+    """``fit_ordinal_head`` on the lesions' allowed label sets; returns the head and those sets (N, 5).
+    TrainingError, naming the data folders, where the middle cut points are not identifiable."""
+    from engine.training.common import TrainingError
+
+    allowed = (np.stack([s.allowed for s in samples]) if len(samples)
+               else np.zeros((0, len(GRADER_CATEGORIES)), bool))
+    try:
+        return fit_ordinal_head(scores, allowed), allowed
+    except ValueError as error:
+        raise TrainingError(f"{error} (in the fitted part of {', '.join(data)})") from error
 
 
 @dataclass(frozen=True)
@@ -140,13 +159,8 @@ def fit_head_run(bases: list[str | Path], data: list[str], out: str | Path, spli
                                 "train them with one --split-seed, or leave those folders out of --data")
         fit_records += make_split(seen, config.split_config()).val
     samples = load_grader_samples(fit_records, cache_dir=cache_dir, progress=progress)
-    allowed = (np.stack([s.allowed for s in samples]) if samples
-               else np.zeros((0, len(GRADER_CATEGORIES)), bool))
     scores = suspicion_score(predict(net, samples, config))
-    try:
-        head = fit_ordinal_head(scores, allowed)
-    except ValueError as error:
-        raise TrainingError(f"{error} (in the fitted part of {', '.join(data)})") from error
+    head, allowed = fit_head_on_lesions(samples, scores, data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     counts, accuracy = describe_fit(head, scores, allowed, [s.id for s in samples])
