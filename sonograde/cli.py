@@ -8,10 +8,10 @@ numba kernels) inside ``run`` so that ``sonograde --help`` stays fast and works 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from sonograde import RESEARCH_USE_ONLY, __version__
+from sonograde.commands.nested import register_commands
 
 # (name, module, one-line help). ``bench``, ``calibrate`` and ``screen`` take a second word, handled by their
 # modules.
@@ -48,18 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sonograde {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name, help_text in COMMANDS:
-        module = importlib.import_module(module_name)
-        command_parser = sub.add_parser(
-            name,
-            help=help_text,
-            description=(module.__doc__ or help_text).strip(),
-            epilog=RESEARCH_USE_ONLY,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        module.add_arguments(command_parser)
-        command_parser.set_defaults(_run=module.run)
+    register_commands(parser.add_subparsers(dest="command", metavar="COMMAND"), COMMANDS)
     return parser
 
 
