@@ -23,6 +23,7 @@ measured by its bounding rectangle.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -125,6 +126,24 @@ def find_image_rect(screen: np.ndarray, *, tolerance: int = 2) -> tuple[tuple[in
     return (x0, y0, x1 - x0, y1 - y0), background
 
 
+def _settle_edges(start: int, end: int, size: int, share_at: Callable[[int], float], *, share: float,
+                  reach: int) -> tuple[int, int]:
+    """One axis of ``_refine_edges``: the span [start, end) grown outwards (at most ``reach`` lines, within
+    ``size``) over lines where ``share_at`` exceeds ``share``, then trimmed inwards over lines where it
+    does not (keeping at least one line)."""
+    low = start
+    while low > max(0, start - reach) and share_at(low - 1) > share:
+        low -= 1
+    while low < end - 1 and share_at(low) <= share:
+        low += 1
+    high = end
+    while high < min(size, end + reach) and share_at(high) > share:
+        high += 1
+    while high > low + 1 and share_at(high - 1) <= share:
+        high -= 1
+    return low, high
+
+
 def _refine_edges(differs: np.ndarray, x0: int, y0: int, x1: int, y1: int, *, share: float = 0.5,
                   reach: int = 30) -> tuple[int, int, int, int]:
     """Move each edge of the half-open box [x0, x1) x [y0, y1) to the outermost row/column (within
@@ -138,28 +157,8 @@ def _refine_edges(differs: np.ndarray, x0: int, y0: int, x1: int, y1: int, *, sh
         return float(differs[y0:y1, c].mean()) if 0 <= c < width else 0.0
 
     for _ in range(2):  # rows then columns, twice: each uses the other's span
-        top = y0
-        while top > max(0, y0 - reach) and row_share(top - 1) > share:
-            top -= 1
-        while top < y1 - 1 and row_share(top) <= share:
-            top += 1
-        bottom = y1
-        while bottom < min(height, y1 + reach) and row_share(bottom) > share:
-            bottom += 1
-        while bottom > top + 1 and row_share(bottom - 1) <= share:
-            bottom -= 1
-        y0, y1 = top, bottom
-        left = x0
-        while left > max(0, x0 - reach) and col_share(left - 1) > share:
-            left -= 1
-        while left < x1 - 1 and col_share(left) <= share:
-            left += 1
-        right = x1
-        while right < min(width, x1 + reach) and col_share(right) > share:
-            right += 1
-        while right > left + 1 and col_share(right - 1) <= share:
-            right -= 1
-        x0, x1 = left, right
+        y0, y1 = _settle_edges(y0, y1, height, row_share, share=share, reach=reach)
+        x0, x1 = _settle_edges(x0, x1, width, col_share, share=share, reach=reach)
     return x0, y0, x1, y1
 
 
