@@ -30,7 +30,7 @@ SESSION_WORDS = re.compile(
     re.IGNORECASE,
 )
 # Products docs and help texts also name data by a placeholder, not by where it lies on our machines.
-DEVELOPMENT_PATHS = re.compile(r"shared/data|development machine", re.IGNORECASE)
+DEVELOPMENT_PATHS = re.compile(r"\.\./shared/|shared/data|development machine", re.IGNORECASE)
 
 FENCED_CODE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
@@ -112,6 +112,7 @@ def test_the_checks_themselves_catch_what_they_are_for(tmp_path):
     assert all(SESSION_WORDS.search(line) for line in bad)
     assert not any(SESSION_WORDS.search(line) for line in good)
     assert DEVELOPMENT_PATHS.search("--data ../shared/data/busbra")
+    assert DEVELOPMENT_PATHS.search("(the paper, `../shared/reference/paper.txt`)")
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=_relative)
