@@ -212,13 +212,15 @@ def train_classifier(arch: str, samples: Sequence[GraderSample],
     """Train one classifier with the training helper's loss, optimizer and schedule; returns it in eval mode.
 
     engine.training.grader.train_grader trains only the G-CNN on ground-truth crops of a fixed split, so
-    this loop reuses its pieces (allowed_set_loss, fine_repeat, fine_datasets, make_optimizer, lr_at)
-    with any architecture, input function and training set.
+    this reuses its pieces (the epoch of ``engine.training.common.train_one_epoch``, allowed_set_loss,
+    fine_repeat, fine_datasets, make_optimizer) with any architecture, input function and training set,
+    without checkpoints or validation.
     """
-    import torch
-    from tqdm import tqdm
+    import dataclasses
 
-    from engine.training.common import lr_at, make_optimizer, set_lr
+    import torch
+
+    from engine.training.common import RunState, make_optimizer, train_one_epoch
     from engine.training.grader_data import fine_datasets
     from engine.training.grader_objective import allowed_set_loss
 
@@ -226,7 +228,7 @@ def train_classifier(arch: str, samples: Sequence[GraderSample],
     torch.manual_seed(seed)
     # channels_last: oneDNN convolutions run about twice as fast on CPU (as the training helper found)
     net = build_classifier(arch, config.width, size).to(memory_format=torch.channels_last)
-    train_config = _train_config(config, size)
+    train_config = dataclasses.replace(_train_config(config, size), seed=seed)
     optimizer = make_optimizer(train_config, net.parameters())
     fine = fine_datasets(list(samples))
     is_fine = [s.id.split("/")[0] in fine for s in samples]
@@ -234,27 +236,21 @@ def train_classifier(arch: str, samples: Sequence[GraderSample],
     # repeat would only multiply the epoch length).
     repeat = train_config.fine_repeat if any(is_fine) and not all(is_fine) else 1
     pool = np.repeat(np.arange(len(samples)), [repeat if f else 1 for f in is_fine])
+
+    def batch_loss(indices: np.ndarray, rng: np.random.Generator) -> torch.Tensor | None:
+        batch = [samples[i] for i in indices]
+        if len(batch) < 2:  # batch norm needs two samples
+            return None
+        x = torch.from_numpy(np.stack([make_input(s, rng) for s in batch]))
+        x = x.contiguous(memory_format=torch.channels_last)
+        allowed = torch.from_numpy(np.stack([s.allowed for s in batch]))
+        return allowed_set_loss(net(x), allowed)
+
+    state = RunState()
     for epoch in range(config.epochs):
-        set_lr(optimizer, lr_at(train_config, epoch))
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(pool)
-        steps = max(1, len(order) // config.batch_size)
-        net.train()
-        bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=not config.progress)
-        for step in bar:
-            batch = [samples[i] for i in order[step * config.batch_size:(step + 1) * config.batch_size]]
-            if len(batch) < 2:  # batch norm needs two samples
-                continue
-            x = torch.from_numpy(np.stack([make_input(s, rng) for s in batch]))
-            x = x.contiguous(memory_format=torch.channels_last)
-            allowed = torch.from_numpy(np.stack([s.allowed for s in batch]))
-            loss = allowed_set_loss(net(x), allowed)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        bar.close()
+        state.epoch = epoch
+        train_one_epoch(train_config, state, name=desc, net=net, optimizer=optimizer,
+                        epoch_order=lambda rng: rng.permutation(pool), batch_loss=batch_loss, leave=False)
     net.eval()
     return net
 

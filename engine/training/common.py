@@ -249,6 +249,46 @@ def end_epoch(out: Path, row: dict, score: float, *, net: torch.nn.Module, optim
           file=sys.stderr, flush=True)
 
 
+def train_one_epoch(config: TrainConfig, state: RunState, *, name: str, net: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer,
+                    epoch_order: Callable[[np.random.Generator], np.ndarray],
+                    batch_loss: Callable[[np.ndarray, np.random.Generator], torch.Tensor | None],
+                    leave: bool = True) -> list[float]:
+    """Epoch ``state.epoch`` of ``config``'s schedule, in training mode; returns the batch losses.
+
+    The learning rate of the schedule; one generator seeded ``[config.seed, epoch]`` (so a resumed run
+    repeats the epoch exactly) that first orders the training items (``epoch_order``) and then feeds the
+    augmentation of every batch; ``batch_loss(indices, rng)`` per batch of ``config.batch_size`` items (None
+    skips the batch), each followed by one optimizer step counted in ``state.step``; it stops early at
+    ``config.max_steps``. ``leave``: keep the progress bar on screen afterwards.
+    """
+    from tqdm import tqdm
+
+    epoch = state.epoch
+    set_lr(optimizer, lr_at(config, epoch))
+    rng = np.random.default_rng([config.seed, epoch])  # per-epoch stream: resume repeats it exactly
+    order = epoch_order(rng)
+    steps = max(1, len(order) // config.batch_size)
+    net.train()
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc=f"{name} epoch {epoch + 1}/{config.epochs}", leave=leave,
+               disable=not config.progress)
+    for step in bar:
+        loss = batch_loss(order[step * config.batch_size:(step + 1) * config.batch_size], rng)
+        if loss is None:
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state.step += 1
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if config.max_steps is not None and state.step >= config.max_steps:
+            break
+    bar.close()
+    return losses
+
+
 def train_epochs(config: TrainConfig, state: RunState, *, name: str, net: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, out: Path, log: MetricsLog,
                  epoch_order: Callable[[np.random.Generator], np.ndarray],
@@ -257,40 +297,17 @@ def train_epochs(config: TrainConfig, state: RunState, *, name: str, net: torch.
                  extra: Callable[[], dict] | None = None) -> RunState:
     """The epoch loop both trainers share, from ``state`` to ``config.epochs`` (or ``config.max_steps``).
 
-    Each epoch: the learning rate of the schedule; one generator seeded ``[config.seed, epoch]`` (so a
-    resumed run repeats the epoch exactly) that first orders the training items (``epoch_order``) and then
-    feeds the augmentation of every batch; ``batch_loss(indices, rng)`` per batch of ``config.batch_size``
-    items (None skips the batch); then ``validate()`` adds its numbers to the epoch's row and ``end_epoch``
+    Each epoch: ``train_one_epoch``; then ``validate()`` adds its numbers to the epoch's row and ``end_epoch``
     keeps the best ``score(row)`` (higher is better) with the checkpoints (``extra()``: training-only
     tensors kept beside the model). Returns ``state``.
     """
-    from tqdm import tqdm
-
     while state.epoch < config.epochs:
         if config.max_steps is not None and state.step >= config.max_steps:
             break
         epoch = state.epoch
-        set_lr(optimizer, lr_at(config, epoch))
-        rng = np.random.default_rng([config.seed, epoch])  # per-epoch stream: resume repeats it exactly
-        order = epoch_order(rng)
-        steps = max(1, len(order) // config.batch_size)
-        net.train()
-        started, losses = time.perf_counter(), []
-        bar = tqdm(range(steps), desc=f"{name} epoch {epoch + 1}/{config.epochs}",
-                   disable=not config.progress)
-        for step in bar:
-            loss = batch_loss(order[step * config.batch_size:(step + 1) * config.batch_size], rng)
-            if loss is None:
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            state.step += 1
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            if config.max_steps is not None and state.step >= config.max_steps:
-                break
-        bar.close()
+        started = time.perf_counter()
+        losses = train_one_epoch(config, state, name=name, net=net, optimizer=optimizer,
+                                 epoch_order=epoch_order, batch_loss=batch_loss)
         state.epoch += 1
         row: dict = {"epoch": state.epoch, "step": state.step, "lr": lr_at(config, epoch),
                      "train_loss": float(np.mean(losses)) if losses else float("nan"),
