@@ -56,6 +56,7 @@ class GraderConfig:
     mu1, mu2, alpha : Chan–Vese inside / outside data weights and contour-length weight (1, 1, 1).
     native_max_side : native refinements: longest side of the refined crop in px (None: 256,
         ``refine.native.DEFAULT_MAX_SIDE``).
+    native_level : native refinements: probability level of the outline on the crop (None: ``threshold``).
     """
 
     threshold: float = 0.5
@@ -67,6 +68,7 @@ class GraderConfig:
     mu2: float = 1.0
     alpha: float = 1.0
     native_max_side: int | None = None
+    native_level: float | None = None
 
     def __post_init__(self) -> None:
         refine_stage.check_refinement(self.refinement)
@@ -76,7 +78,7 @@ class GraderConfig:
         return refine_stage.RefineParameters(
             refinement=self.refinement, cv_margin=self.cv_margin, cv_max_iterations=self.cv_max_iterations,
             mu1=self.mu1, mu2=self.mu2, alpha=self.alpha, native_max_side=self.native_max_side,
-            threshold=self.threshold)
+            threshold=self.threshold, native_level=self.native_level)
 
 
 def model_path(models_dir: str | os.PathLike, kind: str, precision: str = "fp32",

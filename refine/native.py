@@ -24,9 +24,9 @@ frame each grid pixel is 2.6 frame pixels wide. Here the refinement works on the
        pixels with probability >= ``band[1]`` stay inside, pixels with probability <= ``band[0]``
        stay outside, Chan–Vese decides in between.
 
-5. **Back to the frame.** The crop's mask is resized to the crop's frame size (bilinear on the 0/1
-   mask, then > 0.5, so a downscaled crop still gives a smooth outline), holes are filled, the one
-   component overlapping the ROI most is kept, and it is placed in a frame-sized bool mask.
+5. **Back to the frame.** Holes are filled on the work grid; a downscaled crop's mask is resized to the
+   crop's frame size (bilinear on the 0/1 mask, then > 0.5, so the outline stays smooth) and the one
+   component overlapping the ROI most is kept; it is placed in a frame-sized bool mask.
 
 If a method empties the mask, the ROI mapped to the frame (nearest-neighbour) is returned and
 ``fell_back`` is set. Nothing here imports ``engine`` or ``sonograde``.
@@ -223,7 +223,8 @@ def refine_native(
     NativeRefineResult
         Its ``mask`` is (H, W) bool; empty only when ``roi_mask`` is empty.
     """
-    image = as_image(frame, "frame")
+    if not isinstance(frame, np.ndarray) or frame.ndim != 2 or frame.size == 0:
+        raise ValueError("frame must be a non-empty 2-D (H, W) gray numpy array; convert colour frames first")
     grid = _as_probability(prob)
     roi = as_mask(roi_mask, "roi_mask", shape=grid.shape)
     if method not in NATIVE_METHODS:
@@ -236,14 +237,14 @@ def refine_native(
     low, high = (as_finite_float(v, "band") for v in band)
     if not low <= threshold <= high:
         raise ValueError(f"band must satisfy low <= threshold <= high, got {band} with threshold {threshold}")
-    frame_shape = (int(image.shape[0]), int(image.shape[1]))
+    frame_shape = (int(frame.shape[0]), int(frame.shape[1]))
     box = native_crop_box(roi, frame_shape, margin_fraction=margin_fraction, min_margin=min_margin)
     if box is None:
         return NativeRefineResult(mask=np.zeros(frame_shape, bool), box=None, work_shape=None,
                                   iterations=0, converged=False, fell_back=False)
     work = work_shape_for(box, max_side)
     y0, y1, x0, x1 = box
-    crop = image[y0:y1, x0:x1]
+    crop = as_image(frame[y0:y1, x0:x1], "frame")  # checked and converted on the crop only
     if crop.shape != work:
         crop = cv2.resize(crop, (work[1], work[0]), interpolation=cv2.INTER_AREA)
     prob_work = _sample_on_crop(grid, frame_shape, box, work, cv2.INTER_LINEAR)
@@ -262,14 +263,15 @@ def refine_native(
         if method == "band":
             refined = (refined & (prob_work > low)) | (prob_work >= high)
         refined = _component_touching(refined, outline)
+    refined = binary_fill_holes(refined)  # one solid lesion; on the work grid, where it is cheap
     crop_frame_shape = (y1 - y0, x1 - x0)
     if refined.shape != crop_frame_shape:
         soft = cv2.resize(refined.astype(np.float32), (crop_frame_shape[1], crop_frame_shape[0]),
                           interpolation=cv2.INTER_LINEAR)
-        refined = soft > 0.5
-    refined = binary_fill_holes(refined)
-    seed_frame = grid_mask_to_frame(roi, frame_shape)[y0:y1, x0:x1]
-    refined = _component_touching(np.ascontiguousarray(refined), seed_frame)
+        # the smooth 0.5 level of the upscaled mask; a thin neck may split: keep the part on the ROI
+        seed_crop = _sample_on_crop(roi.view(np.uint8), frame_shape, box, crop_frame_shape,
+                                    cv2.INTER_NEAREST).astype(bool)
+        refined = _component_touching(np.ascontiguousarray(soft > 0.5), seed_crop)
     mask = np.zeros(frame_shape, bool)
     fell_back = not refined.any()
     if fell_back:

@@ -43,7 +43,8 @@ class RefineParameters:
         ``refine.native.DEFAULT_MAX_SIDE``, 256).
     native_margin_fraction : native refinements: crop margin as a fraction of the ROI box's longer side
         (None: ``refine.native.DEFAULT_MARGIN_FRACTION``).
-    threshold : probability level of the ROI-CNN outline (0.5).
+    threshold : the area filter's probability threshold (0.5).
+    native_level : native refinements: probability level of the outline on the crop (None: ``threshold``).
     """
 
     refinement: str = DEFAULT_REFINEMENT
@@ -55,6 +56,7 @@ class RefineParameters:
     native_max_side: int | None = None
     native_margin_fraction: float | None = None
     threshold: float = 0.5
+    native_level: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +122,10 @@ def refine_lesion(frame: np.ndarray, image_grid: np.ndarray, prob: np.ndarray, r
         return RefinedLesion(mask=native.grid_mask_to_frame(grid_mask, frame_shape), mask_grid=grid_mask,
                              iterations=int(cv.iterations), converged=bool(cv.converged), fell_back=fell_back)
     given = {"max_side": p.native_max_side, "margin_fraction": p.native_margin_fraction}
-    result = native.refine_native(frame, prob, roi, method=_NATIVE_METHOD[p.refinement],
-                                  threshold=p.threshold, mu1=p.mu1, mu2=p.mu2, alpha=p.alpha,
+    level = p.threshold if p.native_level is None else p.native_level
+    band = (min(native.DEFAULT_BAND[0], level), max(native.DEFAULT_BAND[1], level))
+    result = native.refine_native(frame, prob, roi, method=_NATIVE_METHOD[p.refinement], threshold=level,
+                                  band=band, mu1=p.mu1, mu2=p.mu2, alpha=p.alpha,
                                   max_iterations=p.cv_max_iterations,
                                   **{k: v for k, v in given.items() if v is not None})
     grid_h, grid_w = roi.shape

@@ -109,12 +109,14 @@ def _mask_scores(mask: np.ndarray, truth: np.ndarray, pixel_size_mm: float | Non
 
 
 def evaluate_roi(model: str | Path, records: list[ManifestRecord], *, refine: bool = True,
-                 refinements: tuple[str, ...] | None = None, progress: bool = True) -> dict:
+                 refinements: tuple[str, ...] | None = None, native_level: float | None = None,
+                 progress: bool = True) -> dict:
     """DSC (mean, median), HD95 and average symmetric surface distance of the raw mask and of each
     refinement on ``records`` with masks, at the image's own size (mm where the manifest gives a pixel
     size). ``refined`` is the pipeline's refinement (``PIPELINE_CONFIG.refinement``); ``refinements``
     adds others side by side (``refine.stage.REFINEMENTS``; default: the paper's and the pipeline's).
-    ``refine=False`` scores the raw mask only."""
+    ``native_level`` overrides the native refinements' outline level. ``refine=False`` scores the raw
+    mask only."""
     from tqdm import tqdm
 
     chosen = PIPELINE_CONFIG.refinement
@@ -134,6 +136,8 @@ def evaluate_roi(model: str | Path, records: list[ManifestRecord], *, refine: bo
         row.update(_mask_scores(_upsample(raw, truth.shape), truth, pixel, "raw"))
         for name in others:
             parameters = replace(PIPELINE_CONFIG.refine_parameters(), refinement=name)
+            if native_level is not None:
+                parameters = replace(parameters, native_level=native_level)
             t0 = time.perf_counter()
             lesion = refine_lesion(gray, small, prob, raw, parameters)
             row[f"refine_ms_{name}"] = (time.perf_counter() - t0) * 1e3

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refinement", action="append", default=None, choices=REFINEMENTS, metavar="NAME",
                         help="roi: also score this refinement side by side (repeatable; "
                              f"{', '.join(REFINEMENTS)}); the paper's and the pipeline's are always scored")
+    parser.add_argument("--native-level", type=float, default=None, metavar="P",
+                        help="roi: probability level of the native refinements' outline (default: the "
+                             "pipeline's)")
     parser.add_argument("--side", choices=SIDES, default="test",
                         help="which side of the split to score (default test: the held-out cases; "
                              "train+val: the cases models may have been trained on, for choosing "
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         if kind == "roi":
             refinements = tuple(dict.fromkeys(["paper", *(args.refinement or [])]))
             results.append(evaluate.evaluate_roi(model, side, refine=not args.no_refine,
-                                                 refinements=refinements))
+                                                 refinements=refinements, native_level=args.native_level))
         else:
             if args.side != "test":
                 return _fail("evaluate grader scores the held-out test side only (drop --side)")
