@@ -28,6 +28,8 @@ import numpy as np
 REFINEMENTS = ("paper", "native-threshold", "native-chan-vese", "native-band", "none")
 #: The product's refinement (chosen by the rule in docs/refine.md).
 DEFAULT_REFINEMENT = "paper"
+#: The refinements evaluations score side by side with the pipeline's: the paper's and the native ones.
+SIDE_BY_SIDE = ("paper", "native-threshold", "native-chan-vese", "native-band")
 _NATIVE_METHOD = {"native-threshold": "threshold", "native-chan-vese": "chan_vese", "native-band": "band"}
 
 
