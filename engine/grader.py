@@ -56,7 +56,8 @@ class GraderConfig:
     mu1, mu2, alpha : Chan–Vese inside / outside data weights and contour-length weight (1, 1, 1).
     native_max_side : native refinements: longest side of the refined crop in px (None: 256,
         ``refine.native.DEFAULT_MAX_SIDE``).
-    native_level : native refinements: probability level of the outline on the crop (None: ``threshold``).
+    native_level : native refinements: probability level of the outline on the crop (0.4; None:
+        ``threshold``).
     """
 
     threshold: float = 0.5
@@ -68,7 +69,7 @@ class GraderConfig:
     mu2: float = 1.0
     alpha: float = 1.0
     native_max_side: int | None = None
-    native_level: float | None = None
+    native_level: float | None = refine_stage.DEFAULT_NATIVE_LEVEL
 
     def __post_init__(self) -> None:
         refine_stage.check_refinement(self.refinement)

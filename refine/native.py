@@ -10,7 +10,7 @@ frame each grid pixel is 2.6 frame pixels wide. Here the refinement works on the
    so that it is exactly ``max_side``: the work per frame never exceeds ``max_side``² pixels whatever
    the frame or lesion size.
 3. **Probability at the crop's pixels.** The ROI-CNN's probability map is sampled bilinearly at the
-   centre of every crop pixel (``cv2.remap``), so its 0.5 level is a smooth curve, not stairs. Only the
+   centre of every crop pixel (``cv2.remap``), so its outline level is a smooth curve, not stairs. Only the
    parts of it connected to the area filter's chosen component are kept.
 4. **Refine** with one of :data:`NATIVE_METHODS`:
 
