@@ -1,4 +1,4 @@
-"""The two-stage grader of the paper: frame -> ROI-CNN -> area filter + Chan–Vese -> G-CNN -> result.
+"""The two-stage grader of the paper: frame -> ROI-CNN -> area filter + refinement -> G-CNN -> result.
 
 >>> grader = TwoStageGrader.from_models_dir()          # the shipped models, ONNX Runtime, FP32
 >>> grader.warm_up()
