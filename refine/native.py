@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.ndimage import binary_fill_holes
 
 from refine import chan_vese as cv_module
 from refine._validate import as_count, as_finite_float, as_image, as_mask
@@ -162,6 +161,16 @@ def _sample_on_crop(grid: np.ndarray, frame_shape: tuple[int, int], box: tuple[i
     return cv2.remap(grid, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
 
 
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every background region that does not reach the border filled (OpenCV flood fill
+    from a one-pixel frame around the mask; several times faster than SciPy's iterative fill)."""
+    padded = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), np.uint8)
+    padded[1:-1, 1:-1] = mask
+    outside = padded.copy()
+    cv2.floodFill(outside, None, (0, 0), 2)  # 4-connected background reached from the frame becomes 2
+    return outside[1:-1, 1:-1] != 2
+
+
 def _component_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     """The 8-connected component(s) of ``mask`` that overlap ``seed`` most (one component; ties: larger).
     Empty when no component overlaps the seed."""
@@ -263,7 +272,7 @@ def refine_native(
         if method == "band":
             refined = (refined & (prob_work > low)) | (prob_work >= high)
         refined = _component_touching(refined, outline)
-    refined = binary_fill_holes(refined)  # one solid lesion; on the work grid, where it is cheap
+    refined = _fill_holes(refined)  # one solid lesion; on the work grid, where it is cheap
     crop_frame_shape = (y1 - y0, x1 - x0)
     if refined.shape != crop_frame_shape:
         soft = cv2.resize(refined.astype(np.float32), (crop_frame_shape[1], crop_frame_shape[0]),

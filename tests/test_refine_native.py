@@ -188,3 +188,11 @@ def test_grader_refine_stage_runs_the_configured_refinement(rng: np.random.Gener
 
 def test_warm_up_compiles_every_method() -> None:
     assert stage.warm_up() >= 0.0
+
+
+def test_fill_holes_matches_scipy(rng: np.random.Generator) -> None:
+    from scipy.ndimage import binary_fill_holes
+
+    for _ in range(50):
+        mask = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.uniform(0.2, 0.8)
+        assert np.array_equal(native._fill_holes(mask), binary_fill_holes(mask))
