@@ -1,4 +1,4 @@
-"""The two-stage grader of the paper: frame -> ROI-CNN -> area filter + Chan–Vese -> G-CNN -> result.
+"""The two-stage grader of the paper: frame -> ROI-CNN -> area filter + refinement -> G-CNN -> result.
 
 >>> grader = TwoStageGrader.from_models_dir()          # the shipped models, ONNX Runtime, FP32
 >>> grader.warm_up()
@@ -6,8 +6,9 @@
 >>> result.category, result.probabilities, result.bbox
 
 The live pipeline runs the three stages in separate threads, so they are exposed separately:
-``locate`` (ROI-CNN + area filter on the 288 x 288 grid), ``refine`` (Chan–Vese on the same grid, then
-masks, contours, bbox and area mapped back to the frame's pixels) and ``classify`` (G-CNN on the frame at
+``locate`` (ROI-CNN + area filter on the 288 x 288 grid), ``refine`` (``refine.stage.refine_lesion``: at
+the frame's own pixels on a bounded crop around the lesion, or the paper's Chan–Vese on the grid; masks,
+contours, bbox and area in the frame's pixels) and ``classify`` (G-CNN on the frame at
 its own resolution with the refined mask). Each returns a small frozen dataclass (``engine.results``) and
 keeps no per-frame state, so the stages may run concurrently on different frames. No torch here.
 """
@@ -35,7 +36,8 @@ from engine.results import (
     RoiStageResult,
 )
 from refine import area_filter as area_filtering
-from refine import chan_vese, contours
+from refine import contours
+from refine import stage as refine_stage
 
 PRECISIONS = ("fp32", "int8", "fp16")
 MODEL_STEMS = {"roi": "roi_cnn", "grader": "g_cnn"}
@@ -43,22 +45,41 @@ MODEL_STEMS = {"roi": "roi_cnn", "grader": "g_cnn"}
 
 @dataclass(frozen=True, slots=True)
 class GraderConfig:
-    """Refinement parameters (the paper's values by default).
+    """Refinement parameters (the paper's values by default, the product's refinement).
 
     threshold : ROI probability threshold of the area filter (0.5).
     min_fraction : components smaller than this fraction of the largest are dropped (0.4).
-    cv_margin : Chan–Vese crop margin around the raw ROI, in pixels of the 288 grid (16).
+    refinement : how the ROI is refined, one of ``refine.stage.REFINEMENTS`` (``"paper"``: Chan–Vese on
+        the 288 grid; ``"native-..."``: at the frame's own pixels on a bounded crop; ``"none"``).
+    cv_margin : ``paper``: Chan–Vese crop margin around the raw ROI, in pixels of the 288 grid (16).
     cv_max_iterations : Chan–Vese iterations at most (50).
     mu1, mu2, alpha : Chan–Vese inside / outside data weights and contour-length weight (1, 1, 1).
+    native_max_side : native refinements: longest side of the refined crop in px (None: 256,
+        ``refine.native.DEFAULT_MAX_SIDE``).
+    native_level : native refinements: probability level of the outline on the crop (0.4; None:
+        ``threshold``).
     """
 
     threshold: float = 0.5
     min_fraction: float = 0.4
+    refinement: str = refine_stage.DEFAULT_REFINEMENT
     cv_margin: int = 16
     cv_max_iterations: int = 50
     mu1: float = 1.0
     mu2: float = 1.0
     alpha: float = 1.0
+    native_max_side: int | None = None
+    native_level: float | None = refine_stage.DEFAULT_NATIVE_LEVEL
+
+    def __post_init__(self) -> None:
+        refine_stage.check_refinement(self.refinement)
+
+    def refine_parameters(self) -> refine_stage.RefineParameters:
+        """The refine stage's parameters (``refine.stage.refine_lesion``)."""
+        return refine_stage.RefineParameters(
+            refinement=self.refinement, cv_margin=self.cv_margin, cv_max_iterations=self.cv_max_iterations,
+            mu1=self.mu1, mu2=self.mu2, alpha=self.alpha, native_max_side=self.native_max_side,
+            threshold=self.threshold, native_level=self.native_level)
 
 
 def model_path(models_dir: str | os.PathLike, kind: str, precision: str = "fp32",
@@ -189,7 +210,7 @@ class TwoStageGrader:
         return cls(backends["roi"], backends["grader"], config, descriptor_model)
 
     def warm_up(self) -> None:
-        """Run each model once on zeros and compile Chan–Vese, so the first frame is not slow.
+        """Run each model once on zeros and compile the refinements' kernels, so the first frame is not slow.
 
         Also checks what the models give back: ModelOutputError (one line, naming the file) for an
         output shape other than (1, 1, S, S) from the ROI-CNN or (1, number of categories) from the G-CNN.
@@ -205,7 +226,7 @@ class TwoStageGrader:
             raise ModelOutputError(
                 f"{self.grader.path.name}: G-CNN output has shape {tuple(probs.shape)}, expected "
                 f"(1, {len(self.categories)}) (one probability per category {', '.join(self.categories)})")
-        chan_vese.warm_up()
+        refine_stage.warm_up()
 
     # ------------------------------------------------------------------------------------------- stages
 
@@ -232,11 +253,12 @@ class TwoStageGrader:
                               prob=prob, raw_mask=raw, lesion_found=lesion,
                               ms=(time.perf_counter() - t0) * 1e3)
 
-    def refine(self, image: np.ndarray | None, roi: RoiStageResult) -> RefineStageResult:
-        """Stage 2: Chan–Vese on the ROI grid around the raw mask; masks, contours, bbox, area in frame px.
+    def refine(self, image: np.ndarray, roi: RoiStageResult) -> RefineStageResult:
+        """Stage 2: ``refine.stage.refine_lesion`` with this grader's refinement (``config.refinement``:
+        at the frame's own pixels on a bounded crop, or the paper's Chan–Vese on the ROI grid); masks,
+        contours, bbox and area in frame px.
 
-        ``image`` is not needed beyond what ``roi`` carries (the resized frame and the frame's shape); it is
-        accepted so the three stages share one calling convention.
+        ``image`` is the frame that was located (uint8 gray or BGR, its own size).
         """
         t0 = time.perf_counter()
         height, width = roi.frame_shape
@@ -247,20 +269,19 @@ class TwoStageGrader:
                 fell_back_to_raw=False, raw_mask=empty, refined_mask=empty, raw_contour=EMPTY_CONTOUR,
                 refined_contour=EMPTY_CONTOUR, bbox=None, area_px=0, ms=(time.perf_counter() - t0) * 1e3,
             )
-        cfg = self.config
-        cv = chan_vese.refine_roi(roi.image_288, roi.raw_mask, margin=cfg.cv_margin, mu1=cfg.mu1,
-                                  mu2=cfg.mu2, alpha=cfg.alpha, max_iterations=cfg.cv_max_iterations)
-        refined_288 = np.asarray(cv.mask, dtype=bool)
-        fell_back = not refined_288.any()
-        if fell_back:  # Chan–Vese let the contour vanish: the raw ROI is still the best outline we have
-            refined_288 = roi.raw_mask
+        gray = to_gray_u8(image)
+        if gray.shape != (height, width):
+            raise ValueError(f"frame shape {gray.shape} differs from the located frame's {(height, width)}: "
+                             "refine the same frame that was located")
+        lesion = refine_stage.refine_lesion(gray, roi.image_288, roi.prob, roi.raw_mask,
+                                            self.config.refine_parameters())
         raw_full = _upsample(roi.raw_mask, height, width)
-        refined_full = _upsample(refined_288, height, width)
+        refined_full = lesion.mask
         x, y, w, h = cv2.boundingRect(refined_full.view(np.uint8))
         area = int(np.count_nonzero(refined_full))
         return RefineStageResult(
-            lesion_found=area > 0, refined_mask_288=refined_288, iterations=int(cv.iterations),
-            converged=bool(cv.converged), fell_back_to_raw=fell_back, raw_mask=raw_full,
+            lesion_found=area > 0, refined_mask_288=lesion.mask_grid, iterations=lesion.iterations,
+            converged=lesion.converged, fell_back_to_raw=lesion.fell_back, raw_mask=raw_full,
             refined_mask=refined_full, raw_contour=_polygon(raw_full), refined_contour=_polygon(refined_full),
             bbox=(int(x), int(y), int(w), int(h)) if area else None, area_px=area,
             ms=(time.perf_counter() - t0) * 1e3,

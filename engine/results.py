@@ -38,17 +38,20 @@ class RoiStageResult:
 
 @dataclass(frozen=True, slots=True)
 class RefineStageResult:
-    """Stage 2, Chan–Vese refinement on the ROI grid, and the masks mapped back to the frame.
+    """Stage 2, the refinement (``refine.stage.refine_lesion``), and the masks at the frame's size.
 
     lesion_found : False when stage 1 found nothing (all masks empty, contours empty, bbox None).
-    refined_mask_288 : refined mask on the ROI grid (bool, S x S).
-    iterations, converged : Chan–Vese iterations run, and whether it stopped before the maximum.
-    fell_back_to_raw : True when Chan–Vese returned an empty mask and the raw mask was kept instead.
-    raw_mask, refined_mask : bool (H, W) masks at the frame's size (nearest-neighbour upsampling).
+    refined_mask_288 : refined mask on the ROI grid (bool, S x S; a native refinement's mask sampled back).
+    iterations, converged : Chan–Vese iterations run (0 without Chan–Vese), and whether it stopped before
+        the maximum.
+    fell_back_to_raw : True when the refinement returned an empty mask and the raw mask was kept instead.
+    raw_mask : bool (H, W) raw ROI at the frame's size (nearest-neighbour upsampling).
+    refined_mask : bool (H, W) refined lesion at the frame's size (at its own pixels with a native
+        refinement, nearest-neighbour from the grid with the paper's).
     raw_contour, refined_contour : (N, 2) int32 polygons, x then y, in frame pixels ((0, 2) when empty).
     bbox : (x, y, w, h) of the refined mask in frame pixels, or None.
     area_px : refined mask area in frame pixels.
-    ms : time of this stage (Chan–Vese + mapping back + contours).
+    ms : time of this stage (refinement + mapping back + contours).
     """
 
     lesion_found: bool

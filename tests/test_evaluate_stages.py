@@ -22,7 +22,7 @@ def test_locate_and_refine_gives_the_two_stage_graders_masks() -> None:
     found = 0
     for index in range(4):
         gray = scanner.sample_at(index).image
-        small, prob, raw, refined = evaluate.locate_and_refine(session, gray)
+        small, prob, raw, lesion = evaluate.locate_and_refine(session, gray)
         roi = grader.locate(gray)
         stage2 = grader.refine(gray, roi)
         assert np.array_equal(small, roi.image_288)
@@ -30,6 +30,7 @@ def test_locate_and_refine_gives_the_two_stage_graders_masks() -> None:
         assert np.array_equal(raw, roi.raw_mask)
         if roi.lesion_found:
             found += 1
-            assert np.array_equal(refined, stage2.refined_mask_288)
+            assert np.array_equal(lesion.mask_grid, stage2.refined_mask_288)
+            assert np.array_equal(lesion.mask, stage2.refined_mask)
             assert np.array_equal(evaluate.pipeline_mask(session, gray), stage2.refined_mask)
     assert found >= 2  # the comparison exercised refinement, not only empty masks

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from refine.stage import SIDE_BY_SIDE
 from sonograde.evaluation.labels import CATEGORIES
 from sonograde.evaluation.runner import (
     EvaluationOptions,
@@ -64,6 +65,24 @@ def phantom_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     return data, models
 
 
+def test_refinements_side_by_side_are_summarized(phantom_setup: tuple[Path, Path]) -> None:
+    from engine.data.manifest import read_manifest
+    from engine.grader import GraderConfig, TwoStageGrader
+    from sonograde.evaluation.summary import summarize_cases
+
+    data, models = phantom_setup
+    records = read_manifest(data)[:2]
+    grader = TwoStageGrader.from_models_dir(models, config=GraderConfig(refinement="paper"))
+    options = EvaluationOptions(no_roi_cnn=False, refinements=("paper", "none"))
+    cases = evaluate_records(grader, records, options, progress=False)
+    summary = summarize_cases(cases)
+    both = summary["segmentation_refinements"]
+    assert set(both) == {"paper", "none"}
+    # the pipeline refines with "paper" and "none" is the unrefined ROI: same numbers as those variants
+    assert both["paper"]["dsc_mean"] == summary["segmentation"]["refined"]["dsc_mean"]
+    assert both["none"]["dsc_mean"] == summary["segmentation"]["roi_cnn"]["dsc_mean"]
+
+
 def test_phantom_dataset_evaluation(phantom_setup: tuple[Path, Path]) -> None:
     from engine.data.manifest import read_manifest
     from engine.grader import TwoStageGrader
@@ -76,6 +95,7 @@ def test_phantom_dataset_evaluation(phantom_setup: tuple[Path, Path]) -> None:
     assert [c.label for c in cases] == list(CATEGORIES)  # the phantom cycles 3, 4A, 4B, 4C, 5
     for case in cases:
         assert case.has_lesion_mask and set(case.segmentation) == {"no_roi_cnn", "roi_cnn", "refined"}
+        assert set(case.refinements) == set(SIDE_BY_SIDE)  # the paper's and the native ones, side by side
         for variant, probs in case.probabilities.items():
             assert probs is None or (len(probs) == 5 and sum(probs) == pytest.approx(1.0, abs=1e-4)), variant
     summary = summarize_cases(cases)

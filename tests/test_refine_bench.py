@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from refine.chan_vese import refine_roi
+from refine.stage import REFINEMENTS
 from sonograde.benchmarks import refine as bench
 from sonograde.benchmarks.refine import phantom
 
@@ -23,11 +24,17 @@ def _bench(argv: list[str]) -> int:
 
 
 def test_bench_refine_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _bench(["--json", "--repeats", "1"]) == 0
+    assert _bench(["--json", "--repeats", "1", "--frames", "2", "--frame-size", "240x320"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert list(result) == ["full", "crop"]
+    assert list(result) == ["full", "crop", "stage", "machine"]
     assert result["full"]["shape"] == [288, 288] and result["crop"]["shape"] == [96, 96]
-    for case in result.values():
+    stage = result["stage"]
+    assert stage["frame_size"] == [240, 320] and stage["frames"] == 2
+    assert set(stage["refinements"]) == set(REFINEMENTS)
+    for row in stage["refinements"].values():
+        assert 0 <= row["p50_ms"] <= row["p99_ms"]
+    assert "load average" in result["machine"] and "ISA" in result["machine"]
+    for case in (result["full"], result["crop"]):
         assert list(case) == ["shape", "ours_ms", "skimage_ms", "speedup", "iou"]
         assert case["ours_ms"] > 0 and case["skimage_ms"] > 0
         assert case["speedup"] == pytest.approx(case["skimage_ms"] / case["ours_ms"], rel=2e-3, abs=0.01)
@@ -37,6 +44,11 @@ def test_bench_refine_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bench_refine_rejects_bad_repeats(capsys: pytest.CaptureFixture[str]) -> None:
     assert _bench(["--repeats", "0"]) == 2
     assert "--repeats" in capsys.readouterr().err
+
+
+def test_bench_refine_rejects_a_bad_frame_size(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _bench(["--frame-size", "big"]) == 2
+    assert "HxW" in capsys.readouterr().err
 
 
 def test_bench_refine_cli_help_runs() -> None:

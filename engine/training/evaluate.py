@@ -3,10 +3,11 @@
 ROI-CNN (``evaluate_roi``): on the test side of ``engine.splits.make_split`` (BUS-BRA: the held-out official
 fold), each image goes through exactly the pipeline's first two stages with the pipeline's own parameters
 (``engine.grader.GraderConfig``, what ``TwoStageGrader`` runs): resize to 288, ``roi_input``, the ONNX ROI-
-CNN, the area filter (threshold, smallest component fraction), then Chan–Vese on a crop around the raw mask
-(margin, iterations, weights), falling back to the raw mask if Chan–Vese empties it. DSC is computed at
-288x288 (against the mask resized as in training) and at the image's own size (masks upsampled nearest-
-neighbour, as the pipeline does), HD95 at the image's own size in pixels.
+CNN, the area filter (threshold, smallest component fraction), then the pipeline's refinement
+(``refine.stage.refine_lesion`` with ``config.refinement``), and beside it other refinements (the paper's
+Chan–Vese on the 288 grid, the native ones) on the same probability map. DSC is computed at 288x288
+(against the mask resized as in training) and at the image's own size, HD95 and the average symmetric
+surface distance at the image's own size in pixels and, where the manifest gives ``pixel_size_mm``, in mm.
 
 G-CNN (``evaluate_grader``): on the test side of the split, five-way datasets only for the five-way
 metrics (accuracy, per-category accuracy, confusion matrix, one-vs-rest and macro AUC, malignancy AUC
@@ -23,7 +24,9 @@ Command line: ``sonograde evaluate roi|grader`` (sonograde/commands/evaluate_mod
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -48,6 +51,7 @@ from engine.grading_metrics import (
 )
 from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input
 from refine.metrics import dice
+from refine.stage import RefinedLesion, refine_lesion
 
 PIPELINE_CONFIG = GraderConfig()  # the shipped pipeline's refinement: what ships is what is measured
 LOCATED_DICE = 0.3  # "located": the pipeline's refined mask overlaps the annotation with at least this DSC
@@ -69,73 +73,98 @@ def _upsample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def locate_and_refine(session: ort.InferenceSession, gray: np.ndarray, refine: bool = True,
                       config: GraderConfig = PIPELINE_CONFIG
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(image_288, probability map, raw mask, refined mask) at 288x288: ``TwoStageGrader.locate`` and
-    ``refine`` on an ONNX Runtime session of the ROI-CNN alone (no G-CNN needed), with the pipeline's
-    parameters ``config`` (tests check the masks are the grader's)."""
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, RefinedLesion]:
+    """(image_288, probability map, raw mask, refined lesion): ``TwoStageGrader.locate`` and ``refine``
+    on an ONNX Runtime session of the ROI-CNN alone (no G-CNN needed), with the pipeline's parameters
+    ``config`` and its refine function (``refine.stage.refine_lesion``; tests check the masks are the
+    grader's). ``refine=False`` gives refinement ``"none"`` (the raw ROI at the frame's size)."""
     from refine.area_filter import area_filter
 
     small = resize_to(gray, ROI_INPUT_SIZE)
     prob = session.run(None, {"image": roi_input(small)[None]})[0][0, 0]
     raw = area_filter(prob, threshold=config.threshold, min_fraction=config.min_fraction)
-    refined = raw
-    if refine and raw.any():
-        from refine.chan_vese import refine_roi
-
-        refined = np.asarray(refine_roi(small, raw, margin=config.cv_margin, mu1=config.mu1, mu2=config.mu2,
-                                        alpha=config.alpha, max_iterations=config.cv_max_iterations).mask,
-                             dtype=bool)
-        if not refined.any():  # Chan–Vese let the contour vanish: the pipeline keeps the raw ROI
-            refined = raw
-    return small, prob, raw, refined
+    parameters = config.refine_parameters()
+    if not refine:
+        parameters = replace(parameters, refinement="none")
+    return small, prob, raw, refine_lesion(gray, small, prob, raw, parameters)
 
 
 def pipeline_mask(session: ort.InferenceSession, gray: np.ndarray) -> np.ndarray:
-    """The refined lesion mask of ``locate_and_refine`` at the image's own size (nearest-neighbour, as the
-    pipeline upsamples it); all False when no lesion is found."""
-    _, _, _, refined = locate_and_refine(session, gray)
-    return _upsample(refined, gray.shape)
+    """The refined lesion mask of ``locate_and_refine`` at the image's own size (the pipeline's own
+    refinement); all False when no lesion is found."""
+    return locate_and_refine(session, gray)[3].mask
+
+
+def _mask_scores(mask: np.ndarray, truth: np.ndarray, pixel_size_mm: float | None, name: str) -> dict:
+    """DSC, HD95 and average symmetric surface distance of one frame-sized mask, in px and (with a pixel
+    size) in mm; a missed lesion gives DSC 0 and infinite distances (counted as ``missed``)."""
+    from refine.metrics import segmentation_metrics
+
+    m = segmentation_metrics(mask, truth, pixel_size_mm=pixel_size_mm)
+    row = {f"dice_full_{name}": m.dsc, f"hd95_full_{name}_px": m.hd95, f"asd_full_{name}_px": m.avg_dist}
+    if pixel_size_mm is not None:
+        row[f"hd95_full_{name}_mm"] = m.hd95_mm
+        row[f"asd_full_{name}_mm"] = m.avg_dist_mm
+    return row
 
 
 def evaluate_roi(model: str | Path, records: list[ManifestRecord], *, refine: bool = True,
+                 refinements: tuple[str, ...] | None = None, native_level: float | None = None,
                  progress: bool = True) -> dict:
-    """DSC (mean, median) and HD95 of raw and refined masks on ``records`` with masks."""
+    """DSC (mean, median), HD95 and average symmetric surface distance of the raw mask and of each
+    refinement on ``records`` with masks, at the image's own size (mm where the manifest gives a pixel
+    size). ``refined`` is the pipeline's refinement (``PIPELINE_CONFIG.refinement``); ``refinements``
+    adds others side by side (``refine.stage.REFINEMENTS``; default: the paper's and the pipeline's).
+    ``native_level`` overrides the native refinements' outline level. ``refine=False`` scores the raw
+    mask only."""
     from tqdm import tqdm
 
-    from refine.metrics import hausdorff
-
+    chosen = PIPELINE_CONFIG.refinement
+    others = tuple(refinements) if refinements is not None else ("paper",)
+    others = tuple(dict.fromkeys(r for r in (*others, chosen) if r != "none")) if refine else ()
     session = _session(model)
     rows = []
     for record in tqdm([r for r in records if r.mask is not None], desc="evaluate roi", disable=not progress):
         gray = load_gray(record.image)
         truth = load_mask(record)
         assert truth is not None
-        _, prob, raw, refined = locate_and_refine(session, gray, refine)
+        small, prob, raw, _ = locate_and_refine(session, gray, refine=False)
         truth_288 = resize_mask(truth, ROI_INPUT_SIZE)
+        pixel = record.pixel_size_mm or None
         row = {"id": f"{record.dataset}/{record.id}",
-               "dice288_threshold": dice(prob > 0.5, truth_288),
-               "dice288_raw": dice(raw, truth_288), "dice288_refined": dice(refined, truth_288)}
-        for name, mask in (("raw", raw), ("refined", refined)):
-            full = _upsample(mask, truth.shape)
-            row[f"dice_full_{name}"] = dice(full, truth)
-            row[f"hd95_full_{name}_px"] = float(hausdorff(full, truth, 95))
+               "dice288_threshold": dice(prob > 0.5, truth_288), "dice288_raw": dice(raw, truth_288)}
+        row.update(_mask_scores(_upsample(raw, truth.shape), truth, pixel, "raw"))
+        for name in others:
+            parameters = replace(PIPELINE_CONFIG.refine_parameters(), refinement=name)
+            if native_level is not None:
+                parameters = replace(parameters, native_level=native_level)
+            t0 = time.perf_counter()
+            lesion = refine_lesion(gray, small, prob, raw, parameters)
+            row[f"refine_ms_{name}"] = (time.perf_counter() - t0) * 1e3
+            scores = _mask_scores(lesion.mask, truth, pixel, name)
+            row.update(scores)
+            if name == chosen:  # the pipeline's refinement also under the name the model cards use
+                row["dice288_refined"] = dice(lesion.mask_grid, truth_288)
+                row.update({k.replace(f"_{name}", "_refined", 1): v for k, v in scores.items()})
         rows.append(row)
-    return {"summary": roi_summary(rows), "rows": rows, "metadata": _metadata(session)}
+    return {"summary": roi_summary(rows), "rows": rows, "metadata": _metadata(session),
+            "refinement": chosen if refine else "none", "refinements": list(others)}
 
 
 def roi_summary(rows: list[dict]) -> dict:
-    """Mean, median and count of non-finite values of every per-image measure, and how many images the
-    refined mask locates (DSC >= ``LOCATED_DICE`` with the annotation at the image's own size)."""
+    """Mean, median and count of non-finite values of every per-image measure (over the images that have
+    it: mm distances only where a pixel size is known), and how many images the refined mask locates
+    (DSC >= ``LOCATED_DICE`` with the annotation at the image's own size)."""
     summary: dict = {"images": len(rows)}
-    for key in rows[0]:
-        if key == "id":
-            continue
-        values = np.array([r[key] for r in rows], dtype=np.float64)
+    keys = list(dict.fromkeys(key for row in rows for key in row if key != "id"))
+    for key in keys:
+        values = np.array([r[key] for r in rows if key in r], dtype=np.float64)
         finite = values[np.isfinite(values)]
         summary[key] = {"mean": float(finite.mean()) if finite.size else None,  # None: no finite value
                         "median": float(np.median(finite)) if finite.size else None,
-                        "missed": int((~np.isfinite(values)).sum())}
-    if "dice_full_refined" in rows[0]:
+                        "p99": float(np.percentile(finite, 99)) if finite.size else None,
+                        "n": int(values.size), "missed": int((~np.isfinite(values)).sum())}
+    if rows and "dice_full_refined" in rows[0]:
         summary["located"] = int(sum(r["dice_full_refined"] >= LOCATED_DICE for r in rows))
     return summary
 

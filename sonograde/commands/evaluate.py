@@ -9,7 +9,8 @@ reports:
     roi_cnn     the ROI-CNN mask after the area filter, not refined
     refined     the pipeline's refined mask
     DSC mean and median, HD95 and average boundary distance in pixels of the original image, and in mm
-    where pixel_size_mm is known;
+    where pixel_size_mm is known; beside them, the same for each refinement on the pipeline's ROI
+    (--refinements: the paper's Chan–Vese on the 288 grid and the ones at the frame's own pixels);
   grading, over images with a BI-RADS label of 3, 4A, 4B, 4C or 5 (BUS-BRA's coarse "4" is scored
     against P(4A)+P(4B)+P(4C); 2 counts as 3 unless --birads2 exclude; 1/normal, 0, 6 are not graded):
     accuracy, per-category accuracy (recall), confusion matrix, one-vs-rest AUC and macro AUC, and
@@ -35,6 +36,8 @@ datasets, docs/data.md), e.g.
   sonograde evaluate --data DIR --ids held_out_ids.txt --json              # ids file: ID or DATASET:ID
   sonograde evaluate --data DIR --out report/                               # Markdown + ROC + case grid
   sonograde evaluate --data DIR --limit 20 --skip-no-roi                    # quick look
+  sonograde evaluate --data DIR --refinement paper --refinements native-threshold,paper
+                                           # the pipeline with the paper's refinement, the others beside
   sonograde evaluate roi --model models/roi_cnn.onnx --data DIR             # one model: its model card's
   sonograde evaluate grader --model models/g_cnn.onnx --roi-model models/roi_cnn.onnx --data DIR   # numbers
 
@@ -59,6 +62,7 @@ import sys
 import time
 from pathlib import Path
 
+from refine.stage import REFINEMENTS, SIDE_BY_SIDE
 from sonograde import RESEARCH_USE_ONLY
 from sonograde.commands import evaluate_models
 
@@ -87,6 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "0 = each image's own size")
     parser.add_argument("--no-roi-iterations", type=int, default=1000, metavar="N",
                         help='Chan–Vese iterations of "No ROI-CNN" (default 1000, as the paper)')
+    parser.add_argument("--refinement", choices=REFINEMENTS, default=None, metavar="NAME",
+                        help="the pipeline's refinement (default: the product's; "
+                             f"{', '.join(REFINEMENTS)})")
+    parser.add_argument("--refinements", default=",".join(SIDE_BY_SIDE), metavar="LIST",
+                        help="refinements scored side by side on the pipeline's ROI, comma-separated "
+                             "('' for none; default %(default)s)")
     parser.add_argument("--birads2", choices=("as3", "exclude"), default="as3",
                         help="BI-RADS 2 in grading: graded as 3 (default, as the shipped G-CNN was "
                              "trained) or left out")
@@ -129,7 +139,7 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from engine.backends import ModelLoadError
     from engine.data.manifest import ManifestError, read_manifest
-    from engine.grader import TwoStageGrader
+    from engine.grader import GraderConfig, TwoStageGrader
     from sonograde.evaluation.assessment import summarize_assessment
     from sonograde.evaluation.runner import EvaluationOptions, evaluate_records
     from sonograde.evaluation.selection import Selection, SelectionError, select
@@ -141,6 +151,11 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--limit must be at least 1")
     if args.no_roi_size < 0 or args.no_roi_iterations < 1:
         return _fail("--no-roi-size must be >= 0 and --no-roi-iterations >= 1")
+    side_by_side = tuple(name.strip() for name in args.refinements.split(",") if name.strip())
+    unknown = [name for name in side_by_side if name not in REFINEMENTS]
+    if unknown:
+        return _fail(f"unknown refinement(s) in --refinements: {', '.join(unknown)}; "
+                     f"choose from {', '.join(REFINEMENTS)}")
     records = []
     try:
         for folder in args.data:
@@ -166,14 +181,15 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         records = records[: args.limit]
     try:
+        config = GraderConfig(refinement=args.refinement) if args.refinement else None
         grader = TwoStageGrader.from_models_dir(args.models, precision=args.precision, backend=args.backend,
-                                                threads=args.threads)
+                                                threads=args.threads, config=config)
         grader.warm_up()
     except (ModelLoadError, ValueError, OSError) as error:
         return _fail(str(error))
     options = EvaluationOptions(no_roi_cnn=not args.skip_no_roi, no_roi_size=args.no_roi_size,
                                 no_roi_iterations=args.no_roi_iterations, birads2=args.birads2,
-                                keep_contours=args.out is not None)
+                                keep_contours=args.out is not None, refinements=side_by_side)
     t0 = time.perf_counter()
     try:
         cases = evaluate_records(grader, records, options, progress=True)
@@ -181,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(error))
     elapsed = time.perf_counter() - t0
     summary = summarize_cases(cases)
+    summary["refinement"] = grader.config.refinement
     assessment = summarize_assessment(cases)
     if assessment:
         summary["assessment"] = assessment
@@ -238,6 +255,15 @@ def _format_paper_summary(summary: dict, elapsed_s: float) -> str:
                 value = s.get(key)
                 return f"{value:{width}.{digits}f}" if value is not None else " " * (width - 1) + "-"
             lines.append(f"{VARIANT_NAMES[variant]:32s} {s['n']:5d} {cell('dsc_mean', 9)} "
+                         f"{cell('dsc_median', 7)} {cell('hd95_mean', 8, 1)} {cell('avgdist_mean', 8, 1)} "
+                         f"{cell('hd95_mm_mean', 8, 2)} {cell('avgdist_mm_mean', 8, 2)}")
+        if summary.get("refinement"):
+            lines.append(f"(the pipeline refines with: {summary['refinement']})")
+        for name, s in summary.get("segmentation_refinements", {}).items():
+            def cell(key: str, width: int, digits: int = 3, s: dict = s) -> str:
+                value = s.get(key)
+                return f"{value:{width}.{digits}f}" if value is not None else " " * (width - 1) + "-"
+            lines.append(f"{'refinement ' + name:32s} {s['n']:5d} {cell('dsc_mean', 9)} "
                          f"{cell('dsc_median', 7)} {cell('hd95_mean', 8, 1)} {cell('avgdist_mean', 8, 1)} "
                          f"{cell('hd95_mm_mean', 8, 2)} {cell('avgdist_mm_mean', 8, 2)}")
     grading = summary.get("grading")

@@ -1,8 +1,11 @@
 """Held-out numbers of one exported model, as the model cards report them (`sonograde evaluate roi|grader`).
 
-roi: the ROI-CNN through the pipeline's stages 1-2 (its area filter and Chan–Vese, with the parameters
+roi: the ROI-CNN through the pipeline's stages 1-2 (its area filter and refinement, with the parameters
   `sonograde grade` uses) on the test side of the training split (BUS-BRA: the held-out official fold):
-  DSC at 288x288 and at the image's own size, HD95 in pixels, how many lesions are located (DSC >= 0.3).
+  DSC at 288x288 and at the image's own size, HD95 and average symmetric surface distance (ASD) in px and,
+  where the manifest gives pixel_size_mm, in mm, how many lesions are located (DSC >= 0.3); the raw mask,
+  the paper's refinement (Chan-Vese on the 288 grid) and the pipeline's side by side (--refinement adds
+  others). --side train+val scores the cases the split does not hold out (for choosing, never reporting).
 grader: the G-CNN's five-way metrics on the five-way test cases (accuracy, per-category accuracy, confusion
   matrix, one-vs-rest and macro AUC, malignancy AUC) against the majority class, with bootstrap intervals
   and exact tests, once with the annotated masks and (with --roi-model) once with the pipeline's masks.
@@ -11,6 +14,8 @@ evaluated on fold i and the folds are pooled, so every case is predicted once by
 
 Examples:
   sonograde evaluate roi --model models/roi_cnn.onnx --data DIR
+  sonograde evaluate roi --model models/roi_cnn.onnx --data DIR --refinement native-chan-vese \
+      --refinement native-band
   sonograde evaluate grader --model models/g_cnn.onnx --roi-model models/roi_cnn.onnx \
       --data DIR --data DIR2 --json result.json
   sonograde evaluate grader --cv-folds 5 --model f1.onnx --model f2.onnx --model f3.onnx --model f4.onnx \
@@ -28,7 +33,10 @@ import json
 import sys
 from pathlib import Path
 
+from refine.stage import REFINEMENTS
+
 KINDS = ("roi", "grader")
+SIDES = ("test", "val", "train", "train+val")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the models were trained with sonograde train --cv-folds K (default 0: one "
                              "model, test side of --test-fraction / --test-fold)")
     parser.add_argument("--seed", type=int, default=0, help="the split's seed (default 0)")
-    parser.add_argument("--no-refine", action="store_true", help="roi: skip Chan–Vese (raw masks only)")
+    parser.add_argument("--no-refine", action="store_true", help="roi: raw masks only (no refinement)")
+    parser.add_argument("--refinement", action="append", default=None, choices=REFINEMENTS, metavar="NAME",
+                        help="roi: also score this refinement side by side (repeatable; "
+                             f"{', '.join(REFINEMENTS)}); the paper's and the pipeline's are always scored")
+    parser.add_argument("--native-level", type=float, default=None, metavar="P",
+                        help="roi: probability level of the native refinements' outline (default: the "
+                             "pipeline's)")
+    parser.add_argument("--side", choices=SIDES, default="test",
+                        help="which side of the split to score (default test: the held-out cases; "
+                             "train+val: the cases models may have been trained on, for choosing "
+                             "parameters only)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the full result here")
 
 
@@ -92,9 +110,15 @@ def run(args: argparse.Namespace) -> int:
         split = make_split(records, SplitConfig(fold, args.val_fraction, args.test_fraction, args.seed,
                                                 folds=args.cv_folds))
         print(f"{model}: {split.summary()}", file=sys.stderr)
+        side = {"test": split.test, "val": split.val, "train": split.train,
+                "train+val": split.train + split.val}[args.side]
         if kind == "roi":
-            results.append(evaluate.evaluate_roi(model, split.test, refine=not args.no_refine))
+            refinements = tuple(dict.fromkeys(["paper", *(args.refinement or [])]))
+            results.append(evaluate.evaluate_roi(model, side, refine=not args.no_refine,
+                                                 refinements=refinements, native_level=args.native_level))
         else:
+            if args.side != "test":
+                return _fail("evaluate grader scores the held-out test side only (drop --side)")
             results.append(evaluate.evaluate_grader(model, roi_model, split.test, split.train))
     if kind == "roi":
         result = evaluate.pool_roi_results(results) if pooled else results[0]

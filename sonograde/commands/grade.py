@@ -21,6 +21,7 @@ Examples:
   sonograde grade scan.png --pixel-size-mm 0.07     # size in mm (else px, or DICOM's own pixel size)
   sonograde grade DIR --json                        # DIR/manifest.csv: its images, its pixel_size_mm
   sonograde grade scan.dcm --dicom-out DIR          # + DIR/scan_sr.dcm (TID 1500 SR), DIR/scan_seg.dcm
+  sonograde grade scan.png --refinement paper       # the paper's Chan-Vese on the 288 grid instead
 
 JSON line (one per readable image):
   {"image": "scan.png", "lesion_found": true, "category": "4B",
@@ -68,6 +69,7 @@ import json
 import sys
 from pathlib import Path
 
+from refine.stage import DEFAULT_REFINEMENT, REFINEMENTS
 from sonograde import RESEARCH_USE_ONLY
 from sonograde.still_overlay import render_overlay
 
@@ -86,6 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inference backend (default auto: ONNX Runtime for .onnx)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="ONNX Runtime intra-op threads per model (default 1, see docs/inference.md)")
+    parser.add_argument("--refinement", choices=REFINEMENTS, default=None, metavar="NAME",
+                        help="how the lesion outline is refined (default: the product's, "
+                             f"{DEFAULT_REFINEMENT}): {', '.join(REFINEMENTS)}; paper = the paper's area "
+                             "filter + Chan-Vese on the 288 grid, native-* = at the image's own pixels "
+                             "(docs/refine.md)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="write <stem>_mask.png and <stem>_overlay.png for each image into DIR")
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
@@ -284,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.backends import ModelLoadError
     from engine.descriptors import absent
     from engine.gradeability import check_gradeable
-    from engine.grader import TwoStageGrader
+    from engine.grader import GraderConfig, TwoStageGrader
 
     if args.threads is not None and args.threads < 1:
         print(f"sonograde grade: --threads must be >= 1, got {args.threads}", file=sys.stderr)
@@ -297,8 +304,9 @@ def run(args: argparse.Namespace) -> int:
               f"got {args.pixel_size_mm}", file=sys.stderr)
         return 2
     try:
+        config = GraderConfig(refinement=args.refinement) if args.refinement else None
         grader = TwoStageGrader.from_models_dir(args.models, precision=args.precision, backend=args.backend,
-                                                threads=args.threads)
+                                                threads=args.threads, config=config)
         grader.warm_up()
     except (ModelLoadError, ValueError) as exc:
         print(f"sonograde grade: {exc}", file=sys.stderr)

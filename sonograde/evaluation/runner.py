@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from refine.stage import SIDE_BY_SIDE
 from sonograde.evaluation.labels import CATEGORIES, Birads2Policy, grading_label
 from sonograde.evaluation.summary import VARIANTS, CaseResult, SegmentationScores
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 NO_ROI_SIZE = 288
 """Default grid of the "No ROI-CNN" Chan–Vese: the paper scaled every input to 288 x 288 first."""
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,8 @@ class EvaluationOptions:
     birads2 : what BI-RADS 2 becomes in grading: ``"as3"`` (default, as the shipped G-CNN was trained) or
         ``"exclude"``.
     keep_contours : keep contours per case (needed for the report's case grid).
+    refinements : other refinements (``refine.stage.REFINEMENTS``) scored side by side with the pipeline's
+        on the same ROI-CNN map, segmentation only (``segmentation_refinements`` in the summary).
     """
 
     no_roi_cnn: bool = True
@@ -53,6 +57,7 @@ class EvaluationOptions:
     no_roi_iterations: int = 1000
     birads2: Birads2Policy = "as3"
     keep_contours: bool = True
+    refinements: tuple[str, ...] = SIDE_BY_SIDE
 
 
 def mask_contours(mask: np.ndarray) -> list[np.ndarray]:
@@ -166,7 +171,26 @@ def evaluate_case(grader: TwoStageGrader, record: ManifestRecord, options: Evalu
             case.contours[variant] = mask_contours(mask)
     if options.keep_contours and has_lesion:
         case.contours["truth"] = mask_contours(truth)
+    if has_lesion and options.refinements:
+        case.refinements = refinement_scores(grader, gray, roi, truth, record.pixel_size_mm,
+                                             options.refinements)
     return case
+
+
+def refinement_scores(grader: TwoStageGrader, gray: np.ndarray, roi: object, truth: np.ndarray,
+                      pixel_size_mm: float | None, names: Sequence[str]) -> dict[str, SegmentationScores]:
+    """Each refinement in ``names`` on the pipeline's own located ROI (``refine.stage.refine_lesion``, the
+    grader's parameters with only the refinement changed), scored against the truth at the image's size."""
+    from refine.stage import RefineParameters, refine_lesion
+
+    config = getattr(grader, "config", None)
+    base = config.refine_parameters() if hasattr(config, "refine_parameters") else RefineParameters()
+    out = {}
+    for name in names:
+        parameters = dataclasses.replace(base, refinement=name)
+        lesion = refine_lesion(gray, roi.image_288, roi.prob, roi.raw_mask, parameters)  # type: ignore[attr-defined]
+        out[name] = segmentation_scores(lesion.mask, truth, pixel_size_mm)
+    return out
 
 
 def _pixel_size(grader: TwoStageGrader, record: ManifestRecord) -> dict[str, object]:

@@ -269,6 +269,7 @@ class CaseResult:
         found no lesion (the G-CNN is not run on an empty ROI).
     lesion_found : variant -> whether its mask is non-empty.
     contours : "truth" / variant -> list of (N, 2) int32 polygons in image pixels (for the case grid).
+    refinements : refinement name -> scores of that refinement on the pipeline's ROI (segmentation only).
     timings_ms : "pipeline" (locate + refine + classify) and "no_roi_cnn" wall times.
     assessment : the pipeline's explained assessment of the image (``sonograde.assessment``).
     descriptor_truth : the reader's lexicon labels from the manifest (``engine.lexicon``).
@@ -286,6 +287,7 @@ class CaseResult:
     pathology: str | None
     has_lesion_mask: bool
     segmentation: dict[str, SegmentationScores] = field(default_factory=dict)
+    refinements: dict[str, SegmentationScores] = field(default_factory=dict)
     probabilities: dict[str, tuple[float, float, float, float, float] | None] = field(default_factory=dict)
     lesion_found: dict[str, bool] = field(default_factory=dict)
     contours: dict[str, list[np.ndarray]] = field(default_factory=dict)
@@ -305,11 +307,12 @@ def summarize_cases(cases: Sequence[CaseResult]) -> dict[str, object]:
     """The whole evaluation JSON from per-case results (:class:`CaseResult`).
 
     ``n`` (images), ``segmentation`` (variant -> :func:`summarize_segmentation`, over images with a lesion
-    mask; variants that did not run are omitted), ``grading`` (:func:`summarize_grading` of the shipped
-    pipeline, i.e. the refined ROI), ``grading_variants`` (variant -> accuracy, macro AUC and per-category
-    AUC when the G-CNN is given that variant's ROI: Fig. 4), ``normal`` (images without a lesion mask:
-    how many, and on how many the pipeline still found a lesion), ``timings_ms`` (mean wall time per
-    image of the pipeline and of the "No ROI-CNN" Chan–Vese). Blocks that do not apply are omitted.
+    mask; variants that did not run are omitted), ``segmentation_refinements`` (refinement name -> the
+    same summary, each refinement on the pipeline's ROI), ``grading`` (:func:`summarize_grading` of the
+    shipped pipeline, i.e. the refined ROI), ``grading_variants`` (variant -> accuracy, macro AUC and
+    per-category AUC when the G-CNN is given that variant's ROI: Fig. 4), ``normal`` (images without a
+    lesion mask: how many, and on how many the pipeline still found a lesion), ``timings_ms`` (mean wall
+    time per image of the pipeline and of the "No ROI-CNN" Chan–Vese). Blocks that do not apply are omitted.
     """
     out: dict[str, object] = {"n": len(cases)}
     segmentation: dict[str, object] = {}
@@ -319,6 +322,11 @@ def summarize_cases(cases: Sequence[CaseResult]) -> dict[str, object]:
             segmentation[variant] = summarize_segmentation(scores)
     if segmentation:
         out["segmentation"] = segmentation
+    names = list(dict.fromkeys(name for c in cases for name in c.refinements))
+    if names:
+        out["segmentation_refinements"] = {
+            name: summarize_segmentation([c.refinements[name] for c in cases if name in c.refinements])
+            for name in names}
     graded = [c.graded("refined") for c in cases]
     grading = summarize_grading(graded)
     if grading.get("n") or "malignancy_auc" in grading:
