@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calibration.inputs import ModelInputs
+from engine.machine import MachineInfo, describe_machine
 
 DEFAULT_DSC_MEAN = 0.98
 DEFAULT_TOP1 = 0.97
@@ -85,6 +86,7 @@ class VerifyReport:
     thresholds: GateThresholds = field(default_factory=GateThresholds)
     repeats: int = 1
     load_avg_1m: float | None = None
+    machine: MachineInfo | None = None  # the CPU, its ISA features and the load average after the timing
 
     @property
     def speedup(self) -> float:
@@ -103,6 +105,8 @@ class VerifyReport:
                    speedup=round(self.speedup, 3), threads=self.threads, repeats=self.repeats,
                    load_avg_1m=None if self.load_avg_1m is None else round(self.load_avg_1m, 2),
                    passed=self.passed)
+        if self.machine is not None:
+            out["machine"] = self.machine.as_dict()
         if self.reason:
             out["reason"] = self.reason
         t = self.thresholds
@@ -179,14 +183,14 @@ def verify(kind: str, reference, candidate, inputs: ModelInputs, *, thresholds: 
     check_reference_on_cpu(reference)
     ref, cand, ref_ms, cand_ms = run_interleaved(reference, candidate, inputs.batch, warmup=warmup,
                                                  repeats=repeats)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    machine = describe_machine()  # right after the timing: its load average is the one the times saw
     if ref.shape != cand.shape:
         raise ValueError(f"reference output {ref.shape} and candidate output {cand.shape} differ in shape: "
                          "are these two versions of the same model?")
     common = dict(model=kind, n=len(inputs), threads=threads, reference_ms=float(np.median(ref_ms)),
                   candidate_ms=float(np.median(cand_ms)), reference=reference_name, candidate=candidate_name,
                   data=data, skipped=len(inputs.skipped), thresholds=thresholds, repeats=repeats,
-                  load_avg_1m=load)
+                  load_avg_1m=machine.load_avg[0] if machine.load_avg else None, machine=machine)
     reasons = []
     if kind == "roi":
         # One probability map per frame, (H, W), whatever the channel layout of the output.

@@ -90,6 +90,7 @@ def measure(grader, frames: list) -> dict[str, list[float]]:
 def run(args: argparse.Namespace) -> int:
     from engine.backends import ModelLoadError
     from engine.grader import TwoStageGrader
+    from engine.machine import describe_machine
 
     if any(t < 1 for t in args.threads) or args.frames < 1 or args.rounds < 1:
         print("sonograde bench grader: --threads, --frames and --rounds must be >= 1", file=sys.stderr)
@@ -118,10 +119,11 @@ def run(args: argparse.Namespace) -> int:
             for name, values in measure(grader, frames).items():
                 collected[key].setdefault(name, []).extend(values)
     any_grader = next(iter(graders.values()))
+    machine = describe_machine()  # after the runs: the load average covers them
     report = {
         "models": any_grader.model_ids, "precision": args.precision, "backend": any_grader.roi.name,
         "source": source, "frames": len(frames), "rounds": args.rounds, "results": [],
-        "machine": machine_description(),
+        "machine": machine.as_dict(),
     }
     for (threads, _), samples in collected.items():
         grader = graders[(threads, _)]
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     print(RESEARCH_USE_ONLY)
     print(f"models {report['models']['roi']} + {report['models']['grader']} ({args.precision}, "
           f"{report['backend']}); frames: {source}, {args.rounds} round(s)")
-    print(f"machine: {report['machine']}")
+    print(machine.line())
     print("median ms per frame, CPU time of this process / wall time (g_cnn = the classify stage: G-CNN "
           "and, with descriptors, the explained assessment)")
     print(f"{'threads':>7} {'descr':>5} {'found':>6} " + " ".join(f"{s:>17}" for s in STAGES))
@@ -146,27 +148,6 @@ def run(args: argparse.Namespace) -> int:
         descr = "yes" if row["descriptors"] else "no"
         print(f"{row['threads']:>7} {descr:>5} {row['lesions_found']:>6} {cells}")
     return 0
-
-
-def machine_description() -> str:
-    """CPU model, its SIMD features that matter to ONNX Runtime, and the load average."""
-    import os
-    import platform
-
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name") and model in ("unknown CPU", "x86_64", ""):
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return f"{model}; {os.cpu_count()} CPUs; ISA {' '.join(isa) or 'unknown'}; load average {load}"
 
 
 def _fmt(value: float | None) -> str:

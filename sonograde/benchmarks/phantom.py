@@ -6,8 +6,8 @@ operations used here are single-threaded. The sequence must reach 60 fps at the 
 faster than in a live demo, which costs nothing extra), so frames with and without lesions are mixed.
 
 ``fps`` is frames per second of the thread's CPU time (what one dedicated core delivers); ``wall_fps``
-is frames per wall-clock second, which is lower when other processes share the core (``load_avg`` is
-printed so that a reader can tell). On an idle machine the two agree.
+is frames per wall-clock second, which is lower when other processes share the core (the machine line,
+with the load average, is printed so that a reader can tell). On an idle machine the two agree.
 
 Examples:
   sonograde bench phantom
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     from capture.phantom import DEFAULT_SIZE, PhantomScanner
     from capture.phantom_sequence import PhantomSequence
+    from engine.machine import describe_machine
 
     cv2.setNumThreads(1)
     size = tuple(args.size) if args.size else DEFAULT_SIZE
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         "fps": round(fps, 1),
         "shape": shape,
         "wall_fps": round(wall_fps, 1),
-        "load_avg": round(os.getloadavg()[0], 2),
+        "machine": describe_machine().as_dict(),
         "ms_p50": round(float(np.percentile(ms, 50)), 2),
         "ms_p99": round(float(np.percentile(ms, 99)), 2),
         "frames": frames,
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             f"  sequence frames      {result['fps']:8.1f} fps"
             f"   p50 {result['ms_p50']} ms  p99 {result['ms_p99']} ms"
         )
-        print(f"  sequence (wall)      {result['wall_fps']:8.1f} fps   load average {result['load_avg']}")
+        print(f"  sequence (wall)      {result['wall_fps']:8.1f} fps")
         print(f"  sequence + screen    {result['screen_fps']:8.1f} fps")
         print(
             f"  still samples        {result['still_samples_per_s']:8.1f} /s"
@@ -118,4 +119,5 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"  target               {60:8.1f} fps   (twice a 30 fps live demo); setup {result['setup_s']} s"
         )
+        print(describe_machine().line())
     return 0

@@ -235,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
                            "refinements": measure_stage(frames, CLOCKS[args.clock], bar)}
     result["machine"] = machine_description()
 
+    from engine.machine import machine_line
+
+    print(machine_line(), file=sys.stderr if args.json else sys.stdout)  # JSON mode keeps stdout to JSON
     if args.json:
         print(json.dumps(result))
     else:

@@ -23,14 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-# ISA features worth naming for CNN inference speed (what ONNX Runtime's kernels can use).
-ISA_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-                "avx512_bf16", "amx_int8", "amx_bf16")
 GROWTH_LIMIT_PCT = 1.0
 
 
@@ -56,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the final JSON (rows and RSS samples included) to this file")
 
 
-# ------------------------------------------------------------------------------------------- the machine
+# ---------------------------------------------------------------------------------------------- memory
 
 
 def rss_mb(pid: int | None = None) -> float:
@@ -66,23 +62,6 @@ def rss_mb(pid: int | None = None) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024 / 1e6
     raise RuntimeError("VmRSS not found in /proc/PID/status")
-
-
-def machine() -> dict:
-    """CPU model, the ISA features present (of ``ISA_FEATURES``), logical cores and load average."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return {"cpu": model, "isa": [f for f in ISA_FEATURES if f in flags], "cores": os.cpu_count(),
-            "load_avg": [round(v, 2) for v in os.getloadavg()]}
 
 
 # ----------------------------------------------------------------------------------- subscriber process
@@ -145,6 +124,7 @@ def soak(args: argparse.Namespace, out=sys.stdout) -> dict:
 
     from tqdm import tqdm
 
+    from engine.machine import describe_machine
     from sonograde.pipeline import (
         Pipeline,
         PipelineConfig,
@@ -168,12 +148,11 @@ def soak(args: argparse.Namespace, out=sys.stdout) -> dict:
     child = ctx.Process(target=subscriber_process,
                         args=(publisher.endpoint, args.curve, ready, control, replies), daemon=True)
     child.start()
-    info = machine()
+    info = describe_machine()
     print(f"sonograde bench soak: phantom {args.fps:g} fps -> pipeline ({precision}) -> ZeroMQ"
           f"{' (CURVE)' if args.curve else ''} -> subscriber process, {args.minutes:g} min after "
           f"{args.warmup:g} s warm-up", file=out)
-    print(f"machine: {info['cpu']}, {info['cores']} logical cores, ISA {' '.join(info['isa']) or '-'}; "
-          f"load average {' '.join(map(str, info['load_avg']))}", file=out)
+    print(info.line(), file=out)
     rows: list[dict] = []
     samples: list[tuple[float, float]] = []
     pipeline = None
@@ -236,7 +215,7 @@ def soak(args: argparse.Namespace, out=sys.stdout) -> dict:
         "source": pipeline.stream_name if pipeline is not None else "phantom",
         "precision": precision,
         "curve": bool(args.curve),
-        "machine": info,
+        "machine": info.as_dict(),
         "load_avg_end": [round(v, 2) for v in os.getloadavg()],
         "rss_start_mb": round(rss_start, 1),
         "rss_end_mb": round(rss_end, 1),
@@ -265,8 +244,8 @@ def soak(args: argparse.Namespace, out=sys.stdout) -> dict:
     print(f"{summary['published']} results published, {summary['received']} received, mean "
           f"{summary['fps_published_mean']} fps, worst interval e2e p99 "
           f"{summary['e2e_p99_ms_worst_interval']} ms, errors {summary['errors']}, stale "
-          f"{summary['stale_graded']}; load average "
-          f"{' '.join(map(str, summary['load_avg_end']))} on {info['cores']} cores", file=out)
+          f"{summary['stale_graded']}", file=out)
+    print(describe_machine().line() + " (at the end)", file=out)
     return summary
 
 

@@ -52,6 +52,10 @@ def print_report(report: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report))
         return
+    from engine.machine import MachineInfo
+
     width = max(len(k) for k in report)
     for key, value in report.items():
+        if key == "machine" and isinstance(value, dict):  # the one machine line every benchmark prints
+            value = MachineInfo.from_dict(value).line().removeprefix("machine: ")
         print(f"{key:<{width}}  {value}")
