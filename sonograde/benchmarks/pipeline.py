@@ -12,12 +12,21 @@ Stages (``stages_ms``, p50 and p99 per frame): queue, locate, refine, classify, 
 descriptor models' share of classify, where the grader has them and reports it), measure (size and
 calipers of the explained assessment), encode, total.
 
-Targets on a 2-core CPU with the shipped edge models, the phantom at 30 fps for 60 s, fastest precision:
-fps >= 28, stale_graded == 0, frames_received == frames_published, e2e p99 <= 60 ms; with descriptor
-models, classify_descriptors p50 <= 3 ms (what descriptors may add to the classify stage).
+``--cpu-load N`` runs N busy processes (each spinning on one core, at normal priority) beside the pipeline
+for the whole run, as when the scanner's own software takes a core: the pipeline must then shed frames
+(``dropped_at_source`` grows), never queue them, so latency stays bounded, and never grade a stale frame.
+The report names the load setting and the machine (CPU model, ISA features, load average at the end,
+the busy processes included).
+
+Targets on a 2-core CPU with the shipped models, the phantom at 30 fps for 60 s, fastest precision: idle,
+fps >= 29.5, <= 1 % of source frames dropped, e2e p99 <= 45 ms, stale_graded == 0, frames_received ==
+frames_published; with ``--cpu-load 1``, fps >= 25 and e2e p99 <= 90 ms, stale_graded == 0 (no targets
+for more busy processes: they only show how it degrades). With descriptor models, classify_descriptors
+p50 <= 3 ms (what descriptors may add to the classify stage).
 
 Examples:
   sonograde bench pipeline                          # phantom at 30 fps, 60 s, fastest precision
+  sonograde bench pipeline --cpu-load 1             # ... with one core taken by a busy process
   sonograde bench pipeline --seconds 10 --json
   sonograde bench pipeline --precision fp32 --plot latency.png
   sonograde bench pipeline --source clip.mp4 --models my_models/
@@ -32,7 +41,11 @@ import sys
 import time
 from pathlib import Path
 
-TARGETS = {"fps": 28.0, "e2e_p99_ms": 60.0, "descriptors_p50_ms": 3.0}
+# Per number of busy processes (--cpu-load): least fps, largest e2e p99 (ms), largest share of source
+# frames dropped (%, None: not judged).
+TARGETS = {0: {"fps": 29.5, "e2e_p99_ms": 45.0, "dropped_pct": 1.0},
+           1: {"fps": 25.0, "e2e_p99_ms": 90.0, "dropped_pct": None}}
+DESCRIPTORS_P50_MS = 3.0
 STAGE_ORDER = ("queue", "locate", "refine", "classify", "classify_descriptors", "measure", "encode", "total")
 
 
@@ -51,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frame part of each message (default raw; none = header only)")
     parser.add_argument("--curve", metavar="DIR", default=None,
                         help="encrypt and authenticate the stream with the keys in DIR (`sonograde keys`)")
+    parser.add_argument("--cpu-load", type=int, default=0, metavar="N",
+                        help="N busy processes (one spinning core each) beside the pipeline (default 0)")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     parser.add_argument("--plot", metavar="FILE.png", type=Path, default=None,
                         help="latency distribution and per-stage breakdown")
@@ -112,6 +127,8 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
 
     import numpy as np
 
+    from engine.machine import describe_machine
+    from sonograde.benchmarks.cpu_load import BusyProcesses
     from sonograde.pipeline import (
         Pipeline,
         PipelineConfig,
@@ -138,12 +155,14 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
     child = ctx.Process(target=subscriber_process,
                         args=(publisher.endpoint, ready, stop, results, args.curve), daemon=True)
     child.start()
+    load = BusyProcesses(args.cpu_load)
     try:
         if not ready.wait(60) or not publisher.wait_for_subscriber(10):
             raise RuntimeError("the subscriber process did not connect")
         pipeline = Pipeline(grader, opener, config, publisher=publisher,
                             description=getattr(opener, "description", args.source),
                             stream_name=getattr(opener, "stream_name", None))
+        load.start()  # before the pipeline: the warm-up below also lets the busy processes settle
         pipeline.start(warm_up=False)  # warmed up above, before the clock
         # The window opens ``--warmup`` s after the first published result (thread start, first frames
         # and allocator growth are not the steady state). fps, source_fps and e2e_ms are measured in the
@@ -169,14 +188,17 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
                 bar.set_postfix_str(pipeline.stats().status_line()[:60])
         end = pipeline.stats()
         t1 = time.monotonic()
+        machine = describe_machine()  # the load average of the measured window, busy processes included
         if bar is not None:
             bar.close()
         pipeline.stop()
+        load.stop()
         final = pipeline.stats()
         stop.put(final.published)
         received = results.get(timeout=30)
         child.join(10)
     finally:
+        load.stop()  # also on Ctrl-C and errors: no busy process outlives the benchmark
         if child.is_alive():
             child.terminate()
         publisher.close()
@@ -188,10 +210,14 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
     samples = pipeline.stage_samples(since_ns=t0_ns)
     window = t1 - t0
     frames_in = end.source_frames - start.source_frames
+    dropped_at_source = end.dropped["source"] - start.dropped["source"]
     summary = {
         "seconds": round(window, 2),
+        "cpu_load": args.cpu_load,
         "source_fps": round(frames_in / window, 2),
         "fps": round((end.published - start.published) / window, 2),
+        "dropped_at_source": dropped_at_source,
+        "dropped_at_source_pct": round(100.0 * dropped_at_source / max(frames_in, 1), 2),
         "frames_published": final.published,
         "frames_received": len(all_rows),
         "dropped": final.dropped["total"],
@@ -212,6 +238,7 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
         "model_ids": pipeline.model_ids,
         "frame_encoding": args.frame_encoding,
         "curve": bool(args.curve),
+        "machine": machine.as_dict(),
     }
     return summary, {"e2e": e2e, "stages": samples, "t_capture": rows[:, 2]}
 
@@ -231,7 +258,9 @@ def plot(path: Path, summary: dict, samples: dict) -> None:
     for key, style in (("p50", "--"), ("p99", ":")):
         value = summary["e2e_ms"][key]
         ax.axvline(value, color="k", linestyle=style, label=f"{key} {value} ms")
-    ax.axvline(TARGETS["e2e_p99_ms"], color="#cc3311", label=f"p99 target {TARGETS['e2e_p99_ms']:.0f} ms")
+    target = TARGETS.get(summary.get("cpu_load", 0))
+    if target is not None:
+        ax.axvline(target["e2e_p99_ms"], color="#cc3311", label=f"p99 target {target['e2e_p99_ms']:.0f} ms")
     ax.set_xlabel("capture -> subscriber receipt (ms)")
     ax.set_ylabel("results")
     ax.set_title("end-to-end latency")
@@ -254,8 +283,12 @@ def plot(path: Path, summary: dict, samples: dict) -> None:
     ax.set_ylabel("ms")
     ax.set_title("per stage (total = capture -> publish)")
     ax.legend()
+    load = f", {summary['cpu_load']} busy process(es)" if summary.get("cpu_load") else ""
+    machine = summary.get("machine") or {}
     fig.suptitle(f"sonograde bench pipeline: {summary['source']}, {summary['precision']}, "
-                 f"{summary['seconds']} s. Research use only, not for diagnosis.", fontsize=10)
+                 f"{summary['seconds']} s{load}; {machine.get('cpu', '')}, load average "
+                 f"{(machine.get('load_avg') or ['?'])[0]}. Research use only, not for diagnosis.",
+                 fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -279,11 +312,58 @@ def format_stages(stages_ms: dict) -> str:
     return "stages p50/p99 ms: " + ", ".join(cells)
 
 
+def checks(summary: dict) -> list[tuple[str, bool]]:
+    """(label, passed) of the targets for the run's load setting (``TARGETS``) and the invariants."""
+    e2e_p99 = summary["e2e_ms"].get("p99", float("inf"))
+    complete = summary["frames_received"] == summary["frames_published"]
+    result = [("stale_graded == 0", summary["stale_graded"] == 0),
+              ("frames_received == frames_published", complete)]
+    target = TARGETS.get(summary.get("cpu_load", 0))
+    if target is not None:
+        result.insert(0, (f"fps >= {target['fps']:g}", summary["fps"] >= target["fps"]))
+        result.append((f"e2e p99 <= {target['e2e_p99_ms']:g} ms", e2e_p99 <= target["e2e_p99_ms"]))
+        if target["dropped_pct"] is not None:
+            result.append((f"dropped at source <= {target['dropped_pct']:g} %",
+                           summary["dropped_at_source_pct"] <= target["dropped_pct"]))
+    descriptors = summary["stages_ms"].get("classify_descriptors")
+    if descriptors:
+        result.append((f"classify_descriptors p50 <= {DESCRIPTORS_P50_MS:g} ms",
+                       descriptors.get("p50", float("inf")) <= DESCRIPTORS_P50_MS))
+    return result
+
+
+def report_lines(summary: dict) -> list[str]:
+    """The human-readable report: setting, machine, the numbers, per-stage times, the checks."""
+    from engine.machine import MachineInfo
+
+    load = summary.get("cpu_load", 0)
+    setting = f"{load} busy process(es) beside the pipeline" if load else "no added load"
+    e2e = summary["e2e_ms"]
+    lines = [
+        f"{summary['source']}, {summary['precision']}, {summary['seconds']} s measured, {setting}",
+        MachineInfo.from_dict(summary["machine"]).line() if summary.get("machine") else "machine: unknown",
+        f"{summary['fps']} fps (source {summary['source_fps']} fps); dropped at source "
+        f"{summary['dropped_at_source']} ({summary['dropped_at_source_pct']} %); stale graded "
+        f"{summary['stale_graded']}; received {summary['frames_received']} of {summary['frames_published']} "
+        f"published",
+        f"e2e capture -> subscriber p50/p99 {e2e.get('p50')}/{e2e.get('p99')} ms (max {e2e.get('max')})",
+        format_stages(summary["stages_ms"]),
+    ]
+    target = TARGETS.get(load)
+    if target is None:
+        lines.append(f"  (no fps/latency targets for --cpu-load {load}: it shows how the pipeline degrades)")
+    lines += [f"  {'PASS' if ok else 'FAIL'}  {label}" for label, ok in checks(summary)]
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.backends import ModelLoadError
 
     if args.seconds <= 0:
         print(f"sonograde bench pipeline: --seconds must be positive, got {args.seconds}", file=sys.stderr)
+        return 2
+    if args.cpu_load < 0:
+        print(f"sonograde bench pipeline: --cpu-load must be >= 0, got {args.cpu_load}", file=sys.stderr)
         return 2
     try:
         summary, samples = measure(args, progress=not args.json)
@@ -296,23 +376,8 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         plot(args.plot, summary, samples)
     if not args.json:
-        checks = [
-            ("fps >= 28", summary["fps"] >= TARGETS["fps"]),
-            ("stale_graded == 0", summary["stale_graded"] == 0),
-            ("frames_received == frames_published",
-             summary["frames_received"] == summary["frames_published"]),
-            ("e2e p99 <= 60 ms", summary["e2e_ms"].get("p99", float("inf")) <= TARGETS["e2e_p99_ms"]),
-        ]
-        print(f"{summary['source']}, {summary['precision']}, {summary['seconds']} s: {summary['fps']} fps, "
-              f"e2e p50/p99 {summary['e2e_ms'].get('p50')}/{summary['e2e_ms'].get('p99')} ms",
-              file=sys.stderr)
-        descriptors = summary["stages_ms"].get("classify_descriptors")
-        if descriptors:
-            checks.append(("classify_descriptors p50 <= 3 ms",
-                           descriptors.get("p50", float("inf")) <= TARGETS["descriptors_p50_ms"]))
-        print(format_stages(summary["stages_ms"]), file=sys.stderr)
-        for label, ok in checks:
-            print(f"  {'PASS' if ok else 'FAIL'}  {label}", file=sys.stderr)
+        for line in report_lines(summary):
+            print(line, file=sys.stderr)
         if args.plot is not None:
             print(f"plot written to {args.plot}", file=sys.stderr)
     print(json.dumps(summary))

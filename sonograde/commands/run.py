@@ -118,6 +118,7 @@ def _start_overlay(endpoint: str, record: Path | None, curve: str | None) -> sub
 
 def run(args: argparse.Namespace) -> int:
     from engine.backends import ModelLoadError
+    from engine.machine import machine_line
     from sonograde import RESEARCH_USE_ONLY
     from sonograde.curve import CurveKeyError
     from sonograde.overlay import display_available
@@ -171,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         return _error(f"cannot open {args.source!r}: {error}")
     print(f"source {pipeline.description}; models {pipeline.model_ids}; warming up...", file=sys.stderr)
+    print(machine_line(), file=sys.stderr)  # what the speeds below were measured on, and how busy it is
     try:
         pipeline.start(warm_up=True)
     except (EndpointError, CurveKeyError) as error:
@@ -246,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
           f"dropped {stats.dropped['total']}, stale graded {stats.stale_graded}, errors {stats.errors}, "
           f"not gradeable {stats.not_gradeable}, skipped files {stats.error_counts['source_skipped']}",
           file=sys.stderr)
+    print(machine_line(), file=sys.stderr)
     if stats.errors:
         by_stage = ", ".join(f"{stage} {n}" for stage, n in stats.error_counts.items()
                              if stage not in ("total", "source_skipped") and n)
