@@ -81,6 +81,10 @@ class PipelineConfig:
     status_interval_s : heartbeat status message period in seconds (default 1.0).
     reconnect : reopen a source that fails or ends (default True).
     stats_window : frames kept for the latency/timing statistics (default 20000, ~11 min at 30 fps).
+    source_process : render the phantom in a child process that hands frames over through a one-slot
+        shared-memory buffer (``capture.process_source``; default True), so that its rendering does not
+        take the grading threads' time; False renders it in the grabber thread. Other sources are read in
+        the grabber thread either way (a capture card's driver does the work outside Python).
     """
 
     source: str = "phantom"
@@ -102,6 +106,7 @@ class PipelineConfig:
     status_interval_s: float = 1.0
     reconnect: bool = True
     stats_window: int = 20000
+    source_process: bool = True
 
 
 # --------------------------------------------------------------------------------------------- handoffs
@@ -711,19 +716,27 @@ def source_opener(config: PipelineConfig) -> Callable[[], Any]:
     """A zero-argument callable that opens ``config.source`` (with geometry, fps, loop) as a live source.
 
     Opens the source once right away so a bad source string fails here, with capture's message."""
-    from capture.sources import open_source
+    from capture.sources import open_source, stream_name_of
 
     geometry = None
     if config.geometry:
         from capture.geometry import GeometryProfile
 
         geometry = GeometryProfile.load(config.geometry)
+    in_child = config.source_process and stream_name_of(config.source) == "phantom"
 
     def open_fn() -> Any:
+        if in_child:
+            from capture.process_source import ProcessSource
+
+            return ProcessSource(config.source, fps=config.source_fps, realtime=True, loop=config.loop,
+                                 geometry=geometry)
         return open_source(config.source, fps=config.source_fps, realtime=True, loop=config.loop,
                            geometry=geometry)
 
-    probe = open_fn()  # validate now; the grabber opens its own
+    # validate now, in this process (quicker than starting a child); the grabber opens its own
+    probe = open_source(config.source, fps=config.source_fps, realtime=True, loop=config.loop,
+                        geometry=geometry)
     try:
         description = getattr(probe, "description", config.source)
         stream_name = getattr(probe, "stream_name", None)

@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frame part of each message (default raw; none = header only)")
     parser.add_argument("--curve", metavar="DIR", default=None,
                         help="encrypt and authenticate the stream with the keys in DIR (`sonograde keys`)")
+    parser.add_argument("--source-in-process", action="store_true",
+                        help="render the phantom in the grabber thread instead of its own process (to "
+                             "compare)")
     parser.add_argument("--cpu-load", type=int, default=0, metavar="N",
                         help="N busy processes (one spinning core each) beside the pipeline (default 0)")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
@@ -144,6 +147,7 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
         source=args.source, source_fps=args.fps, models_dir=args.models, precision=args.precision,
         backend=args.backend, threads=args.threads, publish=None, send_frames=send_frames,
         frame_encoding=args.frame_encoding if send_frames else "raw",
+        source_process=not args.source_in_process,
     )
     precision = resolve_precision(args.models, args.precision, args.backend)
     grader = load_grader(config)
@@ -214,6 +218,7 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
     summary = {
         "seconds": round(window, 2),
         "cpu_load": args.cpu_load,
+        "source_process": not args.source_in_process,
         "source_fps": round(frames_in / window, 2),
         "fps": round((end.published - start.published) / window, 2),
         "dropped_at_source": dropped_at_source,
@@ -339,6 +344,9 @@ def report_lines(summary: dict) -> list[str]:
     load = summary.get("cpu_load", 0)
     setting = f"{load} busy process(es) beside the pipeline" if load else "no added load"
     e2e = summary["e2e_ms"]
+    if summary["source"].startswith("phantom"):
+        setting += ("; the phantom renders in its own process" if summary.get("source_process", True)
+                    else "; the phantom renders in the grabber thread")
     lines = [
         f"{summary['source']}, {summary['precision']}, {summary['seconds']} s measured, {setting}",
         MachineInfo.from_dict(summary["machine"]).line() if summary.get("machine") else "machine: unknown",
