@@ -144,3 +144,23 @@ def test_onnxruntime_telemetry_is_off_for_every_session(tmp_path, monkeypatch):
     ort_backend.OnnxRuntimeBackend(path)
     ort_backend.cpu_session(path)
     assert calls == [1]  # once per process, before the first session
+
+
+def test_onnxruntime_sessions_are_set_up_for_a_small_shared_cpu(tmp_path):
+    """One inter-op thread, sequential execution, no spinning threads (intra- and inter-op), arena and
+    memory pattern on: what the live pipeline's stages need on a two-core machine."""
+    import onnxruntime as ort
+
+    from engine.backends.dev_models import make_roi_model
+    from engine.backends.ort import OnnxRuntimeBackend
+
+    make_roi_model(tmp_path / "roi_cnn.onnx")
+    for threads in (1, 2):
+        backend = OnnxRuntimeBackend(tmp_path / "roi_cnn.onnx", threads=threads,
+                                     providers=["CPUExecutionProvider"])
+        options = backend.session.get_session_options()
+        assert options.intra_op_num_threads == threads and options.inter_op_num_threads == 1
+        assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+        assert options.enable_cpu_mem_arena and options.enable_mem_pattern

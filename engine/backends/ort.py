@@ -96,6 +96,32 @@ def default_providers() -> list[str | tuple[str, dict[str, str]]]:
     return providers
 
 
+def session_options(ort: Any, threads: int) -> Any:
+    """The engine's ``SessionOptions``, set up for a small CPU shared by the pipeline's stages.
+
+    - ``threads`` intra-op threads; with 1 (the default) the calling stage thread does the work and no
+      ONNX Runtime thread pool exists at all.
+    - Sequential execution and one inter-op thread: these models are one chain of operators, so a
+      parallel executor would only add a thread pool that competes with the other stages.
+    - No spinning, intra-op or inter-op: a spinning worker burns a core between runs, and on a two-core
+      cart that core is the one the other stages (or the scanner's own software) need.
+    - Memory arena and memory pattern on: input shapes are fixed, so after the first run every run reuses
+      the same planned buffers instead of allocating (allocation is a source of latency spikes).
+    - Full graph optimization (operator fusion), and errors only in the log.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = True
+    options.log_severity_level = 3  # errors only: missing-CUDA warnings are noise for CPU users
+    return options
+
+
 def check_model_file(path: Path) -> None:
     """Raise ModelLoadError for a missing, empty or Git-LFS-pointer model file (cheap checks first)."""
     if not path.exists():
@@ -134,15 +160,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         self.threads = int(threads) if threads is not None else DEFAULT_THREADS
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning worker threads burn a core between runs; on a 2-core cart that core is needed by the
-        # other stages, so threads sleep when idle.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # errors only: missing-CUDA warnings are noise for CPU users
+        options = session_options(ort, self.threads)
         wanted = list(providers) if providers is not None else default_providers()
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=wanted)
