@@ -156,6 +156,18 @@ class _Work:
     classified: Any = None
     not_gradeable: str | None = None  # why the frame was not graded (then roi/refined/classified stay None)
     ns: dict[str, int] = field(default_factory=dict)  # stage -> duration in ns (monotonic)
+    t_handed_ns: int = 0  # when the last stage put it into the next one's slot
+
+    def handed_to(self, slot: LatestSlot[_Work]) -> None:
+        """Stamp the handoff and put this work into ``slot`` (the next stage)."""
+        self.t_handed_ns = time.monotonic_ns()
+        slot.put(self)
+
+    def taken_by(self, stage: str) -> None:
+        """Record how long the work waited in ``stage``'s slot (``wait_<stage>``): the next stage was busy
+        with an older frame or waiting for a core or the GIL."""
+        if self.t_handed_ns:
+            self.ns[f"wait_{stage}"] = time.monotonic_ns() - self.t_handed_ns
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -394,7 +406,7 @@ class Pipeline:
                 work.not_gradeable = verdict.reason
                 with self._lock:
                     self._not_gradeable += 1
-                self._slots["refine"].put(work)
+                work.handed_to(self._slots["refine"])
                 continue
             try:
                 work.roi = self.grader.locate(frame.image)
@@ -402,7 +414,7 @@ class Pipeline:
                 self._record_error("locate", error)
                 continue
             work.ns["locate"] = time.monotonic_ns() - work.t_locate_start
-            self._slots["refine"].put(work)
+            work.handed_to(self._slots["refine"])
 
     def _refine_loop(self) -> None:
         slot = self._slots["refine"]
@@ -410,8 +422,9 @@ class Pipeline:
             work = slot.take(0.1)
             if work is None:
                 continue
+            work.taken_by("refine")
             if work.not_gradeable:
-                self._slots["classify"].put(work)
+                work.handed_to(self._slots["classify"])
                 continue
             t0 = time.monotonic_ns()
             try:
@@ -420,7 +433,7 @@ class Pipeline:
                 self._record_error("refine", error)
                 continue
             work.ns["refine"] = time.monotonic_ns() - t0
-            self._slots["classify"].put(work)
+            work.handed_to(self._slots["classify"])
 
     def _classify_loop(self) -> None:
         slot = self._slots["classify"]
@@ -428,6 +441,7 @@ class Pipeline:
             work = slot.take(0.1)
             if work is None:
                 continue
+            work.taken_by("classify")
             t_capture = work.frame.t_capture_ns
             with self._lock:
                 if t_capture <= self._last_graded_t:
@@ -435,7 +449,7 @@ class Pipeline:
                     self._stale += 1
                 self._last_graded_t = max(self._last_graded_t, t_capture)
             if work.not_gradeable:
-                self._slots["publish"].put(work)
+                work.handed_to(self._slots["publish"])
                 continue
             t0 = time.monotonic_ns()
             try:
@@ -448,7 +462,7 @@ class Pipeline:
                 work.ns["classify"] = time.monotonic_ns() - t0
             with self._lock:
                 self._graded += 1
-            self._slots["publish"].put(work)
+            work.handed_to(self._slots["publish"])
 
     def _source_state(self) -> tuple[str, int, str | None]:
         grabber = self._grabber
@@ -566,6 +580,8 @@ class Pipeline:
         last_state = None
         while not self._stop.is_set():
             work = slot.take(0.05)
+            if work is not None:
+                work.taken_by("publish")
             state, reconnects, last_error = self._source_state()
             if state != last_state:
                 if last_state is not None and state != "connected":

@@ -8,9 +8,13 @@ one JSON object:
   {"seconds", "source_fps", "fps", "frames_published", "frames_received", "dropped", "stale_graded",
    "e2e_ms": {"p50", "p95", "p99", "max"}, "stages_ms": {"<stage>": {"p50", "p99"}}, ...}
 
-Stages (``stages_ms``, p50 and p99 per frame): queue, locate, refine, classify, classify_descriptors (the
-descriptor models' share of classify, where the grader has them and reports it), measure (size and
-calipers of the explained assessment), encode, total.
+Stages (``stages_ms``, p50 and p99 per frame): queue (capture -> ROI-CNN start), locate, refine, classify,
+classify_descriptors (the descriptor models' share of classify, where the grader has them and reports it),
+measure (size and calipers of the explained assessment), encode, total (capture -> publish); and the
+handoffs between them, wait_refine, wait_classify, wait_publish (how long a frame waited in the next
+stage's one-item slot: that stage was busy, or its thread waited for a core or the GIL). Per frame, queue +
+locate + the waits + refine + classify + encode (measure is part of encode) add up to total, so a p99 far
+beyond its p50 shows where the time went.
 
 ``--cpu-load N`` runs N busy processes (each spinning on one core, at normal priority) beside the pipeline
 for the whole run, as when the scanner's own software takes a core: the pipeline must then shed frames
@@ -46,7 +50,8 @@ from pathlib import Path
 TARGETS = {0: {"fps": 29.5, "e2e_p99_ms": 45.0, "dropped_pct": 1.0},
            1: {"fps": 25.0, "e2e_p99_ms": 90.0, "dropped_pct": None}}
 DESCRIPTORS_P50_MS = 3.0
-STAGE_ORDER = ("queue", "locate", "refine", "classify", "classify_descriptors", "measure", "encode", "total")
+STAGE_ORDER = ("queue", "locate", "wait_refine", "refine", "wait_classify", "classify",
+               "classify_descriptors", "wait_publish", "measure", "encode", "total")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
