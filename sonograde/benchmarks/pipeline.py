@@ -185,6 +185,7 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
         start = pipeline.stats()
         t0 = time.monotonic()
         t0_ns = time.monotonic_ns()
+        cpu0 = time.process_time()
         bar = None
         if progress:
             from tqdm import tqdm
@@ -197,6 +198,7 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
                 bar.set_postfix_str(pipeline.stats().status_line()[:60])
         end = pipeline.stats()
         t1 = time.monotonic()
+        cpu_s = time.process_time() - cpu0
         machine = describe_machine()  # the load average of the measured window, busy processes included
         if bar is not None:
             bar.close()
@@ -228,6 +230,9 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
         "fps": round((end.published - start.published) / window, 2),
         "dropped_at_source": dropped_at_source,
         "dropped_at_source_pct": round(100.0 * dropped_at_source / max(frames_in, 1), 2),
+        # CPU time of the pipeline process (all its threads) per result in the window: the work the
+        # grading process does per frame, which a busy machine changes far less than wall-clock times.
+        "process_cpu_ms_per_result": round(1e3 * cpu_s / max(end.published - start.published, 1), 2),
         "frames_published": final.published,
         "frames_received": len(all_rows),
         "dropped": final.dropped["total"],
@@ -359,7 +364,8 @@ def report_lines(summary: dict) -> list[str]:
         f"{summary['dropped_at_source']} ({summary['dropped_at_source_pct']} %); stale graded "
         f"{summary['stale_graded']}; received {summary['frames_received']} of {summary['frames_published']} "
         f"published",
-        f"e2e capture -> subscriber p50/p99 {e2e.get('p50')}/{e2e.get('p99')} ms (max {e2e.get('max')})",
+        f"e2e capture -> subscriber p50/p99 {e2e.get('p50')}/{e2e.get('p99')} ms (max {e2e.get('max')}); "
+        f"pipeline process CPU {summary.get('process_cpu_ms_per_result')} ms per result",
         format_stages(summary["stages_ms"]),
     ]
     target = TARGETS.get(load)
