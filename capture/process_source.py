@@ -18,10 +18,12 @@ The child exits when the source ends, when ``close()`` is called, or when its pa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import os
 import pickle
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -56,9 +58,38 @@ def _small_meta(meta: dict) -> bytes:
     return data if len(data) <= MAX_META_BYTES else pickle.dumps({})
 
 
-def _child(spec: str, options: dict, parent_pid: int, cond, header, pixel_size, frame_buffer, meta_buffer,
-           stop, status) -> None:  # pragma: no cover - runs in the child process (tested through the parent)
+def _signal(ready) -> None:
+    """Wake the reader: ``ready`` is a bounded semaphore of one, so a frame not yet noticed stays one
+    wake-up (no count builds up while the reader is busy)."""
+    with contextlib.suppress(ValueError):  # already signalled
+        ready.release()
+
+
+@contextlib.contextmanager
+def _holding(lock, other_alive) -> Iterator[None]:
+    """Hold ``lock`` (shared with the other process); raise ``_PeerGoneError`` instead of waiting for good
+    when the other process died, perhaps holding it."""
+    while not lock.acquire(timeout=0.5):
+        if not other_alive():
+            raise _PeerGoneError
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class _PeerGoneError(Exception):
+    """The process on the other side of the slot is gone."""
+
+
+def _child(spec: str, options: dict, parent_pid: int, lock, ready, header, pixel_size, frame_buffer,
+           meta_buffer, stop, status) -> None:  # pragma: no cover - the child (tested through ProcessSource)
     """Open ``spec``, then render frames into the slot until the source ends, ``stop`` or the parent dies."""
+    import signal
+
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides when this child stops (its
+    # close() sets ``stop``), so the child ignores it instead of dying with a traceback mid-frame.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import cv2
 
@@ -73,8 +104,12 @@ def _child(spec: str, options: dict, parent_pid: int, cond, header, pixel_size, 
     frames = np.frombuffer(frame_buffer, dtype=np.uint8)
     metas = np.frombuffer(meta_buffer, dtype=np.uint8)
     state, message = _ENDED, ""
+
+    def parent_alive() -> bool:
+        return os.getppid() == parent_pid
+
     try:
-        while not stop.is_set() and os.getppid() == parent_pid:
+        while not stop.is_set() and parent_alive():
             frame = source.read()
             if frame is None:
                 break
@@ -84,7 +119,7 @@ def _child(spec: str, options: dict, parent_pid: int, cond, header, pixel_size, 
                                            f"{MAX_FRAME_BYTES} bytes the process source holds")
                 break
             meta = _small_meta(frame.meta)
-            with cond:
+            with _holding(lock, parent_alive):
                 if header[_SEQ] > header[_TAKEN]:  # the previous frame was never read: newest wins
                     header[_DROPPED] += 1
                 frames[: image.size] = image.reshape(-1)
@@ -95,15 +130,17 @@ def _child(spec: str, options: dict, parent_pid: int, cond, header, pixel_size, 
                 header[_META_LEN] = len(meta)
                 pixel_size.value = math.nan if frame.pixel_size_mm is None else float(frame.pixel_size_mm)
                 header[_SEQ] += 1
-                cond.notify_all()
+            _signal(ready)
+    except _PeerGoneError:
+        return  # nobody left to tell
     except Exception as error:  # the reader sees the source fail, as it would in-process
         state, message = _FAILED, f"{type(error).__name__}: {error}"
     finally:
         source.close()
-        with cond:
-            header[_STATE] = state
-            cond.notify_all()
-        status.put(("end", message))
+    with contextlib.suppress(_PeerGoneError), _holding(lock, parent_alive):
+        header[_STATE] = state
+    _signal(ready)
+    status.put(("end", message))
 
 
 class ProcessSource(FrameSource):
@@ -117,7 +154,11 @@ class ProcessSource(FrameSource):
 
     def __init__(self, spec: str, *, start_timeout_s: float = START_TIMEOUT_S, **options: Any) -> None:
         context = mp.get_context("spawn")  # a fresh interpreter: fork would copy this process's threads
-        self._cond = context.Condition()
+        # A lock for the slot and a semaphore to wake the reader. Not a multiprocessing Condition: its
+        # notify waits for every sleeper to wake, so a child would hang for good on a reader that died.
+        self._lock = context.Lock()
+        self._ready = context.BoundedSemaphore(1)
+        self._ready.acquire()  # nothing to read yet
         self._header = context.RawArray("q", _HEADER_FIELDS)
         self._pixel_size = context.RawValue("d", math.nan)
         self._frame_buffer = context.RawArray("B", MAX_FRAME_BYTES)
@@ -126,8 +167,8 @@ class ProcessSource(FrameSource):
         self._status = context.Queue()
         self._process = context.Process(
             target=_child, name="sonograde-source",
-            args=(spec, options, os.getpid(), self._cond, self._header, self._pixel_size, self._frame_buffer,
-                  self._meta_buffer, self._stop, self._status), daemon=True)
+            args=(spec, options, os.getpid(), self._lock, self._ready, self._header, self._pixel_size,
+                  self._frame_buffer, self._meta_buffer, self._stop, self._status), daemon=True)
         self._process.start()
         self._frames = np.frombuffer(self._frame_buffer, dtype=np.uint8)
         self._metas = np.frombuffer(self._meta_buffer, dtype=np.uint8)
@@ -153,7 +194,7 @@ class ProcessSource(FrameSource):
 
     @property
     def dropped_in_child(self) -> int:
-        with self._cond:
+        with _holding(self._lock, self._process.is_alive):
             return int(self._header[_DROPPED])
 
     def _next_raw(self) -> tuple[np.ndarray, float | None, dict] | None:  # pragma: no cover - read() is used
@@ -166,28 +207,41 @@ class ProcessSource(FrameSource):
         if self._closed:
             return None
         header = self._header
-        with self._cond:
-            while header[_SEQ] <= self._last_seq and header[_STATE] == _RUNNING:
-                self._cond.wait(0.25)
-                if header[_SEQ] <= self._last_seq and not self._process.is_alive():
-                    header[_STATE] = header[_STATE] or _FAILED
-                    break
-            if header[_SEQ] <= self._last_seq:  # nothing new and the child is done
+        while True:
+            with self._slot():
                 state = int(header[_STATE])
-                if state == _FAILED:
-                    raise RuntimeError(self._child_message() or "the source process stopped")
+                if header[_SEQ] > self._last_seq:
+                    self._last_seq = int(header[_SEQ])
+                    header[_TAKEN] = self._last_seq
+                    height, width = int(header[_HEIGHT]), int(header[_WIDTH])
+                    image = self._frames[: height * width].reshape(height, width).copy()
+                    meta_bytes = self._metas[: int(header[_META_LEN])].tobytes()
+                    t_ns, pixel = int(header[_T_NS]), float(self._pixel_size.value)
+                    break
+            # Nothing new: the source ended or failed, the child died, or the next frame is on its way.
+            if state == _FAILED:
+                raise RuntimeError(self._child_message() or "the source process failed")
+            if state == _ENDED:
                 return None
-            self._last_seq = int(header[_SEQ])
-            header[_TAKEN] = self._last_seq
-            height, width = int(header[_HEIGHT]), int(header[_WIDTH])
-            image = self._frames[: height * width].reshape(height, width).copy()
-            meta_bytes = self._metas[: int(header[_META_LEN])].tobytes()
-            t_ns, pixel = int(header[_T_NS]), float(self._pixel_size.value)
+            if not self._ready.acquire(timeout=0.25) and not self._process.is_alive():
+                with self._slot():
+                    if header[_SEQ] > self._last_seq:
+                        continue  # its last frame, written before it died
+                raise RuntimeError(f"the source process stopped (exit status {self._process.exitcode})")
         meta = pickle.loads(meta_bytes) if meta_bytes else {}
         pixel_size = None if math.isnan(pixel) else pixel
         frame = Frame(image, self._emitted, t_ns, pixel_size, self.description, meta)
         self._emitted += 1
         return frame
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """Hold the slot's lock; RuntimeError if the child died holding it."""
+        try:
+            with _holding(self._lock, self._process.is_alive):
+                yield
+        except _PeerGoneError:
+            raise RuntimeError(f"the source process stopped (exit status {self._process.exitcode})") from None
 
     def _child_message(self) -> str:
         """The child's last word (why it failed), waiting briefly for it to arrive."""
@@ -204,8 +258,6 @@ class ProcessSource(FrameSource):
 
     def _shut_down(self) -> None:
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
         self._process.join(5.0)
         if self._process.is_alive():
             self._process.terminate()

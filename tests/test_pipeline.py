@@ -302,6 +302,7 @@ def test_run_command_with_the_phantom(models_dir, capsys):
     assert rc == 0, err
     assert "RESEARCH USE ONLY" in err
     assert "stale graded 0" in err
+    assert err.count("machine: ") == 2 and "load average" in err  # the start and the end summary
 
 
 def test_run_command_clear_errors(models_dir, tmp_path, capsys):

@@ -91,3 +91,31 @@ def test_a_killed_child_reads_as_a_failed_source() -> None:
                 source.read()  # frames already made may still come; then the failure
     finally:
         source.close()
+
+
+def test_the_child_does_not_outlive_a_killed_parent() -> None:
+    """The reading process dies without closing the source (os._exit, as after SIGKILL) while a thread of
+    it is waiting for a frame: the child notices and exits by itself."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = Path(__file__).resolve().parents[1]
+    script = textwrap.dedent("""
+        import os, threading, time
+        from capture.process_source import ProcessSource
+        source = ProcessSource("phantom", fps=30.0, realtime=True)
+        source.read()
+        threading.Thread(target=lambda: [source.read() for _ in iter(int, 1)], daemon=True).start()
+        time.sleep(0.3)
+        print(source.pid, flush=True)
+        os._exit(0)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": str(root)}, cwd=root)
+    assert done.returncode == 0, done.stderr
+    child = int(done.stdout.strip().splitlines()[-1])
+    deadline = time.monotonic() + 30
+    while _alive(child):
+        assert time.monotonic() < deadline, "the source process outlived its parent"
+        time.sleep(0.05)

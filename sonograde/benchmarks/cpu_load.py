@@ -20,6 +20,9 @@ _SPIN_BATCH = 20_000
 
 def spin(parent_pid: int) -> None:  # pragma: no cover - runs in the child process
     """Keep one core busy until terminated or until ``parent_pid`` is no longer this process's parent."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the benchmark's to handle: it stops us
     value = 1
     next_check = time.monotonic() + 0.1
     while True:

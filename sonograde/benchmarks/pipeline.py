@@ -87,8 +87,11 @@ def subscriber_process(endpoint: str, ready, stop, results,  # pragma: no cover 
     """Receive results until ``stop`` carries the number published, then send back
     ``(seq, frame_index, t_capture_ns, t_publish_ns, t_receive_ns)`` rows and the invalid count."""
     import queue
+    import signal
 
     from sonograde.subscriber import Subscriber
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the benchmark's to handle: it ends this process
 
     rows: list[tuple[int, int, int, int, int]] = []
     with Subscriber(endpoint, rcvhwm=100000, curve=curve) as subscriber:
@@ -165,6 +168,7 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
                         args=(publisher.endpoint, ready, stop, results, args.curve), daemon=True)
     child.start()
     load = BusyProcesses(args.cpu_load)
+    pipeline = None
     try:
         if not ready.wait(60) or not publisher.wait_for_subscriber(10):
             raise RuntimeError("the subscriber process did not connect")
@@ -209,6 +213,8 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
         received = results.get(timeout=30)
         child.join(10)
     finally:
+        if pipeline is not None:
+            pipeline.stop()  # idempotent; on Ctrl-C and errors it also ends the phantom's process
         load.stop()  # also on Ctrl-C and errors: no busy process outlives the benchmark
         if child.is_alive():
             child.terminate()
@@ -392,6 +398,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:  # bad source string, unreadable keys
         print(f"sonograde bench pipeline: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nsonograde bench pipeline: interrupted, no result (every process it started is stopped)",
+              file=sys.stderr)
+        return 130
     if args.plot is not None:
         plot(args.plot, summary, samples)
     if not args.json:
