@@ -2,8 +2,9 @@
 
 With no options: the synthetic phantom scanner at 30 fps, the shipped models on ONNX Runtime at the
 fastest precision present (INT8 where calibrated, else FP32), results on tcp://127.0.0.1:5555, and a
-live status line (fps, latency p50/p99, dropped frames, current category, source state) on stderr.
-Ctrl-C stops cleanly.
+live status line (fps, latency p50/p99, dropped frames, current category, source state) on stderr. The
+start and the end summary name the machine: CPU model, ISA features (AVX2, AVX-512, VNNI, AMX) and load
+average. The phantom renders in its own process. Ctrl-C stops cleanly.
 
 Examples:
   sonograde run                                     # phantom, shipped models, tcp://127.0.0.1:5555
