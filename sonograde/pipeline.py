@@ -1,6 +1,7 @@
 """The real-time pipeline: source -> ROI-CNN -> refinement -> G-CNN -> publish, in overlapping threads.
 
 ```
+(phantom process: capture.process_source renders the phantom apart, hands frames over newest-wins)
 capture thread (LatestFrameGrabber: newest frame wins, reconnects)
   -> locate thread   (ROI-CNN + area filter)          -> 1-slot handoff
   -> refine thread   (Chan–Vese, contours, bbox)      -> 1-slot handoff
@@ -16,7 +17,9 @@ queue (latency stays bounded). ONNX Runtime and the ``nogil`` Numba Chan–Vese 
 cores the ROI-CNN of frame n+1 really runs while the G-CNN grades frame n.
 
 Times are ``time.monotonic_ns()`` (CLOCK_MONOTONIC), the clock the capture stamps frames with, so the
-latency a subscriber on this machine computes is capture -> receipt.
+latency a subscriber on this machine computes is capture -> receipt. Besides each stage's duration, every
+frame records how long it waited in each slot (``wait_refine``, ``wait_classify``, ``wait_publish``):
+stages and waits add up to the frame's capture -> publish time.
 
 Nothing here is global: everything hangs off one ``Pipeline`` built from a ``PipelineConfig``.
 """
