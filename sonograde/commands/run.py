@@ -112,9 +112,23 @@ def overlay_command(endpoint: str, record: Path | None,
     return command, env
 
 
+def start_with_ctrl_c(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``command`` so that SIGINT (Ctrl-C, and how `run` stops the overlay) stops it, even when this
+    process ignores SIGINT (started in the background or under nohup): an ignored signal is inherited,
+    a handler is not, so SIGINT gets Python's handler for the moment the child starts. Main thread only."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(command, env=env)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _start_overlay(endpoint: str, record: Path | None, curve: str | None) -> subprocess.Popen:
     command, env = overlay_command(endpoint, record, curve)
-    return subprocess.Popen(command, env=env)
+    return start_with_ctrl_c(command, env)
 
 
 def run(args: argparse.Namespace) -> int:
