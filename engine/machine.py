@@ -58,11 +58,11 @@ class MachineInfo:
     def isa_text(self) -> str:
         """The features by their usual names, with "no VNNI" said outright (it decides INT8 speed)."""
         if not self.flags_known:
-            return "ISA features unknown"
+            return "ISA unknown"
         names = [ISA_FEATURES[flag] for flag in self.isa]
         if not self.has_vnni:
             names.append("no VNNI")
-        return " ".join(names) if names else "none of AVX2/FMA/AVX-512/VNNI/AMX"
+        return "ISA " + " ".join(names)
 
     @property
     def load_text(self) -> str:
@@ -71,11 +71,16 @@ class MachineInfo:
         return "load average " + " ".join(f"{value:.2f}" for value in self.load_avg)
 
     def line(self) -> str:
-        """One line for a report: ``machine: CPU; N logical CPUs; ISA ...; load average 1m 5m 15m``."""
+        """One line for a report: ``machine: CPU; N logical CPUs; ISA ...; load average 1m 5m 15m``
+        (``description()`` is the same without the ``machine:`` label)."""
+        return f"machine: {self.description()}"
+
+    def description(self) -> str:
+        """``CPU; N logical CPUs; ISA ...; load average 1m 5m 15m``."""
         cpus = f"{self.logical_cpus} logical CPUs"
         if self.usable_cpus != self.logical_cpus:
             cpus += f" ({self.usable_cpus} usable by this process)"
-        return f"machine: {self.cpu}; {cpus}; {self.isa_text}; {self.load_text}"
+        return f"{self.cpu}; {cpus}; {self.isa_text}; {self.load_text}"
 
     def as_dict(self) -> dict:
         """JSON-ready: cpu, isa (the flag names), vnni, logical_cpus, usable_cpus, load_avg."""

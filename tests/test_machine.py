@@ -59,8 +59,8 @@ def test_avx2_cpu_without_vnni() -> None:
     assert info.cpu == "AMD EPYC 7B13"
     assert info.isa == ("avx2", "fma")
     assert not info.has_vnni
-    assert info.isa_text == "AVX2 FMA no VNNI"
-    assert "AMD EPYC 7B13" in info.line() and "AVX2 FMA no VNNI" in info.line()
+    assert info.isa_text == "ISA AVX2 FMA no VNNI"
+    assert "AMD EPYC 7B13" in info.line() and "ISA AVX2 FMA no VNNI" in info.line()
     assert info.as_dict()["vnni"] is False
 
 
@@ -69,7 +69,7 @@ def test_vnni_cpu() -> None:
     assert info.cpu == "Intel(R) Xeon(R) CPU @ 2.80GHz"
     assert info.isa == ("avx2", "fma", "avx512f", "avx512_vnni")
     assert info.has_vnni
-    assert info.isa_text == "AVX2 FMA AVX-512F AVX-512 VNNI"
+    assert info.isa_text == "ISA AVX2 FMA AVX-512F AVX-512 VNNI"
     assert "no VNNI" not in info.line()
     assert info.as_dict()["vnni"] is True
 
@@ -83,7 +83,7 @@ def test_first_processor_only() -> None:
 def test_no_flags_known() -> None:
     info = describe_machine("")
     assert not info.flags_known and info.isa == ()
-    assert info.isa_text == "ISA features unknown"
+    assert info.isa_text == "ISA unknown"
     assert info.as_dict()["vnni"] is None
     assert info.cpu  # the platform's word for the CPU, never empty
 
@@ -93,7 +93,7 @@ def test_arm_features_and_no_model_name() -> None:
     assert model is None and flags is not None and "asimd" in flags
     info = describe_machine(ARM)
     assert info.flags_known and info.isa == ()
-    assert info.isa_text == "no VNNI"
+    assert info.isa_text == "ISA no VNNI"
 
 
 def test_this_machine_line_and_round_trip() -> None:

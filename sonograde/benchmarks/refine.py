@@ -206,10 +206,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from tqdm import tqdm
 
+    from engine.machine import describe_machine
     from refine.chan_vese import checkerboard_level_set, mask_to_level_set
     from refine.stage import warm_up
     from sonograde import RESEARCH_USE_ONLY
-    from sonograde.benchmarks.grader import machine_description
 
     warm_s = warm_up()  # every refinement's kernels, as the service does at start
     image, (cy, cx) = phantom(args.seed)
@@ -233,11 +233,7 @@ def run(args: argparse.Namespace) -> int:
         }
         result["stage"] = {"frame_size": list(frame_size), "frames": len(frames), "clock": args.clock,
                            "refinements": measure_stage(frames, CLOCKS[args.clock], bar)}
-    result["machine"] = machine_description()
-
-    from engine.machine import machine_line
-
-    print(machine_line(), file=sys.stderr if args.json else sys.stdout)  # JSON mode keeps stdout to JSON
+    result["machine"] = describe_machine().description()
     if args.json:
         print(json.dumps(result))
     else:

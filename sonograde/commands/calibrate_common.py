@@ -57,5 +57,5 @@ def print_report(report: dict, as_json: bool) -> None:
     width = max(len(k) for k in report)
     for key, value in report.items():
         if key == "machine" and isinstance(value, dict):  # the one machine line every benchmark prints
-            value = MachineInfo.from_dict(value).line().removeprefix("machine: ")
+            value = MachineInfo.from_dict(value).description()
         print(f"{key:<{width}}  {value}")
