@@ -81,3 +81,16 @@ def test_grader_and_evaluation_take_the_size_from_the_model(small_roi_model: Pat
                                                   if image.ndim == 3 else image)
     assert small.shape == prob.shape == raw.shape == refined.shape == (96, 96)
     np.testing.assert_allclose(prob, roi.prob, atol=1e-6)
+
+
+def test_roi_model_replaces_the_folders(small_roi_model: Path, tmp_path: Path) -> None:
+    from engine.backends import ModelLoadError
+    from engine.backends.dev_models import make_roi_model
+
+    make_roi_model(tmp_path / "roi_cnn.onnx", size=288)
+    make_grader_model(tmp_path / "g_cnn.onnx", size=64, channels=2, margin=0.2)
+    assert TwoStageGrader.from_models_dir(tmp_path).roi_size == 288
+    chosen = TwoStageGrader.from_models_dir(tmp_path, roi_model=small_roi_model)
+    assert chosen.roi_size == 96 and chosen.roi.path == small_roi_model
+    with pytest.raises(ModelLoadError, match="ROI-CNN model not found"):
+        TwoStageGrader.from_models_dir(tmp_path, roi_model=tmp_path / "absent.onnx")
