@@ -74,6 +74,8 @@ def metadata_for(kind: str, net: torch.nn.Module, *, model_id: str | None = None
         contract.INPUT_CHANNELS: str(config.in_channels),
         contract.RESEARCH_USE: RESEARCH_USE,
     }
+    if kind == "roi" and config.architecture != "vgg16":
+        del meta[contract.WIDTH]  # the width multiplier is the paper's network's; Lite0 has none
     if kind == "roi":
         meta[contract.INPUT_SIZE] = str(config.input_size)
         meta[contract.ARCHITECTURE] = config.architecture
