@@ -79,7 +79,8 @@ def test_grader_and_evaluation_take_the_size_from_the_model(small_roi_model: Pat
     assert roi.prob.shape == (96, 96) and roi.raw_mask.shape == (96, 96)
     small, prob, raw, refined = locate_and_refine(_session(small_roi_model, threads=1), image[..., 0]
                                                   if image.ndim == 3 else image)
-    assert small.shape == prob.shape == raw.shape == refined.shape == (96, 96)
+    assert small.shape == prob.shape == raw.shape == refined.mask_grid.shape == (96, 96)
+    assert refined.mask.shape == image.shape[:2]  # the refined lesion also at the frame's own size
     np.testing.assert_allclose(prob, roi.prob, atol=1e-6)
 
 
