@@ -6,20 +6,23 @@ the head refit, quantization and the development models write them. Torch-free (
 only when a file is read or a model written).
 
 Inputs and outputs:
-- ROI-CNN: input "image" float32 (N, 1, 288, 288) from ``engine.preprocess.roi_input``, output "prob"
-  float32 (N, 1, 288, 288), the sigmoid lesion probability.
+- ROI-CNN: input "image" float32 (N, 1, S, S) from ``engine.preprocess.roi_input`` at S =
+  ``sonograde.input_size`` (288 for the paper's configuration), output "prob" float32 (N, 1, S, S), the
+  sigmoid lesion probability; ``sonograde.architecture`` names the network ("vgg16": the paper's ROI-CNN,
+  "lite0": EfficientNet-Lite0 encoder with the paper's head; absent means "vgg16").
 - G-CNN: input "image" float32 (N, C, S, S) from ``engine.preprocess.grader_input``, output "probs"
   float32 (N, 5), softmax over ``engine.birads.CATEGORIES``.
 - Dynamic batch axis N.
 
 Metadata keys (the constants below): ``sonograde.model`` ("roi" | "grader"), ``sonograde.input_size``,
-``sonograde.input_channels``, ``sonograde.width``, ``sonograde.categories`` (grader, comma-separated or
-JSON), ``sonograde.roi_margin``, ``sonograde.mask_channel`` ("1" | "0") and ``sonograde.grader_view``
-("crop" | "frame", grader), ``sonograde.ensemble_members`` (grader exported from several checkpoints, whose
-output is the mean of the members' probabilities), ``sonograde.ordinal_head`` (grader read through an
-ordinal head: JSON slope and cuts) and ``sonograde.ordinal_head_fitted_on``, ``sonograde.model_id``,
-``sonograde.research_use``, ``sonograde.exporter``; quantized variants add ``sonograde.precision``,
-``sonograde.quantization`` and ``sonograde.source_sha256``.
+``sonograde.input_channels``, ``sonograde.width``, ``sonograde.architecture`` (ROI-CNN),
+``sonograde.categories`` (grader, comma-separated or JSON), ``sonograde.roi_margin``,
+``sonograde.mask_channel`` ("1" | "0") and ``sonograde.grader_view`` ("crop" | "frame", grader),
+``sonograde.ensemble_members`` (grader exported from several checkpoints, whose output is the mean of the
+members' probabilities), ``sonograde.ordinal_head`` (grader read through an ordinal head: JSON slope and
+cuts) and ``sonograde.ordinal_head_fitted_on``, ``sonograde.model_id``, ``sonograde.research_use``,
+``sonograde.exporter``; quantized variants add ``sonograde.precision``, ``sonograde.quantization`` and
+``sonograde.source_sha256``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ MODEL_ID = "sonograde.model_id"
 WIDTH = "sonograde.width"
 INPUT_SIZE = "sonograde.input_size"
 INPUT_CHANNELS = "sonograde.input_channels"
+ARCHITECTURE = "sonograde.architecture"
 CATEGORY_ORDER = "sonograde.categories"
 ROI_MARGIN = "sonograde.roi_margin"
 MASK_CHANNEL = "sonograde.mask_channel"
@@ -55,6 +59,8 @@ MODEL_KINDS = ("roi", "grader")
 GRADER_VIEWS = ("crop", "frame")
 RESEARCH_USE_TEXT = "research use only, not for diagnosis"
 DEFAULT_GRADER_SIZE = 128
+DEFAULT_ROI_SIZE = 288  # the paper's ROI-CNN input; models exported before the key existed
+DEFAULT_ROI_ARCHITECTURE = "vgg16"
 DEFAULT_GRADER_MARGIN = 0.25  # what the exporter writes when training gave no margin
 
 
@@ -119,3 +125,8 @@ class GraderInput:
         """The metadata entries of this input (``from_metadata``'s inverse)."""
         return {INPUT_SIZE: str(self.input_size), ROI_MARGIN: f"{self.roi_margin:g}",
                 MASK_CHANNEL: "1" if self.mask_channel else "0", GRADER_VIEW: self.view}
+
+
+def roi_input_size(metadata: Mapping[str, str]) -> int:
+    """S of a ROI-CNN's (N, 1, S, S) input, pixels, from its metadata (288 when absent)."""
+    return int(metadata.get(INPUT_SIZE) or DEFAULT_ROI_SIZE)

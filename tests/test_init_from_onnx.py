@@ -60,11 +60,15 @@ def test_weights_from_onnx_reproduce_the_network(trained_like_onnx: tuple[Path, 
 
 
 def test_the_shipped_roi_cnn_reads_back(tmp_path: Path) -> None:
-    shipped = Path(__file__).resolve().parents[1] / "models" / "roi_cnn.onnx"
+    models = Path(__file__).resolve().parents[1] / "models"
+    shipped = models / "roi_cnn_vgg16.onnx"  # the paper's network
     config, _ = read_onnx_roi(shipped)
     net = RoiCNN(config)
     difference = init_roi_from_onnx(net, shipped, _images(12, 4))
     assert difference < 1e-4
+    # the Lite0-encoder default is refused with what to do instead
+    with pytest.raises(TrainingError, match=r"lite0 ROI-CNN; only the paper's \(vgg16\) network"):
+        read_onnx_roi(models / "roi_cnn.onnx")
 
 
 def test_wrong_files_get_clear_errors(tmp_path: Path, trained_like_onnx: tuple[Path, RoiCNN]) -> None:

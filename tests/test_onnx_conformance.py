@@ -148,7 +148,7 @@ def test_model_without_quantization_refused():
 
 def test_full_check_refuses_stale_value_info(tmp_path):
     """The fault the old g_cnn.fp16.onnx had: value_info declaring float16 where inference says float."""
-    model = onnx.load(str(MODELS / "roi_cnn.onnx"))
+    model = onnx.load(str(MODELS / "roi_cnn_vgg16.onnx"))  # its first node is a convolution
     first_output = model.graph.node[0].output[0]
     model.graph.value_info.append(helper.make_tensor_value_info(first_output, TensorProto.FLOAT16, None))
     path = tmp_path / "stale.onnx"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from engine.networks import GCNN, GCNNConfig, GraderEnsemble, OrdinalReading, RoiCNN, RoiConfig, build
+from engine.networks import GCNN, GCNNConfig, GraderEnsemble, OrdinalReading, RoiConfig, build, build_roi
 from engine.ordinal_head import OrdinalHead
 from engine.training.common import TrainingError, load_checkpoint
 
@@ -30,7 +30,7 @@ def load_trained(checkpoint: str | Path) -> tuple[str, torch.nn.Module, dict]:
     payload = load_checkpoint(checkpoint)
     kind = payload["kind"]
     if kind == "roi":
-        net: torch.nn.Module = RoiCNN(RoiConfig(**payload["net_config"]))
+        net: torch.nn.Module = build_roi(RoiConfig(**payload["net_config"]))
     else:
         net = GCNN(GCNNConfig(**payload["net_config"]))
     net.load_state_dict(payload["model"])

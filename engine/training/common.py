@@ -78,6 +78,8 @@ class TrainConfig:
     threads: int = 2
     device: str = "cpu"
     loss: str = "dice+bce"
+    architecture: str = "vgg16"
+    roi_size: int = 288
     input_size: int = 128
     margin: float = 0.25
     mask_channel: bool = False

@@ -2,12 +2,14 @@
 
 ROI-CNN (``evaluate_roi``): on the test side of ``engine.splits.make_split`` (BUS-BRA: the held-out official
 fold), each image goes through exactly the pipeline's first two stages with the pipeline's own parameters
-(``engine.grader.GraderConfig``, what ``TwoStageGrader`` runs): resize to 288, ``roi_input``, the ONNX ROI-
+(``engine.grader.GraderConfig``, what ``TwoStageGrader`` runs): resize to the model's input size S (its
+``sonograde.input_size``: 224 for the default ROI-CNN, 288 for the paper's), ``roi_input``, the ONNX ROI-
 CNN, the area filter (threshold, smallest component fraction), then the pipeline's refinement
 (``refine.stage.refine_lesion`` with ``config.refinement``), and beside it other refinements (the paper's
-Chan–Vese on the 288 grid, the native ones) on the same probability map. DSC is computed at 288x288
-(against the mask resized as in training) and at the image's own size, HD95 and the average symmetric
-surface distance at the image's own size in pixels and, where the manifest gives ``pixel_size_mm``, in mm.
+Chan–Vese on the S grid, the native ones) on the same probability map. DSC is computed at S x S (against the
+mask resized as in training; the ``dice288_*`` keys) and at the image's own size, HD95 and the average
+symmetric surface distance at the image's own size in pixels and, where the manifest gives
+``pixel_size_mm``, in mm.
 
 G-CNN (``evaluate_grader``): on the test side of the split, five-way datasets only for the five-way
 metrics (accuracy, per-category accuracy, confusion matrix, one-vs-rest and macro AUC, malignancy AUC
@@ -49,7 +51,7 @@ from engine.grading_metrics import (
     paired_sign_p,
     roc_auc,
 )
-from engine.preprocess import ROI_INPUT_SIZE, grader_input, roi_input
+from engine.preprocess import grader_input, roi_input
 from refine.metrics import dice
 from refine.stage import RefinedLesion, refine_lesion
 
@@ -74,19 +76,27 @@ def _upsample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def locate_and_refine(session: ort.InferenceSession, gray: np.ndarray, refine: bool = True,
                       config: GraderConfig = PIPELINE_CONFIG
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, RefinedLesion]:
-    """(image_288, probability map, raw mask, refined lesion): ``TwoStageGrader.locate`` and ``refine``
+    """(image on the ROI grid, probability map, raw mask, refined lesion), the grid being the model's
+    S x S input size: ``TwoStageGrader.locate`` and ``refine``
     on an ONNX Runtime session of the ROI-CNN alone (no G-CNN needed), with the pipeline's parameters
     ``config`` and its refine function (``refine.stage.refine_lesion``; tests check the masks are the
     grader's). ``refine=False`` gives refinement ``"none"`` (the raw ROI at the frame's size)."""
     from refine.area_filter import area_filter
 
-    small = resize_to(gray, ROI_INPUT_SIZE)
-    prob = session.run(None, {"image": roi_input(small)[None]})[0][0, 0]
+    size = roi_size(session)
+    small = resize_to(gray, size)
+    prob = session.run(None, {"image": roi_input(small, size)[None]})[0][0, 0]
     raw = area_filter(prob, threshold=config.threshold, min_fraction=config.min_fraction)
     parameters = config.refine_parameters()
     if not refine:
         parameters = replace(parameters, refinement="none")
     return small, prob, raw, refine_lesion(gray, small, prob, raw, parameters)
+
+
+def roi_size(session: ort.InferenceSession) -> int:
+    """S of a ROI-CNN session's (N, 1, S, S) input: its static input shape, else its metadata."""
+    side = session.get_inputs()[0].shape[-1]
+    return side if isinstance(side, int) and side > 0 else contract.roi_input_size(_metadata(session))
 
 
 def pipeline_mask(session: ort.InferenceSession, gray: np.ndarray) -> np.ndarray:
@@ -129,7 +139,7 @@ def evaluate_roi(model: str | Path, records: list[ManifestRecord], *, refine: bo
         truth = load_mask(record)
         assert truth is not None
         small, prob, raw, _ = locate_and_refine(session, gray, refine=False)
-        truth_288 = resize_mask(truth, ROI_INPUT_SIZE)
+        truth_288 = resize_mask(truth, prob.shape[-1])
         pixel = record.pixel_size_mm or None
         row = {"id": f"{record.dataset}/{record.id}",
                "dice288_threshold": dice(prob > 0.5, truth_288), "dice288_raw": dice(raw, truth_288)}

@@ -53,8 +53,14 @@ def read_onnx_roi(path: str | Path) -> tuple[RoiConfig, dict[str, np.ndarray]]:
         what = f"a {kind} model" if kind else "not a Sonograde export (no sonograde.model metadata)"
         raise TrainingError(f"--init-from {path}: {what}; only a ROI-CNN starts from an ONNX file, a G-CNN "
                             "fine-tunes from its .pt checkpoint")
+    architecture = meta.get(contract.ARCHITECTURE, contract.DEFAULT_ROI_ARCHITECTURE)
+    if architecture != "vgg16":
+        raise TrainingError(f"--init-from {path}: a {architecture} ROI-CNN; only the paper's (vgg16) network "
+                            "starts from an ONNX file (e.g. models/roi_cnn_vgg16.onnx); start a "
+                            f"{architecture} network from its training checkpoint (.pt)")
     config = RoiConfig(width=float(meta.get(contract.WIDTH, 0)),
-                       in_channels=int(meta.get(contract.INPUT_CHANNELS, 1)))
+                       in_channels=int(meta.get(contract.INPUT_CHANNELS, 1)),
+                       input_size=contract.roi_input_size(meta))
     weights = {t.name.removeprefix(ONNX_PREFIX): numpy_helper.to_array(t) for t in model.graph.initializer
                if t.name.startswith(ONNX_PREFIX)}
     if not weights:
@@ -151,7 +157,9 @@ def init_roi_from_onnx(net: RoiCNN, path: str | Path, calibration: torch.Tensor)
     config, weights = read_onnx_roi(path)
     if config != net.config:
         raise TrainingError(f"--init-from {path} holds a ROI-CNN of width {config.width} with "
-                            f"{config.in_channels} input channel(s); this run builds width "
-                            f"{net.config.width} with {net.config.in_channels}: give --width {config.width}")
+                            f"{config.in_channels} input channel(s) at {config.input_size} px; this run "
+                            f"builds width {net.config.width} with {net.config.in_channels} at "
+                            f"{net.config.input_size} px: give --width {config.width} "
+                            f"--roi-size {config.input_size}")
     load_onnx_roi_weights(net, weights, calibration)
     return onnx_agreement(net, path, calibration[:4])

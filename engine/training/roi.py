@@ -1,4 +1,5 @@
-"""ROI-CNN training: Dice (+ BCE) loss on 288x288 lesion masks, the paper's augmentation, per-epoch
+"""ROI-CNN training: Dice (+ BCE) loss on S x S lesion masks (S = ``TrainConfig.roi_size``, 288 for the
+paper's network), the paper's augmentation, per-epoch
 validation DSC on held-out patients, checkpoints and resume."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch.nn import functional as nnf
 
 from engine.augment import augment_roi
 from engine.data.datasets import RoiArrays, load_records, load_roi_arrays, phantom_roi_arrays
-from engine.networks import RoiCNN, RoiConfig
+from engine.networks import RoiConfig, RoiLite0, build_roi
 from engine.preprocess import ROI_INPUT_SIZE, standardize
 from engine.splits import make_split
 from engine.training.common import (
@@ -112,11 +113,13 @@ def prepare_roi_data(config: TrainConfig, out: Path) -> tuple[RoiArrays, RoiArra
                       "test_ids": [f"{r.dataset}/{r.id}" for r in split.test]}
         if not split.train:
             raise TrainingError("the data folders give no training images")
-        train_parts.append(load_roi_arrays(split.train, cache_dir=config.cache_dir, progress=config.progress))
+        train_parts.append(load_roi_arrays(split.train, size=config.roi_size, cache_dir=config.cache_dir,
+                                           progress=config.progress))
         if split.val:
-            val_parts.append(load_roi_arrays(split.val, cache_dir=config.cache_dir, progress=config.progress))
+            val_parts.append(load_roi_arrays(split.val, size=config.roi_size, cache_dir=config.cache_dir,
+                                             progress=config.progress))
     if config.phantom:
-        phantom = phantom_roi_arrays(config.phantom, seed=config.seed)
+        phantom = phantom_roi_arrays(config.phantom, seed=config.seed, size=config.roi_size)
         cut = max(1, len(phantom) // 5) if not val_parts else 0
         val_parts.append(_subset(phantom, np.arange(cut)))
         train_parts.append(_subset(phantom, np.arange(cut, len(phantom))))
@@ -135,15 +138,26 @@ def train_roi(config: TrainConfig, *, resume: bool = False) -> RunState:
     device = training_device(config.device)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    net = RoiCNN(RoiConfig(width=config.width))
+    try:
+        net = build_roi(RoiConfig(width=config.width, architecture=config.architecture,
+                                  input_size=config.roi_size))
+    except ValueError as error:
+        raise TrainingError(f"{error} (--architecture / --roi-size)") from error
+    if isinstance(net, RoiLite0) and is_onnx_file(config.init_from):
+        raise TrainingError(f"--init-from {config.init_from}: a lite0 ROI-CNN starts from a .pt checkpoint "
+                            "(best.pt / last.pt of its first step), not from an ONNX file")
     if not resume:
+        if isinstance(net, RoiLite0) and config.init_from is None:
+            from engine.training.efficientnet_lite import load_pretrained
+
+            net.load_imagenet(load_pretrained().state_dict())  # ImageNet encoder, random head
         initial_weights(config, net)
     state = RunState()
     last = out / "last.pt"
     payload = None
     if resume:
         payload = load_resume_checkpoint(config, last)
-        net = RoiCNN(RoiConfig(**payload["net_config"]))
+        net = build_roi(RoiConfig(**payload["net_config"]))
         net.load_state_dict(payload["model"])
         state = RunState(**payload["state"])
     net = net.to(device=device, memory_format=torch.channels_last)
@@ -160,8 +174,9 @@ def train_roi(config: TrainConfig, *, resume: bool = False) -> RunState:
               f"images; max abs difference to the ONNX file {difference:.1e}", file=sys.stderr)
         net = net.to(device=device, memory_format=torch.channels_last)
         optimizer = make_optimizer(config, net.parameters())
-    print(f"ROI-CNN width {config.width}: {len(train)} training, {len(val)} validation images; "
-          f"{sum(p.numel() for p in net.parameters())} parameters", file=sys.stderr)
+    described = f"width {config.width}" if config.architecture == "vgg16" else config.architecture
+    print(f"ROI-CNN {described} at {config.roi_size} px: {len(train)} training, {len(val)} validation "
+          f"images; {sum(p.numel() for p in net.parameters())} parameters", file=sys.stderr)
 
     def batch_loss(index: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         pairs = [augment_roi(train.images[i], train.masks[i], rng) for i in index]

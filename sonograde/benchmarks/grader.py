@@ -32,6 +32,9 @@ STAGES = ("roi_cnn", "refine", "g_cnn", "total")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", type=Path, default=None, metavar="DIR",
                         help="folder with roi_cnn[.P].onnx and g_cnn[.P].onnx (default: the shipped models/)")
+    parser.add_argument("--roi-model", type=Path, default=None, metavar="ONNX",
+                        help="ROI-CNN file used instead of the models folder's roi_cnn[.P].onnx, e.g. "
+                             "models/roi_cnn_vgg16.int8.onnx (the paper's network)")
     parser.add_argument("--precision", choices=("fp32", "int8", "fp16"), default="fp32")
     parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N",
@@ -107,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
             for with_descriptors in variants:
                 grader = TwoStageGrader.from_models_dir(args.models, precision=args.precision,
                                                         backend=args.backend, threads=threads,
-                                                        descriptors=with_descriptors)
+                                                        descriptors=with_descriptors,
+                                                        roi_model=args.roi_model)
                 grader.warm_up()
                 graders[(threads, with_descriptors)] = grader
     except (ModelLoadError, ValueError) as exc:

