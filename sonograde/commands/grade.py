@@ -71,9 +71,8 @@ from pathlib import Path
 
 from refine.stage import DEFAULT_REFINEMENT, REFINEMENTS
 from sonograde import RESEARCH_USE_ONLY
+from sonograde.image_files import IMAGE_SUFFIXES, dicom_pixel_size, read_image, write_png
 from sonograde.still_overlay import render_overlay
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,68 +140,6 @@ def expand_inputs(items: list[str]) -> list[tuple[Path, float | None]]:
     return out
 
 
-def dicom_pixel_size(path: Path) -> tuple[float | None, str | None]:
-    """(pixel size in mm, source) from a DICOM file's Sequence of Ultrasound Regions or Pixel Spacing
-    (capture's reader), (None, None) where it has neither or is not DICOM."""
-    from capture.sources import dicom_pixel_size_mm, is_dicom_file
-
-    if not is_dicom_file(path):
-        return None, None
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception:  # unreadable headers are reported by read_image
-        return None, None
-    size = dicom_pixel_size_mm(ds)
-    if size is None or not size > 0:
-        return None, None
-    regions = getattr(ds, "SequenceOfUltrasoundRegions", None)
-    from_regions = bool(regions) and any(int(getattr(r, "PhysicalUnitsXDirection", 0)) == 3
-                                         and getattr(r, "PhysicalDeltaX", None) for r in regions)
-    return size, "dicom_ultrasound_regions" if from_regions else "dicom_pixel_spacing"
-
-
-def read_image(path: Path, max_pixels: int | None = None):
-    """Read an image as uint8 (H x W gray or H x W x 3 BGR; ``capture.sources.read_image_file``: 16-bit
-    data by its significant bits, the pixel cap checked from the header). Raises ValueError saying why
-    it cannot."""
-    from capture.sources import MAX_PIXELS, is_dicom_file, read_image_file
-
-    limit = MAX_PIXELS if max_pixels is None else max_pixels
-    if path.is_file() and is_dicom_file(path):
-        return _read_dicom(path, limit)
-    return read_image_file(path, limit)  # SourceError is a ValueError
-
-
-def _read_dicom(path: Path, max_pixels: int):
-    """First frame of a DICOM file as uint8 gray, through the capture package's DICOM reader."""
-    import pydicom
-
-    from capture.sources import dicom_frames_gray
-
-    try:
-        dataset = pydicom.dcmread(str(path))
-        rows, columns = int(getattr(dataset, "Rows", 0) or 0), int(getattr(dataset, "Columns", 0) or 0)
-        if rows * columns > max_pixels:
-            raise ValueError(f"{columns} x {rows} pixels is more than the limit of {max_pixels:,}")
-        frames = dicom_frames_gray(dataset)
-    except ValueError:
-        raise
-    except Exception as exc:  # pydicom and the pixel decoders raise many types
-        raise ValueError(f"not a readable DICOM image ({type(exc).__name__}: {str(exc)[:120]})") from exc
-    return frames[0]
-
-
-def _write_png(path: Path, image) -> None:
-    import cv2
-
-    ok, encoded = cv2.imencode(".png", image)
-    if not ok:  # pragma: no cover - PNG encoding of uint8 arrays does not fail
-        raise OSError(f"could not encode {path}")
-    encoded.tofile(str(path))
-
-
 def _unique_stem(stem: str, used: set[str]) -> str:
     """Two inputs with one stem (a/1.png, b/1.png) must not overwrite each other's outputs."""
     candidate, n = stem, 1
@@ -253,9 +190,9 @@ def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespa
         tqdm.write(_table_row(path.name, image.shape, None, reason), file=sys.stdout)
     if args.out is not None:
         stem = _unique_stem(path.stem, used)
-        _write_png(args.out / f"{stem}_mask.png", np.zeros(image.shape[:2], np.uint8))
+        write_png(args.out / f"{stem}_mask.png", np.zeros(image.shape[:2], np.uint8))
         overlay = render_overlay(image, None, note=f"not gradeable: {reason}")
-        _write_png(args.out / f"{stem}_overlay.png", overlay)
+        write_png(args.out / f"{stem}_overlay.png", overlay)
     sys.stdout.flush()
 
 
@@ -393,8 +330,8 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(_table_row(path.name, image.shape, result), file=sys.stdout)
         if args.out is not None:
             stem = _unique_stem(path.stem, used_stems)
-            _write_png(args.out / f"{stem}_mask.png", result.refined_mask.astype(np.uint8) * 255)
-            _write_png(args.out / f"{stem}_overlay.png", render_overlay(image, result))
+            write_png(args.out / f"{stem}_mask.png", result.refined_mask.astype(np.uint8) * 255)
+            write_png(args.out / f"{stem}_overlay.png", render_overlay(image, result))
         sys.stdout.flush()
     if not args.json:
         print(RESEARCH_USE_ONLY)
