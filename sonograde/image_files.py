@@ -13,7 +13,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 def dicom_pixel_size(path: Path) -> tuple[float | None, str | None]:
     """(pixel size in mm, source) from a DICOM file's Sequence of Ultrasound Regions or Pixel Spacing
     (capture's reader), (None, None) where it has neither or is not DICOM."""
-    from capture.sources import dicom_pixel_size_mm, is_dicom_file
+    from capture.sources import is_dicom_file
 
     if not is_dicom_file(path):
         return None, None
@@ -23,6 +23,14 @@ def dicom_pixel_size(path: Path) -> tuple[float | None, str | None]:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception:  # unreadable headers are reported by read_image
         return None, None
+    return dataset_pixel_size(ds)
+
+
+def dataset_pixel_size(ds) -> tuple[float | None, str | None]:
+    """(pixel size in mm, source) of a read DICOM dataset: its Sequence of Ultrasound Regions, else its
+    Pixel Spacing; (None, None) where it has neither."""
+    from capture.sources import dicom_pixel_size_mm
+
     size = dicom_pixel_size_mm(ds)
     if size is None or not size > 0:
         return None, None
@@ -46,21 +54,28 @@ def read_image(path: Path, max_pixels: int | None = None):
 
 def _read_dicom(path: Path, max_pixels: int):
     """First frame of a DICOM file as uint8 gray, through the capture package's DICOM reader."""
+    return read_dicom_frames(path, max_pixels)[0][0]
+
+
+def read_dicom_frames(path: Path, max_pixels: int | None = None):
+    """All frames of a DICOM file as (N, H, W) uint8 gray, and the dataset (for its pixel size and UIDs).
+    Raises ValueError (one line) when it cannot be read or is over ``max_pixels`` a frame."""
     import pydicom
 
-    from capture.sources import dicom_frames_gray
+    from capture.sources import MAX_PIXELS, dicom_frames_gray
 
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         dataset = pydicom.dcmread(str(path))
         rows, columns = int(getattr(dataset, "Rows", 0) or 0), int(getattr(dataset, "Columns", 0) or 0)
-        if rows * columns > max_pixels:
-            raise ValueError(f"{columns} x {rows} pixels is more than the limit of {max_pixels:,}")
+        if rows * columns > limit:
+            raise ValueError(f"{columns} x {rows} pixels is more than the limit of {limit:,}")
         frames = dicom_frames_gray(dataset)
     except ValueError:
         raise
     except Exception as exc:  # pydicom and the pixel decoders raise many types
         raise ValueError(f"not a readable DICOM image ({type(exc).__name__}: {str(exc)[:120]})") from exc
-    return frames[0]
+    return frames, dataset
 
 
 def write_png(path: Path, image) -> None:

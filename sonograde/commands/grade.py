@@ -22,6 +22,9 @@ Examples:
   sonograde grade DIR --json                        # DIR/manifest.csv: its images, its pixel_size_mm
   sonograde grade scan.dcm --dicom-out DIR          # + DIR/scan_sr.dcm (TID 1500 SR), DIR/scan_seg.dcm
   sonograde grade scan.png --refinement paper       # the paper's Chan-Vese on the 288 grid instead
+  sonograde grade DIR --table grades.parquet        # a whole archive: one row per image, all cores
+  sonograde grade DIR1 DIR2 --table grades.csv --resume              # continue a killed run
+  sonograde grade DIR --table grades.parquet --engine ray --ray-address auto   # on a Ray cluster
 
 JSON line (one per readable image):
   {"image": "scan.png", "lesion_found": true, "category": "4B",
@@ -106,6 +109,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-size-mm", type=float, default=None, metavar="MM",
                         help="size of one image pixel in mm, for every image (the lesion size is then in "
                              "mm; default: the DICOM's or the manifest's own, else sizes in px)")
+    archive = parser.add_argument_group("whole archives into one table (docs/batch.md)")
+    archive.add_argument("--table", type=Path, default=None, metavar="OUT.parquet|OUT.csv",
+                         help="grade every image the sources name (folders searched recursively, DICOM "
+                              "frames each a row) into one table, in parallel; nothing on stdout")
+    archive.add_argument("--engine", choices=("local", "ray"), default="local",
+                         help="with --table: a process pool on this machine (default), or Ray Data on a "
+                              "Ray cluster (needs the ray extra)")
+    archive.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="with --table: worker processes / Ray actors, each with its own models and "
+                              "one core (default: this machine's cores)")
+    archive.add_argument("--ray-address", default=None, metavar="ADDR",
+                         help="with --engine ray: the cluster to use (e.g. ray://head:10001 or auto; "
+                              "default: a Ray instance started on this machine for the run)")
+    archive.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                         help="with --engine ray: GPUs each actor reserves (e.g. 1 or 0.25 with "
+                              "--backend tensorrt; default 0)")
+    archive.add_argument("--resume", action="store_true",
+                         help="with --table: keep the table's rows and grade only the images it lacks "
+                              "(or whose row has an error); a killed run continues where it stopped")
 
 
 def expand_images(items: list[str]) -> list[Path]:
@@ -221,6 +243,50 @@ def _grade_dicom(path: Path, grader, out_dir: Path, stem: str, overlay: bool):
     return graded.frame, graded.result
 
 
+def run_table(args: argparse.Namespace) -> int:
+    """``--table``: the archive grader (``sonograde.archive``)."""
+    from engine.backends import ModelLoadError
+    from sonograde.archive.runner import run_archive
+    from sonograde.archive.worker import GradeSettings
+
+    if args.json or args.dicom_out is not None:
+        print("sonograde grade: --table writes one table; it does not go with --json or --dicom-out",
+              file=sys.stderr)
+        return 2
+    if args.workers is not None and args.workers < 1:
+        print(f"sonograde grade: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.engine != "ray" and (args.ray_address or args.gpus_per_worker):
+        print("sonograde grade: --ray-address and --gpus-per-worker need --engine ray", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"sonograde grade: cannot create output folder {args.out}: {exc}", file=sys.stderr)
+            return 2
+    settings = GradeSettings(models_dir=str(args.models) if args.models else None, precision=args.precision,
+                             backend=args.backend, threads=args.threads or 1,
+                             pixel_size_mm=args.pixel_size_mm, max_pixels=args.max_pixels,
+                             out_dir=str(args.out.resolve()) if args.out else None)
+    try:
+        summary = run_archive(args.images, args.table, settings, engine=args.engine, workers=args.workers,
+                              ray_address=args.ray_address, resume=args.resume,
+                              gpus_per_worker=args.gpus_per_worker)
+    except KeyboardInterrupt:
+        print("sonograde grade: interrupted; the finished rows are kept: continue with the same command "
+              "and --resume", file=sys.stderr)
+        return 130
+    except (ModelLoadError, ValueError, RuntimeError) as exc:
+        print(f"sonograde grade: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}",
+              file=sys.stderr)
+        return 2
+    print(f"{RESEARCH_USE_ONLY}. {summary.images} image(s) graded into {args.table} ({summary.rows} rows, "
+          f"{summary.not_gradeable} not gradeable, {summary.errors} error(s)); {summary.skipped} already "
+          f"there; {summary.table_rows} rows in the table", file=sys.stderr)
+    return 1 if summary.errors else 0
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -240,6 +306,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"sonograde grade: --pixel-size-mm must be a positive size of one pixel in mm (e.g. 0.07), "
               f"got {args.pixel_size_mm}", file=sys.stderr)
         return 2
+    if args.table is not None:
+        return run_table(args)
     try:
         config = GraderConfig(refinement=args.refinement) if args.refinement else None
         grader = TwoStageGrader.from_models_dir(args.models, precision=args.precision, backend=args.backend,
