@@ -4,6 +4,7 @@ pool and a real local Ray instance giving the same rows as grading in one proces
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -200,3 +201,17 @@ def test_cli_table_summary_and_one_line_errors(archive, settings, tmp_path, caps
         assert message in capsys.readouterr().err
     assert _main([str(archive["root"]), "--table", str(tmp_path / "grades.xlsx")]) == 2
     assert ".parquet or .csv" in capsys.readouterr().err
+
+
+def test_bench_batch_reports_engines_side_by_side(settings, capsys):
+    from sonograde.benchmarks import batch
+
+    parser = argparse.ArgumentParser()
+    batch.add_arguments(parser)
+    args = parser.parse_args(["--images", "4", "--workers", "1", "--no-ray", "--json",
+                              "--models", settings.models_dir])
+    assert batch.run(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["engine"] for r in report["results"]] == ["one process", "local pool"]
+    assert all(r["same_category"] == 4 and r["images_per_s"] > 0 for r in report["results"])
+    assert "load average" in report["machine"] and report["images"] == 4
