@@ -61,6 +61,14 @@ lesion (when one is found), <stem>.json, and with --dicom-overlay <stem>_sc.dcm,
 the overlay. A multi-frame image is graded on up to 8 frames spread over it, reported on the one with
 the largest lesion (docs/dicom.md).
 
+--table OUT.parquet|OUT.csv grades whole archives instead (docs/batch.md): folders are searched
+recursively (DICOM files also without a suffix, manifest folders by their manifest), every image or
+DICOM frame becomes a row (path, id, category, probabilities, malignancy probability, descriptors, size,
+bbox, model ids and file hashes, error), on a process pool over this machine's cores (--engine local,
+--workers N) or on Ray Data (--engine ray [--ray-address ADDR]; the ray extra). A file that cannot be
+read is an error row, never the end of the run; rows reach the disk as they finish, and --resume
+continues a stopped run. Nothing goes to stdout; a progress bar and a summary go to stderr.
+
 Exit status: 0 all graded; 1 some image could not be read or graded (named on stderr, the others are
 still graded); 2 bad models or options.
 """
