@@ -128,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="with --table: worker processes / Ray actors, each with its own models and "
                               "one core (default: this machine's cores)")
     archive.add_argument("--ray-address", default=None, metavar="ADDR",
-                         help="with --engine ray: the cluster to use (e.g. ray://head:10001 or auto; "
+                         help="with --engine ray: the cluster to use (auto on a node of it, or HEAD:6379; "
                               "default: a Ray instance started on this machine for the run)")
     archive.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                          help="with --engine ray: GPUs each actor reserves (e.g. 1 or 0.25 with "
