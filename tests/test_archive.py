@@ -172,6 +172,23 @@ def test_resume_after_a_killed_run(archive, settings, tmp_path, suffix):
     assert again.skipped == len(items) - 2 and again.images == 2  # only the two error rows are retried
 
 
+def test_pool_survives_a_dying_worker(archive, settings):
+    """A worker process killed mid-run (as a crash in a decoder would) is replaced and its files are graded
+    again; no file is lost and none gets an error it does not deserve."""
+    import os
+    import signal
+
+    items = discover([str(archive["root"])])
+    with LocalPool(settings, 1) as pool:
+        victim = next(iter(pool._pool._processes))  # the one worker, models loaded
+        os.kill(victim, signal.SIGKILL)
+        rows = [row for batch in pool.grade(items) for row in batch]
+        assert victim not in pool._pool._processes  # a fresh worker took over
+    errors = {Path(row["path"]).name for row in rows if row["error"]}
+    assert errors == {"corrupt.jpg", "broken.dcm"}
+    assert len(rows) == 11 and len({row["path"] for row in rows}) == len(items)
+
+
 def test_pool_reports_a_missing_model_before_grading(tmp_path):
     with pytest.raises(Exception, match="not found"):
         LocalPool(GradeSettings(models_dir=str(tmp_path)), 1).start()

@@ -20,6 +20,7 @@ from sonograde.archive.worker import GradeSettings
 
 # The local instance's shared-memory object store: the rows are small, the file list is the largest object
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+BATCHES_PER_BLOCK = 4
 
 
 class RayUnavailableError(RuntimeError):
@@ -112,7 +113,9 @@ def grade_ray(items: list[ArchiveItem], settings: GradeSettings, workers: int, b
     if not items:
         return
     records = [asdict(item) for item in items]
-    blocks = max(1, min(len(records) // batch_size, workers * 8))
+    # Small blocks: an actor's rows come back when its block is done, so the block size sets how often
+    # the progress bar moves and how much a lost node takes with it
+    blocks = -(-len(records) // (batch_size * BATCHES_PER_BLOCK))
     dataset = ray.data.from_items(records, override_num_blocks=blocks)
     graded = dataset.map_batches(RayGradeActor, fn_constructor_args=(settings,), batch_size=batch_size,
                                  compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
