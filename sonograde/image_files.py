@@ -57,9 +57,11 @@ def _read_dicom(path: Path, max_pixels: int):
     return read_dicom_frames(path, max_pixels)[0][0]
 
 
-def read_dicom_frames(path: Path, max_pixels: int | None = None):
+def read_dicom_frames(path: Path, max_pixels: int | None = None, check=None):
     """All frames of a DICOM file as (N, H, W) uint8 gray, and the dataset (for its pixel size and UIDs).
-    Raises ValueError (one line) when it cannot be read or is over ``max_pixels`` a frame."""
+    ``check(dataset)``, when given, runs before the pixels are decoded and may raise (e.g. to refuse what
+    is not an ultrasound image). Raises ValueError (one line) when it cannot be read or is over
+    ``max_pixels`` a frame."""
     import pydicom
 
     from capture.sources import MAX_PIXELS, dicom_frames_gray
@@ -67,6 +69,8 @@ def read_dicom_frames(path: Path, max_pixels: int | None = None):
     limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         dataset = pydicom.dcmread(str(path))
+        if check is not None:
+            check(dataset)
         rows, columns = int(getattr(dataset, "Rows", 0) or 0), int(getattr(dataset, "Columns", 0) or 0)
         if rows * columns > limit:
             raise ValueError(f"{columns} x {rows} pixels is more than the limit of {limit:,}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from dicom_samples import ultrasound_dataset
+from dicom_samples import CT_IMAGE_STORAGE, ultrasound_dataset
 
 from engine.backends.dev_models import make_grader_model, make_roi_model, synthetic_frame
 from sonograde import RESEARCH_USE_ONLY
@@ -38,7 +38,8 @@ def settings(tmp_path) -> GradeSettings:
 @pytest.fixture
 def archive(tmp_path, rng) -> dict:
     """An archive folder: images in nested folders, a manifest folder, a 3-frame DICOM without a suffix,
-    a DICOMDIR (not an image), a blank image (not gradeable), a corrupt JPEG and a truncated DICOM."""
+    a DICOMDIR (not an image), a blank image and a CT (not gradeable), a corrupt JPEG and a truncated
+    DICOM."""
     root = tmp_path / "archive"
     (root / "2024" / "03").mkdir(parents=True)
     (root / "dataset" / "images").mkdir(parents=True)
@@ -54,6 +55,8 @@ def archive(tmp_path, rng) -> dict:
     cine = ultrasound_dataset(frames, pixel_size_mm=0.08)
     cine.save_as(root / "2024" / "IM0001", enforce_file_format=True)
     cine.save_as(root / "DICOMDIR", enforce_file_format=True)
+    ct = ultrasound_dataset(frames[0], pixel_size_mm=None, sop_class_uid=CT_IMAGE_STORAGE, modality="CT")
+    ct.save_as(root / "ct.dcm", enforce_file_format=True)
     encoded = cv2.imencode(".jpg", synthetic_frame(rng, 200, 200)[0])[1].tobytes()
     (root / "corrupt.jpg").write_bytes(encoded[: len(encoded) // 3])
     truncated = (root / "2024" / "IM0001").read_bytes()
@@ -86,7 +89,7 @@ def test_discover_searches_folders_and_reads_manifests(archive):
     names = [Path(item.path).relative_to(root).as_posix() for item in items]
     # sorted within each folder, recursive; manifest folders give only what they list; no DICOMDIR
     assert names == ["2024/03/b.jpg", "2024/IM0001", "2024/a.png", "blank.png", "broken.dcm", "c.bmp",
-                     "corrupt.jpg", "dataset/images/m1.png", "dataset/images/m2.png"]
+                     "corrupt.jpg", "ct.dcm", "dataset/images/m1.png", "dataset/images/m2.png"]
     manifest = {Path(i.path).name: i for i in items if i.id}
     assert manifest["m1.png"].id == "case-1" and manifest["m1.png"].pixel_size_mm == pytest.approx(0.1)
     assert manifest["m2.png"].pixel_size_mm is None
@@ -102,11 +105,13 @@ def test_local_pool_rows_errors_and_same_as_one_process(archive, settings, tmp_p
     # one row per image, one per frame of the cine DICOM
     assert sorted(by_key) == sorted([("b.jpg", 0), ("IM0001", 0), ("IM0001", 1), ("IM0001", 2), ("a.png", 0),
                                      ("blank.png", 0), ("broken.dcm", None), ("c.bmp", 0),
-                                     ("corrupt.jpg", None), ("m1.png", 0), ("m2.png", 0)])
-    assert summary.images == 9 and summary.rows == 11 and summary.errors == 2 and summary.not_gradeable == 1
+                                     ("corrupt.jpg", None), ("ct.dcm", 0), ("m1.png", 0), ("m2.png", 0)])
+    assert summary.images == 10 and summary.rows == 12 and summary.errors == 2 and summary.not_gradeable == 2
     assert "not a readable image" in by_key[("corrupt.jpg", None)]["error"]
     assert "pixel data" in by_key[("broken.dcm", None)]["error"]
     assert by_key[("blank.png", 0)]["not_gradeable"] and by_key[("blank.png", 0)]["error"] is None
+    ct = by_key[("ct.dcm", 0)]
+    assert "only ultrasound" in ct["not_gradeable"] and ct["error"] is None
     cine = by_key[("IM0001", 1)]
     assert cine["id"] == archive["cine_uid"] and cine["frames"] == 3
     assert cine["pixel_size_mm"] == pytest.approx(0.08)
@@ -131,7 +136,7 @@ def test_ray_engine_gives_the_local_rows(archive, settings, tmp_path):
     summary = run_archive([str(archive["root"])], ray_table, settings, engine="ray", workers=1,
                           progress=False)
     run_archive([str(archive["root"])], local_table, settings, workers=1, progress=False)
-    assert summary.errors == 2 and summary.rows == 11
+    assert summary.errors == 2 and summary.rows == 12
     import pyarrow.parquet as pq
 
     metadata = pq.read_schema(ray_table).metadata
@@ -186,7 +191,7 @@ def test_pool_survives_a_dying_worker(archive, settings):
         assert victim not in pool._pool._processes  # a fresh worker took over
     errors = {Path(row["path"]).name for row in rows if row["error"]}
     assert errors == {"corrupt.jpg", "broken.dcm"}
-    assert len(rows) == 11 and len({row["path"] for row in rows}) == len(items)
+    assert len(rows) == 12 and len({row["path"] for row in rows}) == len(items)
 
 
 def test_pool_reports_a_missing_model_before_grading(tmp_path):

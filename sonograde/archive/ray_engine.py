@@ -27,6 +27,10 @@ class RayUnavailableError(RuntimeError):
     """Ray is not installed or the cluster cannot be reached (one line saying what to do)."""
 
 
+class RayRunError(RuntimeError):
+    """The Ray run failed (an actor could not load its models, the cluster went away): one line."""
+
+
 class RayGradeActor:
     """The Ray Data UDF: constructed once per actor (the models load here), called once per batch."""
 
@@ -84,10 +88,9 @@ class RaySession:
         else:
             self._temp_dir = tempfile.mkdtemp(prefix="sonograde-ray-")
             # a private instance on this machine: Ray's notes about its own defaults are not the user's
-            logging.getLogger("ray").setLevel(logging.ERROR)
             ray.init(num_cpus=self.num_cpus, include_dashboard=False, _temp_dir=self._temp_dir,
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False,
-                     logging_level=logging.WARNING)
+                     logging_level=logging.ERROR)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the caller shows one bar for the whole run
         context.print_on_execution_start = False
@@ -120,5 +123,9 @@ def grade_ray(items: list[ArchiveItem], settings: GradeSettings, workers: int, b
     graded = dataset.map_batches(RayGradeActor, fn_constructor_args=(settings,), batch_size=batch_size,
                                  compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
                                  num_gpus=gpus_per_worker or None, batch_format="numpy")
-    for batch in graded.iter_batches(batch_size=None, batch_format="pyarrow"):
-        yield batch.to_pylist()
+    try:
+        for batch in graded.iter_batches(batch_size=None, batch_format="pyarrow"):
+            yield batch.to_pylist()
+    except Exception as exc:  # Ray's errors carry the remote traceback; the last line names the cause
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise RayRunError(f"the Ray run failed: {lines[-1] if lines else type(exc).__name__}") from exc

@@ -81,7 +81,10 @@ def run_archive(sources: list[str], table: Path, settings: GradeSettings, *, eng
                if progress is not None else None, smoothing=0.1, dynamic_ncols=True)
     try:
         if todo:
-            load_grader(settings)  # a missing or damaged model: one clear error before any engine starts
+            if engine == "local" or (settings.backend != "tensorrt" and not gpus_per_worker):
+                # a missing or damaged model: one clear error before any engine starts (not where the
+                # models are GPU engines that only the cluster's GPU workers can load)
+                load_grader(settings)
             for rows in engine_rows(todo, settings, engine, min(workers, len(todo)), ray_address,
                                     gpus_per_worker):
                 writer.write(rows)

@@ -96,11 +96,13 @@ def discover(sources: list[str]) -> list[ArchiveItem]:
             continue
         seen.add(item.path)
         unique.append(ArchiveItem(item.path, item.id, item.pixel_size_mm,
-                                  _unique_stem(Path(item.path).stem, stems)))
+                                  unique_stem(Path(item.path).stem, stems)))
     return unique
 
 
-def _unique_stem(stem: str, used: set[str]) -> str:
+def unique_stem(stem: str, used: set[str]) -> str:
+    """``stem``, or ``stem_2``, ``stem_3``, ... when taken: two inputs with one stem (a/1.png, b/1.png) must
+    not overwrite each other's outputs. Adds the answer to ``used``."""
     candidate, n = stem, 1
     while candidate in used:
         n += 1

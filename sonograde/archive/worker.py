@@ -87,6 +87,12 @@ class ArchiveWorker:
     def _grade(self, item: ArchiveItem) -> list[dict[str, Any]]:
         from capture.sources import is_dicom_file
         from engine.checksums import sha256_file
+        from sonograde.dicom.grading import (
+            STATUS_NOT_ULTRASOUND,
+            STATUS_SOP_CLASS_NOT_SUPPORTED,
+            RefusedError,
+            check_dataset,
+        )
         from sonograde.image_files import dataset_pixel_size, read_dicom_frames, read_image
 
         path = Path(item.path)
@@ -100,13 +106,20 @@ class ArchiveWorker:
         pixel_size, source = self.settings.pixel_size_mm, "cli" if self.settings.pixel_size_mm else None
         try:
             if is_dicom_file(path):
-                frames, dataset = read_dicom_frames(path, self.settings.max_pixels)
+                # what the DICOM node refuses (a CT, a structured report) is refused here too
+                frames, dataset = read_dicom_frames(path, self.settings.max_pixels, check=check_dataset)
                 item_id = item_id or str(getattr(dataset, "SOPInstanceUID", "") or "") or None
                 if pixel_size is None:
                     pixel_size, source = dataset_pixel_size(dataset)
                 images = list(frames)
             else:
                 images = [read_image(path, self.settings.max_pixels)]
+        except RefusedError as exc:  # not an ultrasound image: an answer (not gradeable), not an error
+            if exc.status not in (STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_NOT_ULTRASOUND):
+                return [error_row(item.path, item.id, f"cannot read the image: {exc}")]
+            row = empty_row(item.path, item_id or path.stem)
+            row.update(self.model_columns, frame=0, file_sha256=file_hash, not_gradeable=str(exc))
+            return [row]
         except (ValueError, OSError) as exc:
             return [error_row(item.path, item.id, f"cannot read the image: {exc}")]
         if pixel_size is None and item.pixel_size_mm:

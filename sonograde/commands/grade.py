@@ -82,6 +82,7 @@ from pathlib import Path
 
 from refine.stage import DEFAULT_REFINEMENT, REFINEMENTS
 from sonograde import RESEARCH_USE_ONLY
+from sonograde.archive.sources import unique_stem
 from sonograde.image_files import IMAGE_SUFFIXES, dicom_pixel_size, read_image, write_png
 from sonograde.still_overlay import render_overlay
 
@@ -170,16 +171,6 @@ def expand_inputs(items: list[str]) -> list[tuple[Path, float | None]]:
     return out
 
 
-def _unique_stem(stem: str, used: set[str]) -> str:
-    """Two inputs with one stem (a/1.png, b/1.png) must not overwrite each other's outputs."""
-    candidate, n = stem, 1
-    while candidate in used:
-        n += 1
-        candidate = f"{stem}_{n}"
-    used.add(candidate)
-    return candidate
-
-
 def _table_row(name: str, shape: tuple[int, ...], result, not_gradeable: str | None = None) -> str:
     size = f"{shape[1]}x{shape[0]}"
     if not_gradeable:
@@ -219,7 +210,7 @@ def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespa
     else:
         tqdm.write(_table_row(path.name, image.shape, None, reason), file=sys.stdout)
     if args.out is not None:
-        stem = _unique_stem(path.stem, used)
+        stem = unique_stem(path.stem, used)
         write_png(args.out / f"{stem}_mask.png", np.zeros(image.shape[:2], np.uint8))
         overlay = render_overlay(image, None, note=f"not gradeable: {reason}")
         write_png(args.out / f"{stem}_overlay.png", overlay)
@@ -365,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
             # graded as the DICOM node grades it: frame choice and pixel size from the DICOM itself
             try:
                 image, result = _grade_dicom(path, grader, args.dicom_out,
-                                             _unique_stem(path.stem, dicom_stems), args.dicom_overlay)
+                                             unique_stem(path.stem, dicom_stems), args.dicom_overlay)
             except ValueError as exc:
                 tqdm.write(f"sonograde grade: cannot grade DICOM image {path}: {exc}", file=sys.stderr)
                 failures += 1
@@ -405,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             tqdm.write(_table_row(path.name, image.shape, result), file=sys.stdout)
         if args.out is not None:
-            stem = _unique_stem(path.stem, used_stems)
+            stem = unique_stem(path.stem, used_stems)
             write_png(args.out / f"{stem}_mask.png", result.refined_mask.astype(np.uint8) * 255)
             write_png(args.out / f"{stem}_overlay.png", render_overlay(image, result))
         sys.stdout.flush()
