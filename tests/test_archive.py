@@ -218,7 +218,9 @@ def test_cli_table_summary_and_one_line_errors(archive, settings, tmp_path, caps
     assert _main([*argv, "--resume"]) == 0
     assert "0 image(s) graded" in capsys.readouterr().err
     for extra, message in [(["--json"], "--json"), (["--workers", "0"], "--workers"),
-                           (["--ray-address", "auto"], "--engine ray")]:
+                           (["--ray-address", "auto"], "--engine ray"),
+                           (["--resume", "--engine", "ray", "--ray-address", "127.0.0.1:9"],
+                            "no Ray cluster answers at 127.0.0.1:9")]:
         assert _main([*argv, *extra]) == 2
         assert message in capsys.readouterr().err
     assert _main([str(archive["root"]), "--table", str(tmp_path / "grades.xlsx")]) == 2

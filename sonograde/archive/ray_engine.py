@@ -80,6 +80,7 @@ class RaySession:
         import logging
 
         if self.address:
+            _check_reachable(self.address)
             try:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
             except Exception as exc:  # ConnectionError and Ray's own types
@@ -104,6 +105,24 @@ class RaySession:
         ray.shutdown()
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT address must answer within ``timeout_s`` (Ray itself retries for minutes). "auto" and
+    ray:// addresses are left to Ray."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as exc:
+        raise RayUnavailableError(
+            f"no Ray cluster answers at {address} ({exc.__class__.__name__}): start one with `ray start "
+            "--head`, give the head node's HOST:6379, or leave out --ray-address for a local instance"
+        ) from None
 
 
 def grade_ray(items: list[ArchiveItem], settings: GradeSettings, workers: int, batch_size: int = 4,

@@ -277,8 +277,8 @@ def run_table(args: argparse.Namespace) -> int:
               "and --resume", file=sys.stderr)
         return 130
     except (ModelLoadError, ValueError, RuntimeError) as exc:
-        print(f"sonograde grade: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}",
-              file=sys.stderr)
+        lines = str(exc).strip().splitlines()
+        print(f"sonograde grade: {lines[0] if lines else type(exc).__name__}", file=sys.stderr)
         return 2
     print(f"{RESEARCH_USE_ONLY}. {summary.images} image(s) graded into {args.table} ({summary.rows} rows, "
           f"{summary.not_gradeable} not gradeable, {summary.errors} error(s)); {summary.skipped} already "
