@@ -218,11 +218,13 @@ def test_cli_table_summary_and_one_line_errors(archive, settings, tmp_path, caps
     assert _main([*argv, "--resume"]) == 0
     assert "0 image(s) graded" in capsys.readouterr().err
     for extra, message in [(["--json"], "--json"), (["--workers", "0"], "--workers"),
-                           (["--ray-address", "auto"], "--engine ray"),
-                           (["--resume", "--engine", "ray", "--ray-address", "127.0.0.1:9"],
-                            "no Ray cluster answers at 127.0.0.1:9")]:
+                           (["--ray-address", "auto"], "--engine ray")]:
         assert _main([*argv, *extra]) == 2
         assert message in capsys.readouterr().err
+    unreachable = tmp_path / "unreachable.csv"
+    assert _main([*argv[:2], str(unreachable), *argv[3:], "--engine", "ray", "--ray-address", "127.0.0.1:9"]) == 2
+    assert "no Ray cluster answers at 127.0.0.1:9" in capsys.readouterr().err
+    assert not unreachable.exists()  # a table the failed run created and wrote nothing to is removed
     assert _main([str(archive["root"]), "--table", str(tmp_path / "grades.xlsx")]) == 2
     assert ".parquet or .csv" in capsys.readouterr().err
 
