@@ -222,7 +222,8 @@ def test_cli_table_summary_and_one_line_errors(archive, settings, tmp_path, caps
         assert _main([*argv, *extra]) == 2
         assert message in capsys.readouterr().err
     unreachable = tmp_path / "unreachable.csv"
-    assert _main([*argv[:2], str(unreachable), *argv[3:], "--engine", "ray", "--ray-address", "127.0.0.1:9"]) == 2
+    ray_argv = [*argv[:2], str(unreachable), *argv[3:], "--engine", "ray", "--ray-address", "127.0.0.1:9"]
+    assert _main(ray_argv) == 2
     assert "no Ray cluster answers at 127.0.0.1:9" in capsys.readouterr().err
     assert not unreachable.exists()  # a table the failed run created and wrote nothing to is removed
     assert _main([str(archive["root"]), "--table", str(tmp_path / "grades.xlsx")]) == 2
