@@ -125,15 +125,22 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def grade_ray(items: list[ArchiveItem], settings: GradeSettings, workers: int, batch_size: int = 4,
+def grade_ray(items: list[ArchiveItem], settings: GradeSettings, workers: int | None, batch_size: int = 4,
               gpus_per_worker: float = 0.0) -> Iterator[list[dict[str, Any]]]:
-    """Rows of every item, a batch's at a time, from ``workers`` actors on the connected Ray cluster
-    (``RaySession`` must be open), each with one CPU and ``gpus_per_worker`` GPUs (TensorRT engines).
-    An actor that cannot load the models fails the run with Ray's error naming the cause."""
+    """Rows of every item, a batch's at a time, from ``workers`` actors (None: one per CPU of the
+    cluster, or per GPU share with ``gpus_per_worker``) on the connected Ray cluster (``RaySession`` must
+    be open), each with one CPU and ``gpus_per_worker`` GPUs (TensorRT engines). An actor that cannot
+    load the models fails the run with RayRunError naming the cause."""
     import ray
 
     if not items:
         return
+    if workers is None:
+        resources = ray.cluster_resources()
+        workers = int(resources.get("CPU", 1))
+        if gpus_per_worker:
+            workers = min(workers, int(resources.get("GPU", 0) / gpus_per_worker))
+        workers = max(1, min(workers, len(items)))
     records = [asdict(item) for item in items]
     # Small blocks: an actor's rows come back when its block is done, so the block size sets how often
     # the progress bar moves and how much a lost node takes with it

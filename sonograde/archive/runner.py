@@ -38,20 +38,20 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def engine_rows(items: list[ArchiveItem], settings: GradeSettings, engine: str, workers: int,
+def engine_rows(items: list[ArchiveItem], settings: GradeSettings, engine: str, workers: int | None,
                 ray_address: str | None = None, gpus_per_worker: float = 0.0
                 ) -> Iterator[list[dict[str, Any]]]:
     """Rows of ``items`` from the chosen engine, as they finish (generator; the engine starts on the
-    first ``next`` and stops when it is exhausted or closed)."""
+    first ``next`` and stops when it is exhausted or closed). ``workers`` None: Ray's cluster CPUs."""
     if engine == "local":
         from sonograde.archive.local_engine import LocalPool
 
-        with LocalPool(settings, workers) as pool:
+        with LocalPool(settings, workers or available_cores()) as pool:
             yield from pool.grade(items)
     elif engine == "ray":
         from sonograde.archive.ray_engine import RaySession, grade_ray
 
-        with RaySession(ray_address, workers):
+        with RaySession(ray_address, workers or available_cores()):
             yield from grade_ray(items, settings, workers, gpus_per_worker=gpus_per_worker)
     else:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -71,22 +71,23 @@ def run_archive(sources: list[str], table: Path, settings: GradeSettings, *, eng
     from sonograde.archive.sources import discover
     from sonograde.archive.table import TableWriter
 
-    workers = workers or available_cores()
+    if workers is None and (engine == "local" or ray_address is None):
+        workers = available_cores()  # on a Ray cluster: its CPUs (grade_ray asks it)
     items = discover(sources)
     writer = TableWriter(table, resume=resume, metadata={"sonograde.engine": engine})
     done = writer.open()
     todo = [item for item in items if item.path not in done]
     images = rows_count = errors = not_gradeable = 0
-    bar = tqdm(total=len(todo), desc="grading", unit="image", file=sys.stderr, disable=progress is False
-               if progress is not None else None, smoothing=0.1, dynamic_ncols=True)
+    bar = tqdm(total=len(todo), desc="grading", unit="image", file=sys.stderr,
+               disable=None if progress is None else not progress, smoothing=0.1, dynamic_ncols=True)
     try:
         if todo:
             if engine == "local" or (settings.backend != "tensorrt" and not gpus_per_worker):
                 # a missing or damaged model: one clear error before any engine starts (not where the
                 # models are GPU engines that only the cluster's GPU workers can load)
                 load_grader(settings)
-            for rows in engine_rows(todo, settings, engine, min(workers, len(todo)), ray_address,
-                                    gpus_per_worker):
+            for rows in engine_rows(todo, settings, engine, workers and min(workers, len(todo)),
+                                    ray_address, gpus_per_worker):
                 writer.write(rows)
                 files = {row["path"] for row in rows}
                 rows_count += len(rows)

@@ -127,7 +127,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "Ray cluster (needs the ray extra)")
     archive.add_argument("--workers", type=int, default=None, metavar="N",
                          help="with --table: worker processes / Ray actors, each with its own models and "
-                              "one core (default: this machine's cores)")
+                              "one core (default: this machine's cores; with --ray-address the cluster's "
+                              "CPUs, or its GPUs / --gpus-per-worker)")
     archive.add_argument("--ray-address", default=None, metavar="ADDR",
                          help="with --engine ray: the cluster to use (auto on a node of it, or HEAD:6379; "
                               "default: a Ray instance started on this machine for the run)")
