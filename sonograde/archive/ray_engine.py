@@ -144,7 +144,9 @@ def grade_ray(items: list[ArchiveItem], settings: GradeSettings, workers: int | 
     records = [asdict(item) for item in items]
     # Small blocks: an actor's rows come back when its block is done, so the block size sets how often
     # the progress bar moves and how much a lost node takes with it
-    blocks = -(-len(records) // (batch_size * BATCHES_PER_BLOCK))
+    # ... and at least one block per actor where there are enough batches, so that none stands idle
+    batches = -(-len(records) // batch_size)
+    blocks = max(-(-batches // BATCHES_PER_BLOCK), min(workers, batches))
     dataset = ray.data.from_items(records, override_num_blocks=blocks)
     graded = dataset.map_batches(RayGradeActor, fn_constructor_args=(settings,), batch_size=batch_size,
                                  compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
