@@ -184,4 +184,25 @@ def run(args: argparse.Namespace) -> int:
     print("images/s: end to end, the start included; steady: over the last three quarters of the images "
           "(what a large archive approaches); x one: steady against one process; same category: rows "
           "equal to one process's, in every round")
+    busy = _busy_note(cores)
+    if busy:
+        print(busy)
     return 0
+
+
+def _busy_note(cores: int) -> str | None:
+    """Why speed-ups measured on a busy machine say little about the engines, or None when it is idle."""
+    import os
+
+    load = os.getloadavg()[0]
+    if load < cores / 2:
+        return None
+    note = f"note: the machine is busy (load {load:.1f} on {cores} cores): the speed-ups are not the engines'"
+    try:
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        autogroup = False
+    if autogroup:
+        note += ("; with sched_autogroup the CPU is shared per session, so the pool's workers share one "
+                 "session's part while Ray's daemons run in sessions of their own")
+    return note
