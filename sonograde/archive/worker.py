@@ -35,14 +35,16 @@ class GradeSettings:
     pixel_size_mm: float | None = None
     max_pixels: int | None = None
     out_dir: str | None = None
+    refinement: str | None = None  # engine.grader.GraderConfig.refinement (None: the grader's default)
 
 
 def load_grader(settings: GradeSettings):
     """The two-stage grader of ``settings``, warmed up. Raises ModelLoadError / ValueError."""
-    from engine.grader import TwoStageGrader
+    from engine.grader import GraderConfig, TwoStageGrader
 
+    config = GraderConfig(refinement=settings.refinement) if settings.refinement else None
     grader = TwoStageGrader.from_models_dir(settings.models_dir, precision=settings.precision,
-                                            backend=settings.backend, threads=settings.threads)
+                                            backend=settings.backend, threads=settings.threads, config=config)
     grader.warm_up()
     return grader
 

@@ -268,7 +268,8 @@ def run_table(args: argparse.Namespace) -> int:
     settings = GradeSettings(models_dir=str(args.models) if args.models else None, precision=args.precision,
                              backend=args.backend, threads=args.threads or 1,
                              pixel_size_mm=args.pixel_size_mm, max_pixels=args.max_pixels,
-                             out_dir=str(args.out.resolve()) if args.out else None)
+                             out_dir=str(args.out.resolve()) if args.out else None,
+                             refinement=args.refinement)
     try:
         summary = run_archive(args.images, args.table, settings, engine=args.engine, workers=args.workers,
                               ray_address=args.ray_address, resume=args.resume,
