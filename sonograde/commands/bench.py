@@ -18,6 +18,7 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("phantom", "sonograde.benchmarks.phantom", "phantom scanner sequence frames per second on one core"),
     ("grader", "sonograde.benchmarks.grader", "two-stage grader: time per stage, per ORT thread count"),
     ("soak", "sonograde.benchmarks.soak", "long run: fps, latency and memory (RSS growth) over time"),
+    ("batch", "sonograde.benchmarks.batch", "archive grading: images/s in one process, a local pool, Ray"),
 ]
 
 

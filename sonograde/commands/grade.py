@@ -22,6 +22,9 @@ Examples:
   sonograde grade DIR --json                        # DIR/manifest.csv: its images, its pixel_size_mm
   sonograde grade scan.dcm --dicom-out DIR          # + DIR/scan_sr.dcm (TID 1500 SR), DIR/scan_seg.dcm
   sonograde grade scan.png --refinement paper       # the paper's Chan-Vese on the 288 grid instead
+  sonograde grade DIR --table grades.parquet        # a whole archive: one row per image, all cores
+  sonograde grade DIR1 DIR2 --table grades.csv --resume              # continue a killed run
+  sonograde grade DIR --table grades.parquet --engine ray --ray-address auto   # on a Ray cluster
 
 JSON line (one per readable image):
   {"image": "scan.png", "lesion_found": true, "category": "4B",
@@ -58,6 +61,14 @@ lesion (when one is found), <stem>.json, and with --dicom-overlay <stem>_sc.dcm,
 the overlay. A multi-frame image is graded on up to 8 frames spread over it, reported on the one with
 the largest lesion (docs/dicom.md).
 
+--table OUT.parquet|OUT.csv grades whole archives instead (docs/batch.md): folders are searched
+recursively (DICOM files also without a suffix, manifest folders by their manifest), every image or
+DICOM frame becomes a row (path, id, category, probabilities, malignancy probability, descriptors, size,
+bbox, model ids and file hashes, error), on a process pool over this machine's cores (--engine local,
+--workers N) or on Ray Data (--engine ray [--ray-address ADDR]; the ray extra). A file that cannot be
+read is an error row, never the end of the run; rows reach the disk as they finish, and --resume
+continues a stopped run. Nothing goes to stdout; a progress bar and a summary go to stderr.
+
 Exit status: 0 all graded; 1 some image could not be read or graded (named on stderr, the others are
 still graded); 2 bad models or options.
 """
@@ -71,9 +82,9 @@ from pathlib import Path
 
 from refine.stage import DEFAULT_REFINEMENT, REFINEMENTS
 from sonograde import RESEARCH_USE_ONLY
+from sonograde.archive.sources import unique_stem
+from sonograde.image_files import IMAGE_SUFFIXES, dicom_pixel_size, read_image, write_png
 from sonograde.still_overlay import render_overlay
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +121,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-size-mm", type=float, default=None, metavar="MM",
                         help="size of one image pixel in mm, for every image (the lesion size is then in "
                              "mm; default: the DICOM's or the manifest's own, else sizes in px)")
+    archive = parser.add_argument_group("whole archives into one table (docs/batch.md)")
+    archive.add_argument("--table", type=Path, default=None, metavar="OUT.parquet|OUT.csv",
+                         help="grade every image the sources name (folders searched recursively, DICOM "
+                              "frames each a row) into one table, in parallel; nothing on stdout")
+    archive.add_argument("--engine", choices=("local", "ray"), default="local",
+                         help="with --table: a process pool on this machine (default), or Ray Data on a "
+                              "Ray cluster (needs the ray extra)")
+    archive.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="with --table: worker processes / Ray actors, each with its own models and "
+                              "one core (default: this machine's cores; with --ray-address the cluster's "
+                              "CPUs, or its GPUs / --gpus-per-worker)")
+    archive.add_argument("--ray-address", default=None, metavar="ADDR",
+                         help="with --engine ray: the cluster to use (auto on a node of it, or HEAD:6379; "
+                              "default: a Ray instance started on this machine for the run)")
+    archive.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                         help="with --engine ray: GPUs each actor reserves (e.g. 1 or 0.25 with "
+                              "--backend tensorrt; default 0)")
+    archive.add_argument("--resume", action="store_true",
+                         help="with --table: keep the table's rows and grade only the images it lacks "
+                              "(or whose row has an error); a killed run continues where it stopped")
 
 
 def expand_images(items: list[str]) -> list[Path]:
@@ -142,78 +173,6 @@ def expand_inputs(items: list[str]) -> list[tuple[Path, float | None]]:
         else:
             out.extend((p, None) for p in expand_images([item]))
     return out
-
-
-def dicom_pixel_size(path: Path) -> tuple[float | None, str | None]:
-    """(pixel size in mm, source) from a DICOM file's Sequence of Ultrasound Regions or Pixel Spacing
-    (capture's reader), (None, None) where it has neither or is not DICOM."""
-    from capture.sources import dicom_pixel_size_mm, is_dicom_file
-
-    if not is_dicom_file(path):
-        return None, None
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception:  # unreadable headers are reported by read_image
-        return None, None
-    size = dicom_pixel_size_mm(ds)
-    if size is None or not size > 0:
-        return None, None
-    regions = getattr(ds, "SequenceOfUltrasoundRegions", None)
-    from_regions = bool(regions) and any(int(getattr(r, "PhysicalUnitsXDirection", 0)) == 3
-                                         and getattr(r, "PhysicalDeltaX", None) for r in regions)
-    return size, "dicom_ultrasound_regions" if from_regions else "dicom_pixel_spacing"
-
-
-def read_image(path: Path, max_pixels: int | None = None):
-    """Read an image as uint8 (H x W gray or H x W x 3 BGR; ``capture.sources.read_image_file``: 16-bit
-    data by its significant bits, the pixel cap checked from the header). Raises ValueError saying why
-    it cannot."""
-    from capture.sources import MAX_PIXELS, is_dicom_file, read_image_file
-
-    limit = MAX_PIXELS if max_pixels is None else max_pixels
-    if path.is_file() and is_dicom_file(path):
-        return _read_dicom(path, limit)
-    return read_image_file(path, limit)  # SourceError is a ValueError
-
-
-def _read_dicom(path: Path, max_pixels: int):
-    """First frame of a DICOM file as uint8 gray, through the capture package's DICOM reader."""
-    import pydicom
-
-    from capture.sources import dicom_frames_gray
-
-    try:
-        dataset = pydicom.dcmread(str(path))
-        rows, columns = int(getattr(dataset, "Rows", 0) or 0), int(getattr(dataset, "Columns", 0) or 0)
-        if rows * columns > max_pixels:
-            raise ValueError(f"{columns} x {rows} pixels is more than the limit of {max_pixels:,}")
-        frames = dicom_frames_gray(dataset)
-    except ValueError:
-        raise
-    except Exception as exc:  # pydicom and the pixel decoders raise many types
-        raise ValueError(f"not a readable DICOM image ({type(exc).__name__}: {str(exc)[:120]})") from exc
-    return frames[0]
-
-
-def _write_png(path: Path, image) -> None:
-    import cv2
-
-    ok, encoded = cv2.imencode(".png", image)
-    if not ok:  # pragma: no cover - PNG encoding of uint8 arrays does not fail
-        raise OSError(f"could not encode {path}")
-    encoded.tofile(str(path))
-
-
-def _unique_stem(stem: str, used: set[str]) -> str:
-    """Two inputs with one stem (a/1.png, b/1.png) must not overwrite each other's outputs."""
-    candidate, n = stem, 1
-    while candidate in used:
-        n += 1
-        candidate = f"{stem}_{n}"
-    used.add(candidate)
-    return candidate
 
 
 def _table_row(name: str, shape: tuple[int, ...], result, not_gradeable: str | None = None) -> str:
@@ -255,10 +214,10 @@ def _report_not_gradeable(path: Path, image, reason: str, args: argparse.Namespa
     else:
         tqdm.write(_table_row(path.name, image.shape, None, reason), file=sys.stdout)
     if args.out is not None:
-        stem = _unique_stem(path.stem, used)
-        _write_png(args.out / f"{stem}_mask.png", np.zeros(image.shape[:2], np.uint8))
+        stem = unique_stem(path.stem, used)
+        write_png(args.out / f"{stem}_mask.png", np.zeros(image.shape[:2], np.uint8))
         overlay = render_overlay(image, None, note=f"not gradeable: {reason}")
-        _write_png(args.out / f"{stem}_overlay.png", overlay)
+        write_png(args.out / f"{stem}_overlay.png", overlay)
     sys.stdout.flush()
 
 
@@ -287,6 +246,51 @@ def _grade_dicom(path: Path, grader, out_dir: Path, stem: str, overlay: bool):
     return graded.frame, graded.result
 
 
+def run_table(args: argparse.Namespace) -> int:
+    """``--table``: the archive grader (``sonograde.archive``)."""
+    from engine.backends import ModelLoadError
+    from sonograde.archive.runner import run_archive
+    from sonograde.archive.worker import GradeSettings
+
+    if args.json or args.dicom_out is not None:
+        print("sonograde grade: --table writes one table; it does not go with --json or --dicom-out",
+              file=sys.stderr)
+        return 2
+    if args.workers is not None and args.workers < 1:
+        print(f"sonograde grade: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.engine != "ray" and (args.ray_address or args.gpus_per_worker):
+        print("sonograde grade: --ray-address and --gpus-per-worker need --engine ray", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"sonograde grade: cannot create output folder {args.out}: {exc}", file=sys.stderr)
+            return 2
+    settings = GradeSettings(models_dir=str(args.models) if args.models else None, precision=args.precision,
+                             backend=args.backend, threads=args.threads or 1,
+                             pixel_size_mm=args.pixel_size_mm, max_pixels=args.max_pixels,
+                             out_dir=str(args.out.resolve()) if args.out else None,
+                             refinement=args.refinement)
+    try:
+        summary = run_archive(args.images, args.table, settings, engine=args.engine, workers=args.workers,
+                              ray_address=args.ray_address, resume=args.resume,
+                              gpus_per_worker=args.gpus_per_worker)
+    except KeyboardInterrupt:
+        print("sonograde grade: interrupted; the finished rows are kept: continue with the same command "
+              "and --resume", file=sys.stderr)
+        return 130
+    except (ModelLoadError, ValueError, RuntimeError) as exc:
+        lines = str(exc).strip().splitlines()
+        print(f"sonograde grade: {lines[0] if lines else type(exc).__name__}", file=sys.stderr)
+        return 2
+    print(f"{RESEARCH_USE_ONLY}. {summary.images} image(s) graded into {args.table} ({summary.rows} rows, "
+          f"{summary.not_gradeable} not gradeable, {summary.errors} error(s)); {summary.skipped} already "
+          f"there; {summary.table_rows} rows in the table", file=sys.stderr)
+    return 1 if summary.errors else 0
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -306,6 +310,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"sonograde grade: --pixel-size-mm must be a positive size of one pixel in mm (e.g. 0.07), "
               f"got {args.pixel_size_mm}", file=sys.stderr)
         return 2
+    if args.table is not None:
+        return run_table(args)
     try:
         config = GraderConfig(refinement=args.refinement) if args.refinement else None
         grader = TwoStageGrader.from_models_dir(args.models, precision=args.precision, backend=args.backend,
@@ -355,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
             # graded as the DICOM node grades it: frame choice and pixel size from the DICOM itself
             try:
                 image, result = _grade_dicom(path, grader, args.dicom_out,
-                                             _unique_stem(path.stem, dicom_stems), args.dicom_overlay)
+                                             unique_stem(path.stem, dicom_stems), args.dicom_overlay)
             except ValueError as exc:
                 tqdm.write(f"sonograde grade: cannot grade DICOM image {path}: {exc}", file=sys.stderr)
                 failures += 1
@@ -395,9 +401,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             tqdm.write(_table_row(path.name, image.shape, result), file=sys.stdout)
         if args.out is not None:
-            stem = _unique_stem(path.stem, used_stems)
-            _write_png(args.out / f"{stem}_mask.png", result.refined_mask.astype(np.uint8) * 255)
-            _write_png(args.out / f"{stem}_overlay.png", render_overlay(image, result))
+            stem = unique_stem(path.stem, used_stems)
+            write_png(args.out / f"{stem}_mask.png", result.refined_mask.astype(np.uint8) * 255)
+            write_png(args.out / f"{stem}_overlay.png", render_overlay(image, result))
         sys.stdout.flush()
     if not args.json:
         print(RESEARCH_USE_ONLY)
