@@ -93,11 +93,11 @@ def _agreement(rows: list[dict], reference: dict) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from engine.backends import ModelLoadError
+    from engine.machine import machine_line
     from sonograde.archive.local_engine import LocalPool
     from sonograde.archive.ray_engine import RayUnavailableError
     from sonograde.archive.runner import available_cores
     from sonograde.archive.worker import ArchiveWorker, GradeSettings
-    from sonograde.benchmarks.grader import machine_description
 
     cores = available_cores()
     pool_sizes = args.workers or list(range(1, cores + 1))
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     base = results[0]["steady_images_per_s"] or results[0]["images_per_s"]
     report = {"models_precision": args.precision, "source": source, "images": total,
-              "machine": machine_description(), "results": results}
+              "machine": machine_line(), "results": results}
     if args.json:
         print(json.dumps(report))
         return 0
