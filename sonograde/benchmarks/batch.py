@@ -93,7 +93,7 @@ def _agreement(rows: list[dict], reference: dict) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from engine.backends import ModelLoadError
-    from engine.machine import machine_line
+    from engine.machine import describe_machine
     from sonograde.archive.local_engine import LocalPool
     from sonograde.archive.ray_engine import RayUnavailableError
     from sonograde.archive.runner import available_cores
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     base = results[0]["steady_images_per_s"] or results[0]["images_per_s"]
     report = {"models_precision": args.precision, "source": source, "images": total,
-              "machine": machine_line(), "results": results}
+              "machine": describe_machine().description(), "results": results}
     if args.json:
         print(json.dumps(report))
         return 0
